@@ -1,0 +1,104 @@
+// The plan: the one interface between planner, simulator and runtime (design.md).
+// A plan is self-contained: it embeds the resolved scenario, the phases (stages,
+// groups, micro-batch shares), the task DAG of one iteration per segment with a
+// repetition count, and the planner's own predictions. docs/plan-format.md documents
+// the JSON form.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "src/core/scenario.h"
+
+namespace pac {
+
+enum class TaskKind {
+  Forward,      // backbone (+ side) forward of layers [layer_begin, layer_end) on a micro-batch share
+  Backward,     // backward of the same (side network only for parallel adapters)
+  Optimizer,    // AdamW step on the trainable parameters the device holds
+  Send,         // point-to-point: `device` sends `bytes` to `peer` (activations, side states, grads)
+  AllReduce,    // ring all-reduce of `bytes` over `group`
+  AllGather,    // all-gather, `bytes` = total gathered size (phase switch)
+  CacheWrite,   // write `bytes` of tapped activations to local storage
+  CacheRead,    // read them back (epochs 2+)
+};
+
+const char* task_kind_name(TaskKind k);
+TaskKind task_kind_parse(const std::string& s);  // throws InputError on unknown
+
+struct Task {
+  int id = 0;                       // index in TaskGraph::tasks
+  TaskKind kind = TaskKind::Forward;
+  int device = -1;                  // executing device (Send: the sender)
+  int peer = -1;                    // Send: the receiver
+  std::vector<int> group;           // AllReduce / AllGather participants
+  int stage = -1;
+  int micro_batch = -1;
+  int layer_begin = -1, layer_end = -1;  // [begin, end) in the model's global layer order
+  double samples = 0;               // samples of the micro-batch this task processes
+  double flops = 0;                 // compute work
+  double seconds = 0;               // cost model's predicted duration on `device`
+  double bytes = 0;                 // Send / collectives / cache I/O
+  double mem_alloc_bytes = 0;       // held from this task's start ...
+  int mem_free_task = -1;           // ... until that task ends (-1: until the task itself ends)
+  std::vector<int> deps;            // task ids that must finish first
+  std::string label;                // "F s1 mb3", for traces
+};
+
+struct TaskGraph {
+  std::vector<Task> tasks;          // topologically ordered (deps have smaller ids)
+};
+
+// A stretch of training that repeats one iteration's DAG `repeat` times. Iterations
+// are separated by a barrier (the optimizer step ends a mini-batch everywhere).
+struct Segment {
+  std::string name;                 // "pipeline", "switch", "data_parallel"
+  int epoch_first = 1, epoch_last = 1;  // 1-based, inclusive; repeat counts all of them
+  int64_t repeat = 1;               // iterations in the segment
+  std::vector<double> resident_bytes;   // per device: weights, grads, optimizer state, cache buffers
+  TaskGraph graph;
+};
+
+struct StagePlan {
+  int layer_begin = 0, layer_end = 0;   // [begin, end)
+  std::vector<int> devices;             // the group (device indices into scenario.devices)
+  std::vector<double> shares;           // fraction of each micro-batch per device, sums to 1
+};
+
+struct Phase {
+  std::string kind;                 // "pipeline" | "data_parallel"
+  int epoch_first = 1, epoch_last = 1;
+  std::vector<StagePlan> stages;    // data_parallel: one stage over all layers
+  int micro_batches = 1;
+};
+
+struct PlanPrediction {
+  std::vector<double> epoch_s;      // per epoch, 1-based epoch e at [e-1]
+  double switch_s = 0;
+  double total_s = 0;
+  std::vector<double> peak_memory_bytes;  // per device
+  std::vector<double> energy_j;           // per device
+  double planning_s = 0;                  // how long the planner took
+};
+
+struct Plan {
+  int format_version = 1;
+  std::string strategy;             // "pac", "pac-opt", "standalone", "eddl", "ecofl", "asteroid"
+  Scenario scenario;                // resolved
+  std::vector<int> device_order;    // the order stages were cut along
+  std::vector<Phase> phases;
+  std::vector<Segment> segments;
+  PlanPrediction predicted;
+};
+
+json plan_to_json(const Plan& p);
+Plan plan_from_json(const JsonIn& doc);
+Plan plan_load(const std::string& file);
+void plan_save(const Plan& p, const std::string& file);  // atomic
+
+// Checks a plan: every graph acyclic with deps pointing backwards, every layer placed
+// exactly once per phase, every device index valid, shares summing to 1, no device
+// over its memory budget. Throws InputError naming the task or device.
+void plan_validate(const Plan& p, const std::string& file = "");
+
+}  // namespace pac

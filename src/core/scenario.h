@@ -1,0 +1,129 @@
+// The resolved scenario: everything a plan is made from. Loaded and validated from
+// scenario.json (docs/scenario-format.md) by scenario_load(); embedded whole in every
+// plan so that a plan is self-contained.
+//
+// Units: bytes, seconds, FLOP/s, bits per second for links (as network people quote
+// them), watts. Names end in their unit where it is not obvious.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "src/common/json_in.h"
+
+namespace pac {
+
+// One device kind (profiles/devices/*.json).
+struct DeviceProfile {
+  std::string name;                 // "jetson-nano-4gb"
+  std::string source;               // where the public figures come from
+  double peak_flops_fp32 = 0;       // FLOP/s, datasheet
+  double peak_flops_fp16 = 0;
+  // Effective (achieved) rate for transformer layers, FLOP/s. `by_kind` refines it per
+  // layer kind once calibrated by pac-profile ("attention", "mlp", "side", "embedding"),
+  // keyed "<kind>" or "<kind>@<micro_batch>".
+  std::map<std::string, double> eff_flops;   // dtype ("fp32","fp16","bf16") -> FLOP/s
+  std::map<std::string, double> eff_flops_by_kind;
+  double memory_bytes = 0;          // usable by the job (OS share already taken off)
+  double power_idle_w = 0;
+  double power_busy_w = 0;
+  double nic_bandwidth_bps = 0;     // bits per second
+  double nic_latency_s = 0;
+};
+
+// Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the
+// cost model from these numbers, never typed in.
+struct ModelConfig {
+  std::string name;                 // "t5-base"
+  std::string family;               // "llama" | "t5" | "bart"
+  int encoder_layers = 0;           // 0 for decoder-only
+  int decoder_layers = 0;
+  int hidden = 0;
+  int heads = 0;
+  int kv_heads = 0;                 // == heads unless grouped-query attention
+  int ffn = 0;
+  int vocab = 0;
+  int max_seq = 0;
+  bool tied_embeddings = true;
+  bool gated_ffn = false;           // SwiGLU (llama) / gated-GELU (t5 v1.1): 3 FFN matrices
+  int total_layers() const { return encoder_layers + decoder_layers; }
+};
+
+struct MethodSpec {
+  std::string kind = "parallel_adapters";  // "full" | "lora" | "adapters" | "parallel_adapters"
+  int reduction_k = 8;              // parallel adapters: side width = hidden / k
+  int lora_rank = 8;
+  double lora_alpha = 16;
+  bool lora_mlp = false;
+  int adapter_bottleneck = 64;      // Houlsby adapters
+  bool cache = true;                // activation cache (parallel adapters only)
+  std::string cache_dtype = "fp16"; // "fp32" | "fp16" | "bf16"
+  std::string dtype = "fp32";       // compute dtype
+  std::string optimizer = "adamw";
+};
+
+struct DataSpec {
+  std::string task;                 // "mrpc", "personal", ...
+  int64_t samples = 0;              // training samples per epoch
+  int seq_len = 128;
+  int mini_batch = 16;
+  int micro_batches = 4;            // per mini-batch (pipeline phase)
+};
+
+struct DeviceSpec {
+  std::string id;                   // unique within the scenario: "nano0"
+  DeviceProfile profile;
+  std::string address;              // "host:port" for real runs; empty = local
+  double cpu_quota = 0;             // testbed: cores (0 = unlimited)
+};
+
+struct LinkSpec {                   // overrides the network default for one pair
+  std::string a, b;                 // device ids
+  double bandwidth_bps = 0;
+  double latency_s = 0;
+};
+
+struct NetworkSpec {
+  std::string kind = "switched";    // "switched": each NIC limits itself; "shared": one medium (Wi-Fi)
+  double bandwidth_bps = 1e9;       // per NIC (switched) or the medium's capacity (shared)
+  double latency_s = 0.0002;
+  std::vector<LinkSpec> links;
+};
+
+struct FaultSpec {
+  std::string kind;                 // "leave" | "fail" | "slowdown" | "link_degrade"
+  std::string device;
+  std::string peer;                 // link_degrade: the other end ("" = all links of device)
+  double at_time_s = -1;            // one of at_time_s / at_iteration is set
+  int64_t at_iteration = -1;
+  double factor = 1;                // slowdown: compute time x factor; link_degrade: bandwidth / factor
+};
+
+struct Scenario {
+  std::string file;                 // where it was loaded from (for messages)
+  std::string name;
+  ModelConfig model;
+  MethodSpec method;
+  DataSpec data;
+  int epochs = 1;
+  std::vector<DeviceSpec> devices;
+  NetworkSpec network;
+  std::string strategy = "pac";     // planner strategy
+  std::vector<FaultSpec> faults;
+
+  int device_index(const std::string& id) const;  // -1 when absent
+};
+
+// Loads and validates scenario.json; profile/model references are resolved relative to
+// `profiles_dir` (default: the repository's profiles/). Throws InputError naming file,
+// JSON path and expectation.
+Scenario scenario_load(const std::string& file, const std::string& profiles_dir = "");
+Scenario scenario_from_json(const JsonIn& doc, const std::string& profiles_dir = "");
+json scenario_to_json(const Scenario& s);   // fully resolved (profiles inlined)
+
+// Bandwidth (bits/s) and latency between two devices under the network spec.
+double link_bandwidth_bps(const Scenario& s, int a, int b);
+double link_latency_s(const Scenario& s, int a, int b);
+
+}  // namespace pac
