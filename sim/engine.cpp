@@ -1,0 +1,681 @@
+#include "sim/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+
+#include "sim/network.h"
+#include "src/common/error.h"
+#include "src/common/progress.h"
+
+namespace pac {
+
+static const double kInf = std::numeric_limits<double>::infinity();
+
+double SimResult::energy_j() const {
+  double e = 0;
+  for (const auto& d : devices) e += d.energy_j;
+  return e;
+}
+
+static bool kind_is_compute(TaskKind k) {
+  return k == TaskKind::Forward || k == TaskKind::Backward || k == TaskKind::Optimizer;
+}
+static bool kind_is_storage(TaskKind k) { return k == TaskKind::CacheWrite || k == TaskKind::CacheRead; }
+static bool kind_is_collective(TaskKind k) { return k == TaskKind::AllReduce || k == TaskKind::AllGather; }
+
+// Scenario::device_index lives in the planner's core; the engine needs only this.
+static int device_find(const Scenario& s, const std::string& id) {
+  for (size_t i = 0; i < s.devices.size(); i++)
+    if (s.devices[i].id == id) return static_cast<int>(i);
+  return -1;
+}
+
+static std::string task_name(const Task& t) {
+  return t.label.empty() ? "task " + std::to_string(t.id) : t.label;
+}
+
+void sim_check_plan(const Plan& plan, const std::string& file) {
+  const int n = static_cast<int>(plan.scenario.devices.size());
+  if (n == 0) throw_input(file, "$.scenario.devices", "expected at least one device");
+  for (size_t si = 0; si < plan.segments.size(); si++) {
+    const Segment& seg = plan.segments[si];
+    std::string sp = "$.segments[" + std::to_string(si) + "]";
+    if (seg.repeat < 0) throw_input(file, sp + ".repeat", "expected an integer >= 0");
+    if (!seg.resident_bytes.empty() && static_cast<int>(seg.resident_bytes.size()) != n)
+      throw_input(file, sp + ".resident_bytes",
+                  "expected one entry per device (" + std::to_string(n) + "), got " +
+                      std::to_string(seg.resident_bytes.size()));
+    const auto& tasks = seg.graph.tasks;
+    for (size_t ti = 0; ti < tasks.size(); ti++) {
+      const Task& t = tasks[ti];
+      std::string tp = sp + ".graph.tasks[" + std::to_string(ti) + "]";
+      auto bad = [&](const std::string& what) { throw_input(file, tp, task_name(t) + ": " + what); };
+      if (t.id != static_cast<int>(ti)) bad("expected id " + std::to_string(ti) + ", got " + std::to_string(t.id));
+      if (t.device < 0 || t.device >= n) bad("device index " + std::to_string(t.device) + " out of range 0.." + std::to_string(n - 1));
+      if (t.kind == TaskKind::Send && (t.peer < 0 || t.peer >= n))
+        bad("send peer index " + std::to_string(t.peer) + " out of range 0.." + std::to_string(n - 1));
+      if (kind_is_collective(t.kind)) {
+        std::vector<char> seen(n, 0);
+        for (int g : t.group) {
+          if (g < 0 || g >= n) bad("group member " + std::to_string(g) + " out of range 0.." + std::to_string(n - 1));
+          if (seen[g]++) bad("group lists device " + std::to_string(g) + " twice");
+        }
+      }
+      for (int d : t.deps)
+        if (d < 0 || d >= static_cast<int>(ti))
+          bad("dependency " + std::to_string(d) + " must name an earlier task (tasks are topologically ordered)");
+      if (t.mem_free_task < -1 || t.mem_free_task >= static_cast<int>(tasks.size()))
+        bad("mem_free_task " + std::to_string(t.mem_free_task) + " is not a task of this graph");
+      if (!(t.seconds >= 0) || !(t.bytes >= 0) || !(t.mem_alloc_bytes >= 0))
+        bad("seconds, bytes and mem_alloc_bytes must be >= 0");
+    }
+  }
+}
+
+namespace {
+
+enum EventType : int { EV_TASK_END = 0, EV_FLOW_START = 1, EV_NET = 2, EV_FAULT = 3 };
+
+struct Event {
+  double t;
+  uint64_t seq;  // insertion order: equal times pop first-in first-out (deterministic)
+  int type;
+  int a, b;
+};
+
+struct EventLater {
+  bool operator()(const Event& x, const Event& y) const {
+    if (x.t != y.t) return x.t > y.t;
+    return x.seq > y.seq;
+  }
+};
+
+// One device's engines and counters.
+struct DevState {
+  int compute_cur = -1;
+  double compute_start = 0;
+  std::vector<int> compute_queue;  // min-heap of ready task ids
+  int storage_cur = -1;
+  double storage_start = 0;
+  std::vector<int> storage_queue;
+  double mem_cur = 0;
+  double mem_cap = 0;              // <= 0: unlimited
+  double slow = 1;                 // compute time multiplier (slowdown faults)
+  int flows_live = 0;              // flows moving in or out (for comm_s)
+  double comm_since = 0;
+  double busy_iter_start = 0;
+  bool computes_in_segment = false;
+};
+
+class Engine {
+ public:
+  Engine(const Plan& plan, const SimOptions& opt) : plan_(plan), sc_(plan.scenario), opt_(opt) {}
+  SimResult run();
+
+ private:
+  const Plan& plan_;
+  const Scenario& sc_;
+  const SimOptions& opt_;
+  SimResult res_;
+  int n_ = 0;
+  std::vector<DevState> dev_;
+  FluidNet net_;
+  std::vector<double> pair_cap_Bps_;   // per-pair override (<= 0: none)
+  std::vector<double> pair_lat_s_;
+  std::vector<double> degrade_;        // per-pair bandwidth divisor
+  std::vector<Event> heap_;
+  uint64_t seq_ = 0;
+  uint64_t net_version_ = 0;
+  bool net_dirty_ = false;
+  double now_ = 0;
+  bool failed_ = false;
+
+  // Current segment and iteration.
+  int seg_i_ = -1;
+  const Segment* seg_ = nullptr;
+  const std::vector<Task>* tasks_ = nullptr;
+  int64_t iter_ = 0;
+  int64_t global_iter_ = 0;
+  double iter_start_ = 0;
+  int done_count_ = 0;
+  std::vector<int> succ_begin_, succ_list_;   // successors (CSR)
+  std::vector<int> free_begin_, free_list_;   // allocations freed when a task ends (CSR)
+  std::vector<int> deps_left_;
+  std::vector<char> alloc_live_;
+  std::vector<int> coll_step_, coll_pending_;
+  std::vector<int> scratch_flows_;
+  std::vector<double> epoch_end_;
+
+  void push(double t, int type, int a, int b = 0) {
+    heap_.push_back(Event{t, seq_++, type, a, b});
+    std::push_heap(heap_.begin(), heap_.end(), EventLater());
+  }
+  void segment_prepare(int si);
+  void iteration_begin();
+  void iteration_end();
+  void task_ready(int t);
+  void task_start(int t);
+  void task_finish(int t);
+  void engine_dispatch(int d, bool storage);
+  void collective_step_begin(int t);
+  void flow_begin(int t, int ring_i);
+  void net_event();
+  void flow_done(int f);
+  void mem_alloc(int d, double bytes, const std::string& what);
+  void fault_apply(int fi);
+  void fail(const std::string& kind, int device, const std::string& task, const std::string& message);
+  void trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1);
+  void comm_change(int d, int delta);
+  double flow_cap(int src, int dst) const {
+    double c = pair_cap_Bps_[src * n_ + dst];
+    double deg = degrade_[src * n_ + dst];
+    if (deg != 1) {
+      // A degraded pair without an override is limited to the slower NIC / the medium,
+      // divided by the factor.
+      if (c <= 0) {
+        c = kInf;
+        double u = net_.capacity(net_.uplink(src)), w = net_.capacity(net_.downlink(dst));
+        if (u > 0) c = std::min(c, u);
+        if (w > 0) c = std::min(c, w);
+        if (net_.medium() >= 0) c = std::min(c, net_.capacity(net_.medium()));
+        if (c == kInf) return 0;
+      }
+      c /= deg;
+    }
+    return c;
+  }
+};
+
+void Engine::fail(const std::string& kind, int device, const std::string& task, const std::string& message) {
+  if (failed_) return;
+  failed_ = true;
+  res_.ok = false;
+  SimFailure& f = res_.failure;
+  f.kind = kind;
+  f.device = device >= 0 ? sc_.devices[device].id : "";
+  f.task = task;
+  f.segment = seg_ ? seg_->name : "";
+  f.iteration = iter_;
+  f.time_s = now_;
+  f.message = message;
+}
+
+void Engine::mem_alloc(int d, double bytes, const std::string& what) {
+  DevState& ds = dev_[d];
+  ds.mem_cur += bytes;
+  SimDeviceStats& st = res_.devices[d];
+  if (ds.mem_cur > st.peak_memory_bytes) st.peak_memory_bytes = ds.mem_cur;
+  if (ds.mem_cap > 0 && ds.mem_cur > ds.mem_cap) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "out of memory on %s at t=%.3f s (segment %s, iteration %lld): %s needs %.3f GB, "
+                  "the device has %.3f GB",
+                  sc_.devices[d].id.c_str(), now_, seg_ ? seg_->name.c_str() : "?",
+                  static_cast<long long>(iter_), what.c_str(), ds.mem_cur / 1e9, ds.mem_cap / 1e9);
+    fail("oom", d, what, buf);
+    res_.failure.need_bytes = ds.mem_cur;
+    res_.failure.have_bytes = ds.mem_cap;
+  }
+}
+
+void Engine::trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1) {
+  if (!opt_.trace) return;
+  if (res_.trace.size() >= opt_.trace_max_events) {
+    res_.trace_truncated = true;
+    return;
+  }
+  res_.trace.push_back(SimTraceEvent{kind, seg_i_, iter_, task, a, b, step, t0, t1});
+}
+
+void Engine::comm_change(int d, int delta) {
+  DevState& ds = dev_[d];
+  if (ds.flows_live == 0 && delta > 0) ds.comm_since = now_;
+  ds.flows_live += delta;
+  if (ds.flows_live == 0 && delta < 0) res_.devices[d].comm_s += now_ - ds.comm_since;
+}
+
+void Engine::segment_prepare(int si) {
+  seg_i_ = si;
+  seg_ = &plan_.segments[si];
+  tasks_ = &seg_->graph.tasks;
+  const auto& tasks = *tasks_;
+  const int nt = static_cast<int>(tasks.size());
+  // Successor and free lists, built once per segment (the DAG of one iteration).
+  succ_begin_.assign(nt + 1, 0);
+  free_begin_.assign(nt + 1, 0);
+  for (const Task& t : tasks) {
+    for (int d : t.deps) succ_begin_[d + 1]++;
+    if (t.mem_free_task >= 0) free_begin_[t.mem_free_task + 1]++;
+  }
+  for (int i = 0; i < nt; i++) {
+    succ_begin_[i + 1] += succ_begin_[i];
+    free_begin_[i + 1] += free_begin_[i];
+  }
+  succ_list_.assign(succ_begin_[nt], 0);
+  free_list_.assign(free_begin_[nt], 0);
+  std::vector<int> fill_s(succ_begin_.begin(), succ_begin_.end() - 1);
+  std::vector<int> fill_f(free_begin_.begin(), free_begin_.end() - 1);
+  for (const Task& t : tasks) {
+    for (int d : t.deps) succ_list_[fill_s[d]++] = t.id;
+    if (t.mem_free_task >= 0) free_list_[fill_f[t.mem_free_task]++] = t.id;
+  }
+  deps_left_.assign(nt, 0);
+  alloc_live_.assign(nt, 0);
+  coll_step_.assign(nt, 0);
+  coll_pending_.assign(nt, 0);
+  std::vector<int> per_dev(n_, 0);
+  for (int d = 0; d < n_; d++) dev_[d].computes_in_segment = false;
+  for (const Task& t : tasks) {
+    per_dev[t.device]++;
+    if (kind_is_compute(t.kind)) dev_[t.device].computes_in_segment = true;
+  }
+  for (int d = 0; d < n_; d++) {
+    dev_[d].compute_queue.reserve(per_dev[d]);
+    dev_[d].storage_queue.reserve(per_dev[d]);
+  }
+  res_.segments[si].start_s = now_;
+  // Resident state replaces the previous segment's (weights released, cache loaded...).
+  for (int d = 0; d < n_; d++) {
+    dev_[d].mem_cur = 0;
+    double r = seg_->resident_bytes.empty() ? 0 : seg_->resident_bytes[d];
+    if (r > 0) mem_alloc(d, r, "resident state of segment " + seg_->name);
+    if (failed_) return;
+  }
+}
+
+void Engine::iteration_begin() {
+  // Faults bound to an iteration fire as it starts.
+  for (size_t fi = 0; fi < sc_.faults.size(); fi++)
+    if (sc_.faults[fi].at_iteration == global_iter_ && sc_.faults[fi].at_time_s < 0) fault_apply(static_cast<int>(fi));
+  if (failed_) return;
+  iter_start_ = now_;
+  done_count_ = 0;
+  for (int d = 0; d < n_; d++) dev_[d].busy_iter_start = res_.devices[d].busy_s;
+  const auto& tasks = *tasks_;
+  const int nt = static_cast<int>(tasks.size());
+  for (int i = 0; i < nt; i++) {
+    deps_left_[i] = static_cast<int>(tasks[i].deps.size());
+    alloc_live_[i] = 0;
+  }
+  for (int i = 0; i < nt && !failed_; i++)
+    if (deps_left_[i] == 0) task_ready(i);
+}
+
+void Engine::iteration_end() {
+  double span = now_ - iter_start_;
+  for (int d = 0; d < n_; d++) {
+    if (!dev_[d].computes_in_segment) continue;
+    res_.devices[d].bubble_s += span - (res_.devices[d].busy_s - dev_[d].busy_iter_start);
+  }
+  // Which epoch this iteration belongs to: the segment's iterations are spread evenly
+  // over its epochs.
+  int nep = seg_->epoch_last - seg_->epoch_first + 1;
+  int e = seg_->epoch_first + static_cast<int>((iter_ * nep) / std::max<int64_t>(1, seg_->repeat));
+  if (e >= 1 && e <= static_cast<int>(epoch_end_.size())) epoch_end_[e - 1] = std::max(epoch_end_[e - 1], now_);
+  res_.segments[seg_i_].iterations_done = iter_ + 1;
+  res_.segments[seg_i_].end_s = now_;
+  iter_++;
+  global_iter_++;
+}
+
+void Engine::task_ready(int t) {
+  const Task& task = (*tasks_)[t];
+  if (kind_is_compute(task.kind)) {
+    auto& q = dev_[task.device].compute_queue;
+    q.push_back(t);
+    std::push_heap(q.begin(), q.end(), std::greater<int>());
+    if (dev_[task.device].compute_cur < 0) engine_dispatch(task.device, false);
+  } else if (kind_is_storage(task.kind)) {
+    auto& q = dev_[task.device].storage_queue;
+    q.push_back(t);
+    std::push_heap(q.begin(), q.end(), std::greater<int>());
+    if (dev_[task.device].storage_cur < 0) engine_dispatch(task.device, true);
+  } else {
+    task_start(t);  // the NIC takes any number of flows at once
+  }
+}
+
+void Engine::engine_dispatch(int d, bool storage) {
+  DevState& ds = dev_[d];
+  auto& q = storage ? ds.storage_queue : ds.compute_queue;
+  if (q.empty()) return;
+  std::pop_heap(q.begin(), q.end(), std::greater<int>());
+  int t = q.back();
+  q.pop_back();
+  if (storage) {
+    ds.storage_cur = t;
+    ds.storage_start = now_;
+  } else {
+    ds.compute_cur = t;
+    ds.compute_start = now_;
+  }
+  task_start(t);
+}
+
+void Engine::task_start(int t) {
+  const Task& task = (*tasks_)[t];
+  if (task.mem_alloc_bytes > 0) {
+    alloc_live_[t] = 1;
+    mem_alloc(task.device, task.mem_alloc_bytes, task_name(task));
+    if (failed_) return;
+  }
+  if (kind_is_compute(task.kind)) {
+    double dur = task.seconds * dev_[task.device].slow;
+    trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, now_ + dur);
+    push(now_ + dur, EV_TASK_END, t);
+  } else if (kind_is_storage(task.kind)) {
+    // The device's own storage rate when its profile has one (the simulator models the
+    // disk), the task's predicted seconds otherwise.
+    const DeviceProfile& p = sc_.devices[task.device].profile;
+    double rate = task.kind == TaskKind::CacheWrite ? p.storage_write_bytes_per_s : p.storage_read_bytes_per_s;
+    double dur = (rate > 0 && task.bytes > 0) ? task.bytes / rate : task.seconds;
+    trace_add(SimTraceKind::Storage, t, task.device, -1, -1, now_, now_ + dur);
+    push(now_ + dur, EV_TASK_END, t);
+  } else if (task.kind == TaskKind::Send) {
+    if (task.bytes <= 0 || task.peer == task.device) {
+      push(now_, EV_TASK_END, t);
+    } else {
+      push(now_ + pair_lat_s_[task.device * n_ + task.peer], EV_FLOW_START, t, -1);
+    }
+  } else {  // collective
+    if (task.group.size() <= 1 || task.bytes <= 0) {
+      push(now_, EV_TASK_END, t);
+    } else {
+      coll_step_[t] = 0;
+      collective_step_begin(t);
+    }
+  }
+}
+
+// One ring step: member i sends bytes/n to member i+1, all at once.
+void Engine::collective_step_begin(int t) {
+  const Task& task = (*tasks_)[t];
+  const int g = static_cast<int>(task.group.size());
+  coll_pending_[t] = g;
+  for (int i = 0; i < g; i++) {
+    int src = task.group[i], dst = task.group[(i + 1) % g];
+    push(now_ + pair_lat_s_[src * n_ + dst], EV_FLOW_START, t, i);
+  }
+}
+
+void Engine::flow_begin(int t, int ring_i) {
+  const Task& task = (*tasks_)[t];
+  int src, dst;
+  double bytes;
+  if (ring_i < 0) {
+    src = task.device;
+    dst = task.peer;
+    bytes = task.bytes;
+  } else {
+    const int g = static_cast<int>(task.group.size());
+    src = task.group[ring_i];
+    dst = task.group[(ring_i + 1) % g];
+    bytes = task.bytes / g;
+  }
+  net_.flow_start(now_, src, dst, bytes, flow_cap(src, dst), t, ring_i);
+  comm_change(src, +1);
+  comm_change(dst, +1);
+  net_dirty_ = true;
+}
+
+void Engine::flow_done(int f) {
+  const NetFlow fl = net_.flow(f);  // copy: flow_end frees the slot
+  net_.flow_end(now_, f);
+  net_dirty_ = true;
+  comm_change(fl.src, -1);
+  comm_change(fl.dst, -1);
+  res_.link_bytes[fl.src * n_ + fl.dst] += fl.bytes;
+  const int t = fl.owner;
+  const Task& task = (*tasks_)[t];
+  if (fl.tag < 0) {
+    trace_add(SimTraceKind::Send, t, fl.src, fl.dst, -1, fl.t_begin, now_);
+    task_finish(t);
+    return;
+  }
+  trace_add(SimTraceKind::Collective, t, fl.src, fl.dst, coll_step_[t], fl.t_begin, now_);
+  if (--coll_pending_[t] > 0) return;
+  // The step is over when every member's piece has arrived; all-reduce is a
+  // reduce-scatter then an all-gather (2(n-1) steps), all-gather alone is n-1.
+  const int g = static_cast<int>(task.group.size());
+  int steps = task.kind == TaskKind::AllReduce ? 2 * (g - 1) : g - 1;
+  if (++coll_step_[t] < steps) collective_step_begin(t);
+  else task_finish(t);
+}
+
+void Engine::net_event() {
+  net_.advance(now_);
+  // Every flow that is done now (the earliest one, and any that finish within rounding
+  // of it) ends in this event.
+  int first = -1;
+  net_.next_completion(&first);
+  scratch_flows_.clear();
+  for (int i = 0; i < net_.flow_capacity(); i++) {
+    const NetFlow& f = net_.flow(i);
+    if (!f.active) continue;
+    if (i == first || f.remaining <= 1e-9 * f.bytes + 1e-6) scratch_flows_.push_back(i);
+  }
+  for (int f : scratch_flows_) {
+    if (failed_) return;
+    flow_done(f);
+  }
+}
+
+void Engine::task_finish(int t) {
+  const Task& task = (*tasks_)[t];
+  const int d = task.device;
+  res_.tasks++;
+  // Free what this task's end releases: its own allocation, and others' that named it.
+  if (task.mem_free_task < 0 && alloc_live_[t]) {
+    dev_[d].mem_cur -= task.mem_alloc_bytes;
+    alloc_live_[t] = 0;
+  }
+  for (int k = free_begin_[t]; k < free_begin_[t + 1]; k++) {
+    int a = free_list_[k];
+    if (alloc_live_[a]) {
+      const Task& ta = (*tasks_)[a];
+      dev_[ta.device].mem_cur -= ta.mem_alloc_bytes;
+      alloc_live_[a] = 0;
+    }
+  }
+  done_count_++;
+  if (kind_is_compute(task.kind)) {
+    DevState& ds = dev_[d];
+    res_.devices[d].busy_s += now_ - ds.compute_start;
+    ds.compute_cur = -1;
+  } else if (kind_is_storage(task.kind)) {
+    DevState& ds = dev_[d];
+    res_.devices[d].storage_s += now_ - ds.storage_start;
+    ds.storage_cur = -1;
+  }
+  for (int k = succ_begin_[t]; k < succ_begin_[t + 1] && !failed_; k++) {
+    int s = succ_list_[k];
+    if (--deps_left_[s] == 0) task_ready(s);
+  }
+  if (failed_) return;
+  if (kind_is_compute(task.kind) && dev_[d].compute_cur < 0) engine_dispatch(d, false);
+  if (kind_is_storage(task.kind) && dev_[d].storage_cur < 0) engine_dispatch(d, true);
+}
+
+void Engine::fault_apply(int fi) {
+  const FaultSpec& f = sc_.faults[fi];
+  int d = device_find(sc_, f.device);
+  if (d < 0) return;  // sim_run checked the names
+  char buf[256];
+  if (f.kind == "leave" || f.kind == "fail") {
+    std::snprintf(buf, sizeof buf, "device %s %s at t=%.3f s (segment %s, iteration %lld); the run stops here",
+                  f.device.c_str(), f.kind == "leave" ? "left" : "failed", now_, seg_ ? seg_->name.c_str() : "?",
+                  static_cast<long long>(iter_));
+    fail("fault", d, "", buf);
+    return;
+  }
+  if (f.kind == "slowdown") {
+    dev_[d].slow *= f.factor;
+    std::snprintf(buf, sizeof buf, "%s slows down: compute time x%g", f.device.c_str(), f.factor);
+  } else if (f.kind == "link_degrade") {
+    int p = f.peer.empty() ? -1 : device_find(sc_, f.peer);
+    for (int o = 0; o < n_; o++) {
+      if (o == d || (p >= 0 && o != p)) continue;
+      degrade_[d * n_ + o] *= f.factor;
+      degrade_[o * n_ + d] *= f.factor;
+    }
+    // Flows in flight slow down at once.
+    for (int i = 0; i < net_.flow_capacity(); i++) {
+      const NetFlow& fl = net_.flow(i);
+      if (fl.active) net_.flow_set_cap(now_, i, flow_cap(fl.src, fl.dst));
+    }
+    net_dirty_ = true;
+    std::snprintf(buf, sizeof buf, "link %s-%s degrades: bandwidth / %g", f.device.c_str(),
+                  f.peer.empty() ? "*" : f.peer.c_str(), f.factor);
+  } else {
+    return;
+  }
+  res_.faults.push_back(SimFaultApplied{now_, buf});
+}
+
+SimResult Engine::run() {
+  auto wall0 = std::chrono::steady_clock::now();
+  n_ = static_cast<int>(sc_.devices.size());
+  dev_.assign(n_, DevState());
+  res_.devices.assign(n_, SimDeviceStats());
+  res_.link_bytes.assign(static_cast<size_t>(n_) * n_, 0);
+  for (const FaultSpec& f : sc_.faults) {
+    if (device_find(sc_, f.device) < 0)
+      throw_input(sc_.file, "$.faults", "fault names unknown device \"" + f.device + "\"");
+    if (!f.peer.empty() && device_find(sc_, f.peer) < 0)
+      throw_input(sc_.file, "$.faults", "fault names unknown peer \"" + f.peer + "\"");
+  }
+
+  // Network: NIC limits (switched: min of the network's per-port rate and the device's
+  // own NIC; shared: the device's NIC only, the medium is one more resource).
+  const NetworkSpec& ns = sc_.network;
+  bool shared = ns.kind == "shared";
+  std::vector<double> up(n_), down(n_);
+  for (int d = 0; d < n_; d++) {
+    double nic = sc_.devices[d].profile.nic_bandwidth_bps;
+    double c = shared ? nic : (nic > 0 ? std::min(nic, ns.bandwidth_bps) : ns.bandwidth_bps);
+    up[d] = down[d] = c > 0 ? c / 8 : 0;
+    dev_[d].mem_cap = sc_.devices[d].profile.memory_bytes;
+  }
+  net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
+  pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);
+  pair_lat_s_.assign(static_cast<size_t>(n_) * n_, ns.latency_s);
+  degrade_.assign(static_cast<size_t>(n_) * n_, 1);
+  for (const LinkSpec& l : ns.links) {
+    int a = device_find(sc_, l.a), b = device_find(sc_, l.b);
+    if (a < 0 || b < 0) continue;
+    for (int k = 0; k < 2; k++) {
+      int i = k ? b * n_ + a : a * n_ + b;
+      if (l.bandwidth_bps > 0) pair_cap_Bps_[i] = l.bandwidth_bps / 8;
+      pair_lat_s_[i] = l.latency_s;
+    }
+  }
+
+  // Which devices take part at all (for energy and the report).
+  int max_epoch = 0;
+  int64_t total_iters = 0;
+  for (const Segment& s : plan_.segments) {
+    max_epoch = std::max(max_epoch, s.epoch_last);
+    total_iters += s.repeat;
+    for (int d = 0; d < n_ && d < static_cast<int>(s.resident_bytes.size()); d++)
+      if (s.resident_bytes[d] > 0) res_.devices[d].used = true;
+    for (const Task& t : s.graph.tasks) {
+      res_.devices[t.device].used = true;
+      if (t.kind == TaskKind::Send) res_.devices[t.peer].used = true;
+      if (kind_is_collective(t.kind))
+        for (int g : t.group) res_.devices[g].used = true;
+    }
+  }
+  epoch_end_.assign(max_epoch, 0);
+  res_.segments.resize(plan_.segments.size());
+  for (size_t i = 0; i < plan_.segments.size(); i++) {
+    const Segment& s = plan_.segments[i];
+    res_.segments[i].name = s.name;
+    res_.segments[i].epoch_first = s.epoch_first;
+    res_.segments[i].epoch_last = s.epoch_last;
+    res_.segments[i].repeat = s.repeat;
+  }
+  for (size_t fi = 0; fi < sc_.faults.size(); fi++)
+    if (sc_.faults[fi].at_time_s >= 0) push(sc_.faults[fi].at_time_s, EV_FAULT, static_cast<int>(fi));
+
+  Progress progress("simulating iteration", static_cast<long>(total_iters));
+  progress.set_quiet(!opt_.progress);
+  heap_.reserve(1024);
+
+  for (size_t si = 0; si < plan_.segments.size() && !failed_; si++) {
+    segment_prepare(static_cast<int>(si));
+    iter_ = 0;
+    while (!failed_ && iter_ < seg_->repeat) {
+      iteration_begin();
+      const int nt = static_cast<int>(tasks_->size());
+      while (!failed_ && done_count_ < nt) {
+        if (net_dirty_) {
+          net_dirty_ = false;
+          int f;
+          double t = net_.next_completion(&f);
+          if (f >= 0) push(t, EV_NET, static_cast<int>(static_cast<uint32_t>(++net_version_)));
+          else ++net_version_;
+        }
+        if (heap_.empty()) {
+          for (int i = 0; i < nt; i++)
+            if (deps_left_[i] > 0)
+              throw RuntimeError("simulator deadlock in segment " + seg_->name + ": task " +
+                                 task_name((*tasks_)[i]) + " never became ready");
+          throw RuntimeError("simulator deadlock in segment " + seg_->name);
+        }
+        std::pop_heap(heap_.begin(), heap_.end(), EventLater());
+        Event e = heap_.back();
+        heap_.pop_back();
+        // A network event is stale once the flows changed after it was scheduled.
+        if (e.type == EV_NET && static_cast<uint32_t>(e.a) != static_cast<uint32_t>(net_version_)) continue;
+        now_ = e.t;
+        res_.events++;
+        switch (e.type) {
+          case EV_TASK_END: task_finish(e.a); break;
+          case EV_FLOW_START: flow_begin(e.a, e.b); break;
+          case EV_NET: net_event(); break;
+          case EV_FAULT: fault_apply(e.a); break;
+        }
+      }
+      if (failed_) break;
+      iteration_end();
+      progress.update(static_cast<long>(global_iter_), "t=" + format_duration(now_));
+    }
+    if (!failed_) res_.segments[si].end_s = now_;
+  }
+
+  // Close the books: partial work of a failed run counts up to the failure.
+  res_.makespan_s = now_;
+  for (int d = 0; d < n_; d++) {
+    DevState& ds = dev_[d];
+    SimDeviceStats& st = res_.devices[d];
+    if (ds.compute_cur >= 0) st.busy_s += now_ - ds.compute_start;
+    if (ds.storage_cur >= 0) st.storage_s += now_ - ds.storage_start;
+    if (ds.flows_live > 0) st.comm_s += now_ - ds.comm_since;
+    if (!st.used) continue;
+    st.idle_s = std::max(0.0, now_ - st.busy_s - st.bubble_s);
+    const DeviceProfile& p = sc_.devices[d].profile;
+    st.energy_j = st.busy_s * p.power_busy_w + (now_ - st.busy_s) * p.power_idle_w;
+  }
+  double prev = 0;
+  for (int e = 0; e < max_epoch; e++) {
+    double end = std::max(prev, epoch_end_[e]);
+    res_.epoch_s.push_back(end - prev);
+    prev = end;
+  }
+  res_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return res_;
+}
+
+}  // namespace
+
+SimResult sim_run(const Plan& plan, const SimOptions& opt) {
+  sim_check_plan(plan, plan.scenario.file);
+  Engine e(plan, opt);
+  return e.run();
+}
+
+}  // namespace pac

@@ -1,0 +1,337 @@
+// Simulator engine against closed-form results (SimGrid style: the expected value is
+// derived in the comment above each check). Plans are built by hand so these tests
+// depend only on the plan types, not on the planner.
+#include <gtest/gtest.h>
+
+#include "sim/engine.h"
+#include "src/common/error.h"
+#include "sim/network.h"
+#include "tests/sim_plans.h"
+
+using namespace pac;
+
+// ---------------------------------------------------------------- fluid network
+
+TEST(SimNetwork, MaxMinWithPerFlowCap) {
+  // Three NICs of 100 B/s. Flow A: 0->1 capped at 25 B/s, flow B: 0->2, flow C: 3->2.
+  // Progressive filling: A freezes at its cap 25; downlink 2 offers 100/2 = 50 to B and
+  // C, uplink 0 offers (100-25)/1 = 75 to B, so B = C = 50.
+  FluidNet net;
+  net.init({100, 100, 100, 100}, {100, 100, 100, 100}, 0);
+  int a = net.flow_start(0, 0, 1, 1000, 25, 0, -1);
+  int b = net.flow_start(0, 0, 2, 1000, 0, 1, -1);
+  int c = net.flow_start(0, 3, 2, 1000, 0, 2, -1);
+  EXPECT_DOUBLE_EQ(net.flow(a).rate, 25);
+  EXPECT_DOUBLE_EQ(net.flow(b).rate, 50);
+  EXPECT_DOUBLE_EQ(net.flow(c).rate, 50);
+  // When C ends at t=1, B alone on downlink 2 is held by uplink 0: 100 - 25 = 75.
+  net.flow_end(1, c);
+  EXPECT_DOUBLE_EQ(net.flow(b).rate, 75);
+  // B moved 50 bytes in [0,1]: 950 left at 75 B/s -> done at 1 + 950/75.
+  int who = -1;
+  double t = net.next_completion(&who);
+  EXPECT_EQ(who, b);
+  EXPECT_NEAR(t, 1 + 950.0 / 75, 1e-9);
+}
+
+TEST(SimNetwork, SharedMediumSplitsEvenly) {
+  // Medium 90 B/s, NICs unlimited, three flows between distinct pairs: 30 B/s each.
+  FluidNet net;
+  net.init({0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0}, 90);
+  int a = net.flow_start(0, 0, 1, 10, 0, 0, -1);
+  int b = net.flow_start(0, 2, 3, 10, 0, 1, -1);
+  int c = net.flow_start(0, 4, 5, 10, 0, 2, -1);
+  EXPECT_DOUBLE_EQ(net.flow(a).rate, 30);
+  EXPECT_DOUBLE_EQ(net.flow(b).rate, 30);
+  EXPECT_DOUBLE_EQ(net.flow(c).rate, 30);
+}
+
+// ---------------------------------------------------------------- engine
+
+TEST(SimEngine, SingleDeviceIsSumOfTaskTimes) {
+  // One device, F 1 s -> B 2 s -> Opt 0.5 s, 4 iterations over 2 epochs:
+  // makespan = 4 x 3.5 = 14 s, 7 s per epoch, busy 14, bubble 0.
+  SimPlanBuilder pb(1);
+  pb.seg("train", 1, 2, 4);
+  int f = pb.compute(TaskKind::Forward, 0, 1.0, {});
+  int b = pb.compute(TaskKind::Backward, 0, 2.0, {f});
+  pb.compute(TaskKind::Optimizer, 0, 0.5, {b});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok) << r.failure.message;
+  EXPECT_DOUBLE_EQ(r.makespan_s, 14);
+  ASSERT_EQ(r.epoch_s.size(), 2u);
+  EXPECT_DOUBLE_EQ(r.epoch_s[0], 7);
+  EXPECT_DOUBLE_EQ(r.epoch_s[1], 7);
+  EXPECT_DOUBLE_EQ(r.devices[0].busy_s, 14);
+  EXPECT_DOUBLE_EQ(r.devices[0].bubble_s, 0);
+  EXPECT_EQ(r.tasks, 12);
+}
+
+// GPipe-style pipeline: S stages, M micro-batches, forward f and backward b per stage,
+// zero-byte sends between stages (pure dependency). Closed form:
+// makespan = (M + S - 1)(f + b), each device busy M(f + b), bubble (S - 1)(f + b).
+static void pipeline_check(int S, int M, double f, double b, int iters) {
+  SimPlanBuilder pb(S);
+  pb.seg("pipeline", 1, 1, iters);
+  pipeline_build(pb, S, M, f, b, 0);
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok) << r.failure.message;
+  EXPECT_NEAR(r.makespan_s, iters * (M + S - 1) * (f + b), 1e-9);
+  for (int d = 0; d < S; d++) {
+    EXPECT_NEAR(r.devices[d].busy_s, iters * M * (f + b), 1e-9);
+    EXPECT_NEAR(r.devices[d].bubble_s, iters * (S - 1) * (f + b), 1e-9) << "stage " << d;
+  }
+}
+
+TEST(SimEngine, TwoStagePipelineBubble) { pipeline_check(2, 4, 1.0, 2.0, 3); }
+TEST(SimEngine, FourStagePipelineBubble) { pipeline_check(4, 8, 0.25, 0.5, 2); }
+
+TEST(SimEngine, PipelineSendCostsLatencyPlusBytesOverBandwidth) {
+  // Two stages, one micro-batch, f = 1, b = 1, activations of 12.5 MB each way over
+  // 100 Mbit/s (12.5 MB/s) with 10 ms latency: each send 0.01 + 1 = 1.01 s.
+  // makespan = F0 1 + send 1.01 + F1 1 + B1 1 + send 1.01 + B0 1 = 6.02 s.
+  SimPlanBuilder pb(2, 100e6, 0.01);
+  pb.seg("pipeline", 1, 1, 1);
+  pipeline_build(pb, 2, 1, 1.0, 1.0, 12.5e6);
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 6.02, 1e-9);
+  // One activation 0->1 and one gradient 1->0.
+  EXPECT_DOUBLE_EQ(r.link_bytes[0 * 2 + 1], 12.5e6);
+  EXPECT_DOUBLE_EQ(r.link_bytes[1 * 2 + 0], 12.5e6);
+}
+
+static SimResult allreduce_run(int n, const std::string& net_kind, double bytes, TaskKind kind) {
+  SimPlanBuilder pb(n, 1e9, 0.001, net_kind);
+  pb.seg("dp", 1, 1, 1);
+  std::vector<int> group;
+  for (int d = 0; d < n; d++) group.push_back(d);
+  pb.collective(kind, group, bytes, {});
+  return sim_run(pb.plan);
+}
+
+TEST(SimEngine, RingAllReduceSwitched) {
+  // n = 4, 100 MB, 1 Gbit/s NICs (125 MB/s), 1 ms latency. Ring: 2(n-1) = 6 steps, each
+  // a chunk of 25 MB on every ring link at once (no link shared): 0.001 + 0.2 s.
+  // total = 6 x 0.201 = 1.206 s = 2(n-1)/n x bytes / bandwidth + 2(n-1) x latency.
+  SimResult r = allreduce_run(4, "switched", 100e6, TaskKind::AllReduce);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 1.206, 1e-9);
+  // Every ring link carries 6 chunks of 25 MB = 150 MB; non-ring pairs carry nothing.
+  EXPECT_DOUBLE_EQ(r.link_bytes[0 * 4 + 1], 150e6);
+  EXPECT_DOUBLE_EQ(r.link_bytes[3 * 4 + 0], 150e6);
+  EXPECT_DOUBLE_EQ(r.link_bytes[1 * 4 + 0], 0);
+}
+
+TEST(SimEngine, RingAllReduceOnSharedMedium) {
+  // Same, but on one shared 1 Gbit/s medium: the 4 concurrent chunks of a step share it,
+  // so a step takes 0.001 + 4 x 25 MB / 125 MB/s = 0.801 s; 6 steps = 4.806 s.
+  SimResult r = allreduce_run(4, "shared", 100e6, TaskKind::AllReduce);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 4.806, 1e-9);
+}
+
+TEST(SimEngine, RingAllGather) {
+  // All-gather: n - 1 = 3 steps of 0.201 s on the switched network = 0.603 s.
+  SimResult r = allreduce_run(4, "switched", 100e6, TaskKind::AllGather);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 0.603, 1e-9);
+}
+
+// Two sends over a shared 1 Gbit/s medium, no latency: X = 100 MB (0->1) and Y = 50 MB
+// (2->3) start together at 62.5 MB/s each. Y ends at 2Y/B = 0.8 s; X then gets the whole
+// medium and ends at (X + Y)/B = 1.2 s.
+TEST(SimEngine, FairSharingOnSharedMedium) {
+  SimPlanBuilder pb(4, 1e9, 0, "shared");
+  pb.seg("x", 1, 1, 1);
+  pb.send(0, 1, 100e6, {});
+  pb.send(2, 3, 50e6, {});
+  SimOptions opt;
+  opt.trace = true;
+  SimResult r = sim_run(pb.plan, opt);
+  ASSERT_TRUE(r.ok);
+  ASSERT_EQ(r.trace.size(), 2u);
+  EXPECT_EQ(r.trace[0].task, 1);
+  EXPECT_NEAR(r.trace[0].t1, 0.8, 1e-12);
+  EXPECT_EQ(r.trace[1].task, 0);
+  EXPECT_NEAR(r.trace[1].t1, 1.2, 1e-12);
+  EXPECT_NEAR(r.makespan_s, 1.2, 1e-12);
+}
+
+TEST(SimEngine, SwitchedNetworkSharesOnlyTheCommonNic) {
+  // Switched 1 Gbit/s: 0->1 (100 MB) and 0->2 (50 MB) share device 0's uplink (62.5 MB/s
+  // each) -> the small one ends at 0.8 s, the big one at 1.2 s; 3->4 (100 MB) shares
+  // nothing and ends at 100/125 = 0.8 s.
+  SimPlanBuilder pb(5, 1e9, 0, "switched");
+  pb.seg("x", 1, 1, 1);
+  pb.send(0, 1, 100e6, {});
+  pb.send(0, 2, 50e6, {});
+  pb.send(3, 4, 100e6, {});
+  SimOptions opt;
+  opt.trace = true;
+  SimResult r = sim_run(pb.plan, opt);
+  ASSERT_TRUE(r.ok);
+  std::vector<double> end(3, -1);
+  for (const auto& e : r.trace) end[e.task] = e.t1;
+  EXPECT_NEAR(end[0], 1.2, 1e-12);
+  EXPECT_NEAR(end[1], 0.8, 1e-12);
+  EXPECT_NEAR(end[2], 0.8, 1e-12);
+}
+
+TEST(SimEngine, EnergyIsBusyTimesBusyPowerPlusIdleTimesIdlePower) {
+  // d0 computes 1 s, sends 125 MB at 1 Gbit/s + 10 ms latency (1.01 s), d1 computes 2 s.
+  // makespan = 4.01. Power busy 10 W, idle 2 W:
+  //   d0: 1 x 10 + 3.01 x 2 = 16.02 J;  d1: 2 x 10 + 2.01 x 2 = 24.02 J.
+  SimPlanBuilder pb(2, 1e9, 0.01);
+  pb.seg("x", 1, 1, 1);
+  int a = pb.compute(TaskKind::Forward, 0, 1.0, {});
+  int s = pb.send(0, 1, 125e6, {a});
+  pb.compute(TaskKind::Forward, 1, 2.0, {s});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 4.01, 1e-9);
+  EXPECT_NEAR(r.devices[0].energy_j, 16.02, 1e-9);
+  EXPECT_NEAR(r.devices[1].energy_j, 24.02, 1e-9);
+  EXPECT_NEAR(r.energy_j(), 40.04, 1e-9);
+  // d0's NIC moved data for the 1 s transfer (latency is not counted as moving).
+  EXPECT_NEAR(r.devices[0].comm_s, 1.0, 1e-9);
+}
+
+TEST(SimEngine, MemoryPeakAndOutOfMemoryNamesDeviceAndTask) {
+  // Device with 1 GB: resident 0.5 GB; F mb0 and F mb1 each hold 0.3 GB until their
+  // backward ends. GPipe order keeps both alive: peak 0.5 + 0.3 + 0.3 = 1.1 GB > 1 GB,
+  // so the run stops at "F mb1" (t = 1 s, when it starts).
+  auto build = [](double mem) {
+    SimPlanBuilder pb(1);
+    pb.plan.scenario.devices[0].profile.memory_bytes = mem;
+    pb.seg("pipeline", 1, 1, 3);
+    pb.plan.segments[0].resident_bytes = {0.5e9};
+    int f0 = pb.compute(TaskKind::Forward, 0, 1.0, {}, "F mb0");
+    int f1 = pb.compute(TaskKind::Forward, 0, 1.0, {}, "F mb1");
+    int b0 = pb.compute(TaskKind::Backward, 0, 1.0, {f0, f1}, "B mb0");
+    int b1 = pb.compute(TaskKind::Backward, 0, 1.0, {b0}, "B mb1");
+    pb.alloc(f0, 0.3e9, b0);
+    pb.alloc(f1, 0.3e9, b1);
+    return pb.plan;
+  };
+  SimResult ok = sim_run(build(2e9));
+  ASSERT_TRUE(ok.ok);
+  EXPECT_NEAR(ok.devices[0].peak_memory_bytes, 1.1e9, 1);
+  SimResult r = sim_run(build(1e9));
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.failure.kind, "oom");
+  EXPECT_EQ(r.failure.device, "d0");
+  EXPECT_EQ(r.failure.task, "F mb1");
+  EXPECT_DOUBLE_EQ(r.failure.time_s, 1.0);
+  EXPECT_EQ(r.failure.iteration, 0);
+  EXPECT_NE(r.failure.message.find("out of memory on d0"), std::string::npos) << r.failure.message;
+  EXPECT_NE(r.failure.message.find("F mb1 needs 1.100 GB"), std::string::npos) << r.failure.message;
+}
+
+TEST(SimEngine, ResidentStateAloneCanRunOutOfMemory) {
+  SimPlanBuilder pb(2);
+  pb.plan.scenario.devices[1].profile.memory_bytes = 1e9;
+  pb.seg("data_parallel", 1, 1, 1);
+  pb.plan.segments[0].resident_bytes = {0.5e9, 1.5e9};
+  pb.compute(TaskKind::Forward, 0, 1.0, {});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.failure.device, "d1");
+  EXPECT_EQ(r.failure.task, "resident state of segment data_parallel");
+}
+
+TEST(SimEngine, FailureAtTimeEndsTheRun) {
+  SimPlanBuilder pb(2);
+  pb.seg("x", 1, 1, 10);
+  pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.scenario.faults.push_back(FaultSpec{"fail", "d1", "", 3.5, -1, 1});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.failure.kind, "fault");
+  EXPECT_EQ(r.failure.device, "d1");
+  EXPECT_DOUBLE_EQ(r.failure.time_s, 3.5);
+  // 3 iterations of 1 s were complete; the 4th was running.
+  EXPECT_EQ(r.failure.iteration, 3);
+  EXPECT_NE(r.failure.message.find("device d1 failed at t=3.500 s"), std::string::npos) << r.failure.message;
+}
+
+TEST(SimEngine, SlowdownAtIterationScalesLaterComputeTasks) {
+  // 4 iterations of a 1 s task; from iteration 2 (0-based) the device is 2x slower:
+  // 1 + 1 + 2 + 2 = 6 s.
+  SimPlanBuilder pb(1);
+  pb.seg("x", 1, 1, 4);
+  pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.scenario.faults.push_back(FaultSpec{"slowdown", "d0", "", -1, 2, 2.0});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_DOUBLE_EQ(r.makespan_s, 6);
+  ASSERT_EQ(r.faults.size(), 1u);
+  EXPECT_DOUBLE_EQ(r.faults[0].time_s, 2);
+}
+
+TEST(SimEngine, LinkDegradeSlowsAFlowInFlight) {
+  // 125 MB at 1 Gbit/s would take 1 s; at t = 0.5 the link degrades by 2: the second
+  // half (62.5 MB) moves at 62.5 MB/s, so the transfer ends at 0.5 + 1 = 1.5 s.
+  SimPlanBuilder pb(2, 1e9, 0);
+  pb.seg("x", 1, 1, 1);
+  pb.send(0, 1, 125e6, {});
+  pb.plan.scenario.faults.push_back(FaultSpec{"link_degrade", "d0", "d1", 0.5, -1, 2.0});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 1.5, 1e-9);
+}
+
+TEST(SimEngine, ComputeOverlapsCommunicationAndStorage) {
+  // d0: compute 2 s while sending 125 MB (1 s) and writing the cache (1.5 s), all
+  // independent: makespan = max(2, 1, 1.5) = 2 s.
+  SimPlanBuilder pb(2, 1e9, 0);
+  pb.seg("x", 1, 1, 1);
+  pb.compute(TaskKind::Forward, 0, 2.0, {});
+  pb.send(0, 1, 125e6, {});
+  pb.compute(TaskKind::CacheWrite, 0, 1.5, {});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 2.0, 1e-12);
+  EXPECT_NEAR(r.devices[0].storage_s, 1.5, 1e-12);
+  EXPECT_NEAR(r.devices[0].busy_s, 2.0, 1e-12);
+}
+
+TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
+  // Storage writes 50 MB/s, reads 200 MB/s: writing 100 MB takes 2 s, reading it back
+  // 0.5 s (the tasks' own seconds, 9 s, are ignored when the profile has a rate).
+  SimPlanBuilder pb(1);
+  pb.plan.scenario.devices[0].profile.storage_write_bytes_per_s = 50e6;
+  pb.plan.scenario.devices[0].profile.storage_read_bytes_per_s = 200e6;
+  pb.seg("x", 1, 1, 1);
+  int w = pb.compute(TaskKind::CacheWrite, 0, 9.0, {});
+  int r = pb.compute(TaskKind::CacheRead, 0, 9.0, {w});
+  pb.plan.segments[0].graph.tasks[w].bytes = 100e6;
+  pb.plan.segments[0].graph.tasks[r].bytes = 100e6;
+  SimResult res = sim_run(pb.plan);
+  ASSERT_TRUE(res.ok);
+  EXPECT_NEAR(res.makespan_s, 2.5, 1e-12);
+}
+
+TEST(SimEngine, SameInputSameResult) {
+  SimPlanBuilder pb(4, 1e9, 0.001, "shared");
+  pb.seg("pipeline", 1, 2, 6);
+  pipeline_build(pb, 4, 6, 0.3, 0.7, 3e6);
+  SimResult a = sim_run(pb.plan), b = sim_run(pb.plan);
+  EXPECT_EQ(a.events, b.events);
+  EXPECT_EQ(a.makespan_s, b.makespan_s);
+  for (size_t d = 0; d < a.devices.size(); d++) EXPECT_EQ(a.devices[d].bubble_s, b.devices[d].bubble_s);
+}
+
+TEST(SimEngine, MalformedPlanIsAnInputError) {
+  SimPlanBuilder pb(2);
+  pb.seg("x", 1, 1, 1);
+  pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.segments[0].graph.tasks[0].device = 5;
+  try {
+    sim_run(pb.plan);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(),
+                 "plan.json: $.segments[0].graph.tasks[0]: task 0: device index 5 out of range 0..1");
+  }
+}
