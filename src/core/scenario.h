@@ -30,6 +30,9 @@ struct DeviceProfile {
   double power_busy_w = 0;
   double nic_bandwidth_bps = 0;     // bits per second
   double nic_latency_s = 0;
+  // Local storage for the activation cache (microSD, eMMC, NVMe), bytes per second.
+  double storage_read_bytes_per_s = 0;
+  double storage_write_bytes_per_s = 0;
 };
 
 // Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the
@@ -69,6 +72,10 @@ struct DataSpec {
   int seq_len = 128;
   int mini_batch = 16;
   int micro_batches = 4;            // per mini-batch (pipeline phase)
+  // Encoder-decoder models: tokens the decoder runs on (T5 on GLUE decodes a short
+  // label, BART feeds the whole input to its decoder). 0 = seq_len.
+  int target_len = 0;
+  int decoder_len() const { return target_len > 0 ? target_len : seq_len; }
 };
 
 struct DeviceSpec {
@@ -110,10 +117,14 @@ struct Scenario {
   std::vector<DeviceSpec> devices;
   NetworkSpec network;
   std::string strategy = "pac";     // planner strategy
+  int stages = 0;                   // force this many pipeline stages (0: the planner chooses)
   std::vector<FaultSpec> faults;
 
   int device_index(const std::string& id) const;  // -1 when absent
 };
+
+// Every planner strategy name, in the order tools list them.
+const std::vector<std::string>& strategy_names();
 
 // Loads and validates scenario.json; profile/model references are resolved relative to
 // `profiles_dir` (default: the repository's profiles/). Throws InputError naming file,

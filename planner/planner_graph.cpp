@@ -1,0 +1,486 @@
+// From a layout (stages, groups, shares) to a complete plan: the task graph of one
+// iteration per segment, resident memory, and the predicted times, memory and energy.
+#include <algorithm>
+#include <cmath>
+#include <queue>
+
+#include "planner/planner_internal.h"
+#include "src/core/profile.h"
+
+namespace pac {
+
+// ---- the cache redistribution at the switch -----------------------------------------
+
+// Bytes each device receives (in) and sends (out) so that it ends up holding the taps
+// of every layer for its data-parallel share of the samples. A device keeps the taps
+// it wrote for as many of its new samples as possible (it wrote layers of its own
+// stage for `share` of every micro-batch).
+struct SwitchFlow {
+  std::vector<double> in, out;
+};
+
+static SwitchFlow switch_flow(const PlanCtx& c, const Layout& lay) {
+  SwitchFlow f;
+  f.in.assign(c.n, 0);
+  f.out.assign(c.n, 0);
+  double N = (double)c.s->data.samples;
+  double tap_total = c.mc.prefix.back().tap_bytes;
+  std::vector<double> held_share(c.n, 0), held_tap(c.n, 0);
+  for (const StagePlan& st : lay.stages) {
+    double tap = cost_range(c.mc, st.layer_begin, st.layer_end).tap_bytes;
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      held_share[st.devices[k]] = st.shares[k];
+      held_tap[st.devices[k]] = tap;
+    }
+  }
+  for (int d = 0; d < c.n; d++) {
+    double keep = std::min(lay.dp_shares[d], held_share[d]) * N * held_tap[d];
+    f.in[d] = lay.dp_shares[d] * N * tap_total - keep;
+    f.out[d] = held_share[d] * N * held_tap[d] - keep;
+  }
+  return f;
+}
+
+static double switch_time_s(const PlanCtx& c, const Layout& lay) {
+  SwitchFlow f = switch_flow(c, lay);
+  double net = 0, disk = 0, total_in = 0, lat = 0;
+  for (int d = 0; d < c.n; d++) {
+    net = std::max(net, std::max(f.in[d], f.out[d]) * 8 / c.dev_bw_bps[d]);
+    disk = std::max(disk, f.in[d] / c.s->devices[d].profile.storage_write_bytes_per_s);
+    total_in += f.in[d];
+    lat = std::max(lat, c.dev_lat_s[d]);
+  }
+  if (c.shared_medium) net = total_in * 8 / c.medium_bps;
+  std::vector<int> all;
+  for (int d = 0; d < c.n; d++) all.push_back(d);
+  // Side-network weights: an all-gather moves half of what an all-reduce does.
+  double gather = 0.5 * allreduce_s(c, all, c.mc.total_trainable * c.mc.weight_bytes);
+  return std::max(net + lat, disk) + gather;
+}
+
+// ---- the cached data-parallel phase --------------------------------------------------
+
+static std::vector<int> dp_group(const Layout& lay) {
+  std::vector<int> g;
+  for (size_t d = 0; d < lay.dp_shares.size(); d++) {
+    if (lay.dp_shares[d] > 0) g.push_back((int)d);
+  }
+  return g;
+}
+
+static double dp_iter_s(const PlanCtx& c, const Layout& lay) {
+  double t = 0, opt = 0;
+  const std::string& dtype = c.s->method.dtype;
+  for (int d : dp_group(lay)) {
+    StageTime st = cached_time(c.mc, c.s->devices[d].profile, dtype, lay.dp_shares[d] * c.batch);
+    // Reading the next step's taps overlaps this step's compute.
+    t = std::max(t, std::max(st.fwd + st.bwd, st.cache_read));
+    opt = std::max(opt, 12 * c.mc.total_trainable / c.rate_side[d]);
+  }
+  return t + allreduce_s(c, dp_group(lay), c.mc.total_trainable * c.mc.grad_bytes) + opt;
+}
+
+static int64_t iterations(const PlanCtx& c, double batch) {
+  return (int64_t)std::ceil((double)c.s->data.samples / batch);
+}
+
+static bool uses_cache_phase(const PlanCtx& c, const Layout& lay) { return lay.cached && c.s->epochs > 1; }
+
+LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
+  LayoutTimes r;
+  const Scenario& s = *c.s;
+  const int E = s.epochs;
+  r.iters = iterations(c, lay.batch);
+  r.iter_s = pipeline_iter_s(c, lay, false);
+  r.peak_memory.assign(c.n, 0);
+  r.busy_s.assign(c.n, 0);
+  const int S = (int)lay.stages.size();
+  const double beta = lay.batch / lay.micro_batches;
+  int pipeline_epochs = uses_cache_phase(c, lay) ? 1 : E;
+  for (int j = 0; j < S; j++) {
+    const StagePlan& st = lay.stages[j];
+    int inflight = std::min(S - j, lay.micro_batches);
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      int d = st.devices[k];
+      double micro = st.shares[k] * beta;
+      StageMemory m = stage_memory(c.mc, st.layer_begin, st.layer_end, inflight * micro, micro);
+      r.peak_memory[d] = std::max(r.peak_memory[d], m.total());
+      StageTime t = stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin, st.layer_end, micro);
+      r.busy_s[d] += (double)r.iters * pipeline_epochs * lay.micro_batches * t.total();
+    }
+  }
+  for (int e = 0; e < pipeline_epochs; e++) r.epoch_s.push_back(r.iters * r.iter_s);
+  if (uses_cache_phase(c, lay)) {
+    r.switch_s = switch_time_s(c, lay);
+    r.dp_iter_s = dp_iter_s(c, lay);
+    int64_t it = iterations(c, c.batch);
+    for (int e = 1; e < E; e++) r.epoch_s.push_back(it * r.dp_iter_s);
+    for (int d : dp_group(lay)) {
+      double samples = lay.dp_shares[d] * c.batch;
+      r.peak_memory[d] = std::max(r.peak_memory[d], cached_memory(c.mc, samples).total());
+      StageTime t = cached_time(c.mc, s.devices[d].profile, s.method.dtype, samples);
+      r.busy_s[d] += (double)it * (E - 1) * t.total();
+    }
+  }
+  r.total_s = r.switch_s;
+  for (double t : r.epoch_s) r.total_s += t;
+  return r;
+}
+
+// ---- task graphs ---------------------------------------------------------------------
+
+// Collects tasks with dependencies in any order, then numbers them topologically
+// (Kahn's algorithm, lowest creation index first, so the numbering is deterministic).
+struct GraphBuilder {
+  std::vector<Task> tasks;
+  int add(TaskKind kind, int device, const std::string& label) {
+    Task t;
+    t.id = (int)tasks.size();
+    t.kind = kind;
+    t.device = device;
+    t.label = label;
+    tasks.push_back(t);
+    return t.id;
+  }
+  void dep(int task, int on) {
+    if (task >= 0 && on >= 0) tasks[task].deps.push_back(on);
+  }
+  TaskGraph finish() {
+    int n = (int)tasks.size();
+    std::vector<int> indeg(n, 0), rank(n, -1);
+    std::vector<std::vector<int>> next(n);
+    for (const Task& t : tasks) {
+      for (int d : t.deps) {
+        next[d].push_back(t.id);
+        indeg[t.id]++;
+      }
+    }
+    std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
+    for (int i = 0; i < n; i++) {
+      if (indeg[i] == 0) ready.push(i);
+    }
+    int k = 0;
+    std::vector<int> order;
+    while (!ready.empty()) {
+      int i = ready.top();
+      ready.pop();
+      rank[i] = k++;
+      order.push_back(i);
+      for (int j : next[i]) {
+        if (--indeg[j] == 0) ready.push(j);
+      }
+    }
+    TaskGraph g;
+    for (int i : order) {
+      Task t = tasks[i];
+      t.id = rank[i];
+      for (int& d : t.deps) d = rank[d];
+      std::sort(t.deps.begin(), t.deps.end());
+      if (t.mem_free_task >= 0) t.mem_free_task = rank[t.mem_free_task];
+      g.tasks.push_back(t);
+    }
+    return g;
+  }
+};
+
+static double send_s(const PlanCtx& c, int a, int b, double bytes) {
+  return bytes * 8 / link_bandwidth_bps(*c.s, a, b) + link_latency_s(*c.s, a, b);
+}
+
+static std::string mb_label(const char* what, int stage, int mb) {
+  return std::string(what) + " s" + std::to_string(stage) + " mb" + std::to_string(mb);
+}
+
+// One pipeline iteration under 1F1B: forward/backward per micro-batch share, sends
+// between every pair of devices of adjacent groups, cache writes after forwards, an
+// all-reduce per group and the optimizer step.
+static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_cache) {
+  const Scenario& s = *c.s;
+  const int S = (int)lay.stages.size(), M = lay.micro_batches;
+  const double beta = lay.batch / M;
+  GraphBuilder gb;
+  // Ids by [stage][device slot][micro-batch].
+  std::vector<std::vector<std::vector<int>>> F(S), B(S);
+  for (int j = 0; j < S; j++) {
+    const StagePlan& st = lay.stages[j];
+    LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
+    F[j].assign(st.devices.size(), std::vector<int>(M, -1));
+    B[j] = F[j];
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      int d = st.devices[k];
+      double micro = st.shares[k] * beta;
+      if (micro <= 0) continue;
+      StageTime t = stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin, st.layer_end, micro);
+      for (int m = 0; m < M; m++) {
+        int f = gb.add(TaskKind::Forward, d, mb_label("F", j, m));
+        int b = gb.add(TaskKind::Backward, d, mb_label("B", j, m));
+        for (int id : {f, b}) {
+          Task& x = gb.tasks[id];
+          x.stage = j;
+          x.micro_batch = m;
+          x.layer_begin = st.layer_begin;
+          x.layer_end = st.layer_end;
+          x.samples = micro;
+        }
+        gb.tasks[f].flops = micro * (lc.fwd_flops + lc.side_fwd_flops);
+        gb.tasks[f].seconds = t.fwd;
+        gb.tasks[f].mem_alloc_bytes = micro * lc.act_bytes;
+        gb.tasks[f].mem_free_task = b;
+        gb.tasks[b].flops = micro * (lc.bwd_flops + lc.side_bwd_flops);
+        gb.tasks[b].seconds = t.bwd;
+        F[j][k][m] = f;
+        B[j][k][m] = b;
+        if (write_cache && lc.tap_bytes > 0) {
+          int w = gb.add(TaskKind::CacheWrite, d, mb_label("W", j, m));
+          gb.tasks[w].stage = j;
+          gb.tasks[w].micro_batch = m;
+          gb.tasks[w].layer_begin = st.layer_begin;
+          gb.tasks[w].layer_end = st.layer_end;
+          gb.tasks[w].samples = micro;
+          gb.tasks[w].bytes = micro * lc.tap_bytes;
+          gb.tasks[w].seconds = t.cache_write;
+          gb.dep(w, f);
+          if (m > 0) gb.dep(w, w - 3);  // storage writes one at a time (F, B, W per micro-batch)
+        }
+      }
+      // 1F1B on this device: warm-up forwards, then one forward one backward, then
+      // the remaining backwards; each compute task waits for the previous one.
+      int warm = std::min(S - 1 - j, M);
+      std::vector<int> seq;
+      for (int m = 0; m < warm; m++) seq.push_back(F[j][k][m]);
+      for (int m = warm; m < M; m++) {
+        seq.push_back(F[j][k][m]);
+        seq.push_back(B[j][k][m - warm]);
+      }
+      for (int m = M - warm; m < M; m++) seq.push_back(B[j][k][m]);
+      for (size_t q = 1; q < seq.size(); q++) gb.dep(seq[q], seq[q - 1]);
+    }
+  }
+  // Messages between adjacent groups, split by both sides' shares.
+  for (int j = 0; j + 1 < S; j++) {
+    const StagePlan& a = lay.stages[j];
+    const StagePlan& b = lay.stages[j + 1];
+    const LayerCost& cut = c.mc.layers[a.layer_end - 1];
+    for (size_t p = 0; p < a.devices.size(); p++) {
+      for (size_t q = 0; q < b.devices.size(); q++) {
+        double part = a.shares[p] * b.shares[q] * beta;
+        if (part <= 0) continue;
+        int d = a.devices[p], e = b.devices[q];
+        for (int m = 0; m < M; m++) {
+          int sf = gb.add(TaskKind::Send, d, mb_label("act", j, m));
+          gb.tasks[sf].peer = e;
+          gb.tasks[sf].stage = j;
+          gb.tasks[sf].micro_batch = m;
+          gb.tasks[sf].bytes = part * cut.out_bytes;
+          gb.tasks[sf].seconds = send_s(c, d, e, gb.tasks[sf].bytes);
+          gb.dep(sf, F[j][p][m]);
+          gb.dep(F[j + 1][q][m], sf);
+          int sb = gb.add(TaskKind::Send, e, mb_label("grad", j + 1, m));
+          gb.tasks[sb].peer = d;
+          gb.tasks[sb].stage = j + 1;
+          gb.tasks[sb].micro_batch = m;
+          gb.tasks[sb].bytes = part * cut.grad_bytes;
+          gb.tasks[sb].seconds = send_s(c, e, d, gb.tasks[sb].bytes);
+          gb.dep(sb, B[j + 1][q][m]);
+          gb.dep(B[j][p][m], sb);
+        }
+      }
+    }
+  }
+  // Gradient all-reduce inside each group, then the optimizer step on every device.
+  for (int j = 0; j < S; j++) {
+    const StagePlan& st = lay.stages[j];
+    LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
+    int ar = -1;
+    std::vector<int> members;
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      if (st.shares[k] > 0) members.push_back(st.devices[k]);
+    }
+    if (members.size() > 1 && lc.trainable > 0) {
+      ar = gb.add(TaskKind::AllReduce, members[0], "allreduce s" + std::to_string(j));
+      gb.tasks[ar].group = members;
+      gb.tasks[ar].stage = j;
+      gb.tasks[ar].bytes = lc.trainable * c.mc.grad_bytes;
+      gb.tasks[ar].seconds = allreduce_s(c, members, gb.tasks[ar].bytes);
+      for (size_t k = 0; k < st.devices.size(); k++) {
+        if (st.shares[k] > 0) gb.dep(ar, B[j][k][M - 1]);
+      }
+    }
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      if (st.shares[k] <= 0) continue;
+      int d = st.devices[k];
+      int o = gb.add(TaskKind::Optimizer, d, "opt s" + std::to_string(j));
+      gb.tasks[o].stage = j;
+      gb.tasks[o].flops = 12 * lc.trainable;
+      gb.tasks[o].seconds = gb.tasks[o].flops / c.rate_layer[d];
+      gb.dep(o, ar >= 0 ? ar : B[j][k][M - 1]);
+      gb.dep(o, B[j][k][M - 1]);
+    }
+  }
+  return gb.finish();
+}
+
+static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
+  SwitchFlow f = switch_flow(c, lay);
+  GraphBuilder gb;
+  std::vector<int> all;
+  for (int d = 0; d < c.n; d++) all.push_back(d);
+  int ag = gb.add(TaskKind::AllGather, 0, "gather side network");
+  gb.tasks[ag].group = all;
+  gb.tasks[ag].bytes = c.mc.total_trainable * c.mc.weight_bytes;
+  gb.tasks[ag].seconds = 0.5 * allreduce_s(c, all, gb.tasks[ag].bytes);
+  double total_in = 0;
+  for (double x : f.in) total_in += x;
+  std::vector<std::vector<int>> sends_to(c.n);
+  for (int d = 0; d < c.n; d++) {
+    if (f.out[d] <= 0 || total_in <= 0) continue;
+    for (int e = 0; e < c.n; e++) {
+      if (e == d || f.in[e] <= 0) continue;
+      double bytes = f.out[d] * f.in[e] / total_in;
+      int sd = gb.add(TaskKind::Send, d, "cache " + c.s->devices[d].id + "->" + c.s->devices[e].id);
+      gb.tasks[sd].peer = e;
+      gb.tasks[sd].bytes = bytes;
+      gb.tasks[sd].seconds = send_s(c, d, e, bytes);
+      sends_to[e].push_back(sd);
+    }
+  }
+  for (int e = 0; e < c.n; e++) {
+    if (f.in[e] <= 0) continue;
+    int w = gb.add(TaskKind::CacheWrite, e, "cache in " + c.s->devices[e].id);
+    gb.tasks[w].bytes = f.in[e];
+    gb.tasks[w].seconds = f.in[e] / c.s->devices[e].profile.storage_write_bytes_per_s;
+    for (int sd : sends_to[e]) gb.dep(w, sd);
+  }
+  return gb.finish();
+}
+
+static TaskGraph dp_graph(const PlanCtx& c, const Layout& lay) {
+  GraphBuilder gb;
+  std::vector<int> group = dp_group(lay);
+  std::vector<int> backs;
+  int ar = -1;
+  if (group.size() > 1) {
+    ar = gb.add(TaskKind::AllReduce, group[0], "allreduce side");
+    gb.tasks[ar].group = group;
+    gb.tasks[ar].bytes = c.mc.total_trainable * c.mc.grad_bytes;
+    gb.tasks[ar].seconds = allreduce_s(c, group, gb.tasks[ar].bytes);
+  }
+  const LayerCost& all = c.mc.prefix.back();
+  for (int d : group) {
+    double samples = lay.dp_shares[d] * c.batch;
+    StageTime t = cached_time(c.mc, c.s->devices[d].profile, c.s->method.dtype, samples);
+    int r = gb.add(TaskKind::CacheRead, d, "R " + c.s->devices[d].id);
+    gb.tasks[r].bytes = samples * all.tap_bytes;
+    gb.tasks[r].seconds = t.cache_read;
+    gb.tasks[r].samples = samples;
+    int f = gb.add(TaskKind::Forward, d, "F side " + c.s->devices[d].id);
+    int b = gb.add(TaskKind::Backward, d, "B side " + c.s->devices[d].id);
+    for (int id : {f, b}) {
+      gb.tasks[id].layer_begin = 0;
+      gb.tasks[id].layer_end = c.L;
+      gb.tasks[id].samples = samples;
+      gb.tasks[id].stage = 0;
+      gb.tasks[id].micro_batch = 0;
+    }
+    gb.tasks[f].flops = samples * (all.side_fwd_flops + c.mc.cached_head_flops);
+    gb.tasks[f].seconds = t.fwd;
+    gb.tasks[f].mem_alloc_bytes = samples * all.side_act_bytes;
+    gb.tasks[f].mem_free_task = b;
+    gb.tasks[b].flops = samples * all.side_bwd_flops;
+    gb.tasks[b].seconds = t.bwd;
+    gb.dep(f, r);
+    gb.dep(b, f);
+    gb.dep(ar, b);
+    int o = gb.add(TaskKind::Optimizer, d, "opt side");
+    gb.tasks[o].flops = 12 * c.mc.total_trainable;
+    gb.tasks[o].seconds = gb.tasks[o].flops / c.rate_side[d];
+    gb.dep(o, ar >= 0 ? ar : b);
+  }
+  return gb.finish();
+}
+
+Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strategy) {
+  const Scenario& s = *c.s;
+  Plan p;
+  p.strategy = strategy;
+  p.scenario = s;
+  p.device_order = lay.order;
+  LayoutTimes t = layout_predict(c, lay);
+  bool cached = uses_cache_phase(c, lay);
+  const int E = s.epochs;
+  const double beta = lay.batch / lay.micro_batches;
+
+  Phase first;
+  first.kind = lay.stages.size() == 1 ? "data_parallel" : "pipeline";
+  first.epoch_first = 1;
+  first.epoch_last = cached ? 1 : E;
+  first.stages = lay.stages;
+  first.micro_batches = lay.micro_batches;
+  p.phases.push_back(first);
+
+  Segment seg;
+  seg.name = first.kind;
+  seg.epoch_first = 1;
+  seg.epoch_last = first.epoch_last;
+  seg.repeat = t.iters * (first.epoch_last - first.epoch_first + 1);
+  seg.resident_bytes.assign(c.n, 0);
+  for (const StagePlan& st : lay.stages) {
+    for (size_t k = 0; k < st.devices.size(); k++)
+      seg.resident_bytes[st.devices[k]] = stage_memory(c.mc, st.layer_begin, st.layer_end, 0, st.shares[k] * beta).total();
+  }
+  seg.graph = pipeline_graph(c, lay, c.mc.cache);
+  p.segments.push_back(seg);
+
+  if (cached) {
+    Segment sw;
+    sw.name = "switch";
+    sw.epoch_first = sw.epoch_last = 1;
+    sw.repeat = 1;
+    sw.resident_bytes.assign(c.n, 0);
+    StageMemory side = cached_memory(c.mc, 0);
+    for (int d = 0; d < c.n; d++) sw.resident_bytes[d] = side.weights;
+    sw.graph = switch_graph(c, lay);
+    p.segments.push_back(sw);
+
+    Phase dp;
+    dp.kind = "data_parallel";
+    dp.epoch_first = 2;
+    dp.epoch_last = E;
+    dp.micro_batches = 1;
+    StagePlan all;
+    all.layer_begin = 0;
+    all.layer_end = c.L;
+    for (int d : dp_group(lay)) {
+      all.devices.push_back(d);
+      all.shares.push_back(lay.dp_shares[d]);
+    }
+    dp.stages.push_back(all);
+    p.phases.push_back(dp);
+
+    Segment ds;
+    ds.name = "data_parallel";
+    ds.epoch_first = 2;
+    ds.epoch_last = E;
+    ds.repeat = iterations(c, c.batch) * (E - 1);
+    ds.resident_bytes.assign(c.n, 0);
+    for (int d : dp_group(lay)) {
+      StageMemory m = cached_memory(c.mc, lay.dp_shares[d] * c.batch);
+      ds.resident_bytes[d] = m.total() - m.activations;
+    }
+    ds.graph = dp_graph(c, lay);
+    p.segments.push_back(ds);
+  }
+
+  p.predicted.epoch_s = t.epoch_s;
+  p.predicted.switch_s = t.switch_s;
+  p.predicted.total_s = t.total_s;
+  p.predicted.peak_memory_bytes = t.peak_memory;
+  for (int d = 0; d < c.n; d++) {
+    const DeviceProfile& prof = s.devices[d].profile;
+    double busy = std::min(t.busy_s[d], t.total_s);
+    p.predicted.energy_j.push_back(busy * prof.power_busy_w + (t.total_s - busy) * prof.power_idle_w);
+  }
+  return p;
+}
+
+}  // namespace pac

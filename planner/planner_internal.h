@@ -1,0 +1,91 @@
+// Internals shared by the planner's files (not part of the planner's interface; tests
+// use them to compare the dynamic programs against exhaustive search).
+#pragma once
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "src/core/cost_model.h"
+#include "src/core/plan.h"
+
+namespace pac {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// What every strategy plans against: the scenario and its cost model.
+struct PlanCtx {
+  const Scenario* s = nullptr;
+  ModelCost mc;
+  int n = 0;                 // devices
+  int L = 0;                 // layers
+  int M = 1;                 // micro-batches per mini-batch (pipeline)
+  double batch = 16;         // samples per iteration (global mini-batch)
+  bool shared_medium = false;
+  std::vector<double> dev_bw_bps;  // per device: min(NIC, network) — what one device can push
+  std::vector<double> dev_lat_s;   // per device: network latency + its NIC's
+  std::vector<double> rate_layer;  // per device: FLOP/s for backbone work at one micro-batch
+  std::vector<double> rate_side;   // per device: FLOP/s for side-network work
+  std::vector<double> mem;         // per device: usable bytes
+  double medium_bps = 0;           // shared medium capacity (shared networks)
+};
+
+PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method);
+
+// How a strategy arranges the work; plan_assemble turns it into a complete Plan.
+struct Layout {
+  std::vector<int> order;           // device order stages were cut along
+  std::vector<StagePlan> stages;    // the pipeline (or data parallel as one stage)
+  int micro_batches = 1;
+  double batch = 16;                // samples per iteration
+  bool cached = false;              // epoch 1 pipeline, switch, epochs 2+ data parallel from the cache
+  std::vector<double> dp_shares;    // cached phase: per device share of each mini-batch
+};
+
+// The stage-cost flavours the dynamic program can use.
+enum class StageCostKind {
+  Paper,    // PAC paper: compute of the slowest device, even shares, memory a hard limit
+  Network,  // pac-opt / Asteroid: shares by speed, max(compute, cache writes, messages in and out)
+};
+
+// Cost of stage [x, y) on devices order[i0..i1) when it is the k-th stage from the end
+// (1F1B: k micro-batches in flight, capped at M). kInf when over memory.
+double stage_cost(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y, int i0, int i1,
+                  int k, std::vector<double>* shares_out = nullptr);
+
+// For one device order: best[s] = the least bottleneck over all partitions into s
+// stages (contiguous layers x contiguous device slices), kInf when none fits; parts[s]
+// = that partition as (layer_end, device_end) per stage. `single_device_stages` forces
+// groups of one device (Eco-FL). `use_all` requires all devices to be used.
+struct DpResult {
+  std::vector<double> best;                          // index s = stage count (0 unused)
+  std::vector<std::vector<std::pair<int, int>>> parts;
+};
+DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int max_stages,
+                      bool single_device_stages, bool use_all);
+
+// Turns a partition into stages with shares.
+std::vector<StagePlan> partition_stages(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order,
+                                        const std::vector<std::pair<int, int>>& part);
+
+// Predicted time of one pipeline iteration: warm-up + M x bottleneck + tail.
+// `paper_model` leaves bandwidth out of the steady state (the paper's stage-count
+// choice); otherwise messages, cache writes and a shared medium count.
+double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model);
+
+// Full predictions and the plan with its task graphs.
+struct LayoutTimes {
+  double iter_s = 0, dp_iter_s = 0, switch_s = 0;
+  int64_t iters = 0;
+  std::vector<double> epoch_s;
+  double total_s = 0;
+  std::vector<double> peak_memory;   // per device
+  std::vector<double> busy_s;        // per device, whole run
+};
+LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay);
+Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strategy);
+
+// Ring all-reduce of `bytes` over `group` (Patarasuk & Yuan: 2(g-1)/g of the data per
+// device, 2(g-1) latency steps).
+double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes);
+
+}  // namespace pac

@@ -1,0 +1,162 @@
+#include "src/core/profile.h"
+
+#include <cstdlib>
+
+#include "src/common/error.h"
+#include "src/common/fs.h"
+
+namespace pac {
+
+int dtype_bytes(const std::string& dtype) {
+  if (dtype == "fp32") return 4;
+  if (dtype == "fp16" || dtype == "bf16") return 2;
+  throw InputError("unknown dtype \"" + dtype + "\" (expected fp32, fp16 or bf16)");
+}
+
+// Reads {"fp32": 1.2e11, "fp16": ...} style maps of positive numbers.
+static std::map<std::string, double> rate_map_read(const JsonIn& j) {
+  std::map<std::string, double> out;
+  if (!j.is_object()) j.fail("expected an object of FLOP/s numbers, got " + json_describe(j.raw()));
+  for (const std::string& k : j.keys()) out[k] = j.number(k, 1.0);
+  return out;
+}
+
+DeviceProfile device_profile_from_json(const JsonIn& j) {
+  j.check_keys({"name", "source", "notes", "peak_flops_fp32", "peak_flops_fp16", "eff_flops", "eff_flops_by_kind",
+                "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
+                "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "calibration"});
+  DeviceProfile p;
+  p.name = j.string("name");
+  p.source = j.string_or("source", "");
+  p.peak_flops_fp32 = j.number_or("peak_flops_fp32", 0, 0);
+  p.peak_flops_fp16 = j.number_or("peak_flops_fp16", 0, 0);
+  p.eff_flops = rate_map_read(j.at("eff_flops"));
+  if (!p.eff_flops.count("fp32")) j.fail_at("eff_flops.fp32", "missing (required: the fp32 effective FLOP/s)");
+  for (auto& kv : p.eff_flops) {
+    if (kv.first != "fp32" && kv.first != "fp16" && kv.first != "bf16")
+      j.fail_at("eff_flops." + kv.first, "unknown dtype (expected fp32, fp16 or bf16)");
+  }
+  if (auto k = j.find("eff_flops_by_kind")) p.eff_flops_by_kind = rate_map_read(*k);
+  p.memory_bytes = j.number("memory_bytes", 1.0);
+  p.power_idle_w = j.number("power_idle_w", 0);
+  p.power_busy_w = j.number("power_busy_w", p.power_idle_w);
+  p.nic_bandwidth_bps = j.number("nic_bandwidth_bps", 1.0);
+  p.nic_latency_s = j.number_or("nic_latency_s", 0, 0, 10);
+  p.storage_read_bytes_per_s = j.number("storage_read_bytes_per_s", 1.0);
+  p.storage_write_bytes_per_s = j.number("storage_write_bytes_per_s", 1.0);
+  return p;
+}
+
+json device_profile_to_json(const DeviceProfile& p) {
+  json j;
+  j["name"] = p.name;
+  j["source"] = p.source;
+  j["peak_flops_fp32"] = p.peak_flops_fp32;
+  j["peak_flops_fp16"] = p.peak_flops_fp16;
+  j["eff_flops"] = p.eff_flops;
+  if (!p.eff_flops_by_kind.empty()) j["eff_flops_by_kind"] = p.eff_flops_by_kind;
+  j["memory_bytes"] = p.memory_bytes;
+  j["power_idle_w"] = p.power_idle_w;
+  j["power_busy_w"] = p.power_busy_w;
+  j["nic_bandwidth_bps"] = p.nic_bandwidth_bps;
+  j["nic_latency_s"] = p.nic_latency_s;
+  j["storage_read_bytes_per_s"] = p.storage_read_bytes_per_s;
+  j["storage_write_bytes_per_s"] = p.storage_write_bytes_per_s;
+  return j;
+}
+
+ModelConfig model_config_from_json(const JsonIn& j) {
+  j.check_keys({"name", "source", "notes", "family", "encoder_layers", "decoder_layers", "hidden", "heads",
+                "kv_heads", "ffn", "vocab", "max_seq", "tied_embeddings", "gated_ffn"});
+  ModelConfig m;
+  m.name = j.string("name");
+  m.family = j.choice("family", {"llama", "t5", "bart"});
+  if (m.family == "llama") {
+    m.encoder_layers = (int)j.integer_or("encoder_layers", 0, 0, 0);
+    m.decoder_layers = (int)j.integer("decoder_layers", 1, 100000);
+  } else {
+    m.encoder_layers = (int)j.integer("encoder_layers", 1, 100000);
+    m.decoder_layers = (int)j.integer("decoder_layers", 1, 100000);
+  }
+  m.hidden = (int)j.integer("hidden", 1, 1 << 20);
+  m.heads = (int)j.integer("heads", 1, m.hidden);
+  if (m.hidden % m.heads != 0) j.fail_at("heads", "expected a divisor of hidden (" + std::to_string(m.hidden) + ")");
+  m.kv_heads = (int)j.integer_or("kv_heads", m.heads, 1, m.heads);
+  if (m.heads % m.kv_heads != 0) j.fail_at("kv_heads", "expected a divisor of heads (" + std::to_string(m.heads) + ")");
+  m.ffn = (int)j.integer("ffn", 1, 1 << 24);
+  m.vocab = (int)j.integer("vocab", 1, 1 << 24);
+  m.max_seq = (int)j.integer("max_seq", 1, 1 << 24);
+  m.tied_embeddings = j.boolean_or("tied_embeddings", true);
+  m.gated_ffn = j.boolean_or("gated_ffn", m.family == "llama");
+  return m;
+}
+
+json model_config_to_json(const ModelConfig& m) {
+  json j;
+  j["name"] = m.name;
+  j["family"] = m.family;
+  j["encoder_layers"] = m.encoder_layers;
+  j["decoder_layers"] = m.decoder_layers;
+  j["hidden"] = m.hidden;
+  j["heads"] = m.heads;
+  j["kv_heads"] = m.kv_heads;
+  j["ffn"] = m.ffn;
+  j["vocab"] = m.vocab;
+  j["max_seq"] = m.max_seq;
+  j["tied_embeddings"] = m.tied_embeddings;
+  j["gated_ffn"] = m.gated_ffn;
+  return j;
+}
+
+static std::string dir_of(const std::string& file) {
+  size_t slash = file.find_last_of('/');
+  return slash == std::string::npos ? "." : file.substr(0, slash);
+}
+
+std::string profiles_dir_resolve(const std::string& explicit_dir, const std::string& near_file) {
+  if (!explicit_dir.empty()) return explicit_dir;
+  if (const char* env = std::getenv("PAC_PROFILES_DIR")) {
+    if (*env) return env;
+  }
+  if (!near_file.empty()) {
+    std::string d = path_join(dir_of(near_file), "../profiles");
+    if (file_exists(path_join(d, "devices"))) return d;
+  }
+  return "profiles";
+}
+
+// Shared by device and model references: inline object, path, or name in `sub`.
+static JsonIn profile_ref_load(const JsonIn& ref, const std::string& profiles_dir, const std::string& sub) {
+  if (ref.is_object()) return ref;
+  std::string name = ref.as_string();
+  if (name.empty()) ref.fail("expected a profile name, a .json path or an object, got an empty string");
+  std::string file;
+  if (name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0) {
+    file = name[0] == '/' ? name : path_join(dir_of(ref.file()), name);
+  } else {
+    file = path_join(path_join(profiles_dir, sub), name + ".json");
+  }
+  if (!file_exists(file)) ref.fail("unknown " + sub.substr(0, sub.size() - 1) + " profile \"" + name + "\" (no file " + file + ")");
+  return JsonIn::load_file(file);
+}
+
+DeviceProfile device_profile_resolve(const JsonIn& ref, const std::string& profiles_dir) {
+  return device_profile_from_json(profile_ref_load(ref, profiles_dir, "devices"));
+}
+
+ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_dir) {
+  return model_config_from_json(profile_ref_load(ref, profiles_dir, "models"));
+}
+
+double device_rate(const DeviceProfile& p, const std::string& dtype, const std::string& kind, int micro_batch) {
+  auto it = p.eff_flops_by_kind.find(kind + "@" + std::to_string(micro_batch));
+  if (it != p.eff_flops_by_kind.end()) return it->second;
+  it = p.eff_flops_by_kind.find(kind);
+  if (it != p.eff_flops_by_kind.end()) return it->second;
+  it = p.eff_flops.find(dtype);
+  if (it != p.eff_flops.end()) return it->second;
+  it = p.eff_flops.find("fp32");
+  return it != p.eff_flops.end() ? it->second : 1.0;
+}
+
+}  // namespace pac
