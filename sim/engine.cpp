@@ -562,16 +562,16 @@ SimResult Engine::run() {
   }
   net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
   pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);
-  pair_lat_s_.assign(static_cast<size_t>(n_) * n_, ns.latency_s);
+  pair_lat_s_.assign(static_cast<size_t>(n_) * n_, 0);
   degrade_.assign(static_cast<size_t>(n_) * n_, 1);
+  // Latency as the cost model sees it (network + the slower NIC, or a link override).
+  for (int a = 0; a < n_; a++)
+    for (int b = 0; b < n_; b++)
+      if (a != b) pair_lat_s_[a * n_ + b] = link_latency_s(sc_, a, b);
   for (const LinkSpec& l : ns.links) {
     int a = device_find(sc_, l.a), b = device_find(sc_, l.b);
-    if (a < 0 || b < 0) continue;
-    for (int k = 0; k < 2; k++) {
-      int i = k ? b * n_ + a : a * n_ + b;
-      if (l.bandwidth_bps > 0) pair_cap_Bps_[i] = l.bandwidth_bps / 8;
-      pair_lat_s_[i] = l.latency_s;
-    }
+    if (a < 0 || b < 0 || l.bandwidth_bps <= 0) continue;
+    pair_cap_Bps_[a * n_ + b] = pair_cap_Bps_[b * n_ + a] = l.bandwidth_bps / 8;
   }
 
   // Which devices take part at all (for energy and the report).
