@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include "planner/planner_internal.h"
+#include "src/core/profile.h"
 
 namespace pac {
 
@@ -72,23 +74,6 @@ static Layout layout_from_part(const PlanCtx& c, StageCostKind kind, const std::
 // Even data-parallel shares over all devices for the cached phase (the paper's).
 static std::vector<double> shares_even(int n) { return std::vector<double>(n, 1.0 / n); }
 
-// Cached-phase shares proportional to each device's side-network speed; devices whose
-// memory cannot hold their share get an even share of what is left (rare).
-static std::vector<double> shares_by_speed(const PlanCtx& c) {
-  std::vector<double> sh(c.n);
-  double inv = 0;
-  for (int d = 0; d < c.n; d++) {
-    StageTime t = cached_time(c.mc, c.s->devices[d].profile, c.s->method.dtype, 1.0);
-    sh[d] = 1.0 / std::max(t.total(), t.cache_read);
-    inv += sh[d];
-  }
-  for (double& x : sh) x /= inv;
-  for (int d = 0; d < c.n; d++) {
-    if (cached_memory(c.mc, sh[d] * c.batch).total() > c.mem[d]) return shares_even(c.n);
-  }
-  return sh;
-}
-
 static bool cached_phase_fits(const PlanCtx& c, const std::vector<double>& shares) {
   for (int d = 0; d < c.n; d++) {
     if (shares[d] > 0 && cached_memory(c.mc, shares[d] * c.batch).total() > c.mem[d]) return false;
@@ -129,9 +114,7 @@ static std::vector<int> device_classes(const PlanCtx& c) {
   std::vector<int> cls(c.n);
   std::map<std::string, int> ids;
   for (int d = 0; d < c.n; d++) {
-    std::string key = c.s->devices[d].profile.name + "|" + std::to_string(c.dev_bw_bps[d]) + "|" +
-                      std::to_string(c.dev_lat_s[d]) + "|" + std::to_string(c.mem[d]) + "|" +
-                      std::to_string(c.rate_layer[d]) + "|" + std::to_string(c.rate_side[d]);
+    std::string key = device_profile_to_json(c.s->devices[d].profile).dump();
     for (const LinkSpec& l : c.s->network.links) {
       if (l.a == c.s->devices[d].id || l.b == c.s->devices[d].id) key += "|" + c.s->devices[d].id;  // unique
     }
@@ -155,12 +138,12 @@ static double count_arrangements(const std::vector<int>& cls) {
   return r;
 }
 
-// Searches layouts over device orders; returns the best by predicted total time.
+// Searches layouts over device orders; keeps the one with the least `score`.
 struct OptSearch {
   const PlanCtx* c;
   StageCostKind kind;
-  bool single;          // one device per stage (Eco-FL)
-  bool search_orders;
+  bool single;  // one device per stage (Eco-FL)
+  std::function<double(Layout&)> score;
   Layout best;
   double best_t = kInf;
   int evaluated = 0;
@@ -172,7 +155,7 @@ struct OptSearch {
     for (int s : stage_counts(*c, (int)dp.best.size() - 1)) {
       if (dp.best[s] == kInf) continue;
       Layout lay = layout_from_part(*c, kind, order, dp.parts[s]);
-      double t = pipeline_iter_s(*c, lay, false);
+      double t = score(lay);
       order_best = std::min(order_best, t);
       if (t < best_t) {
         best_t = t;
@@ -183,8 +166,9 @@ struct OptSearch {
   }
 };
 
-static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool search_orders, Layout* out) {
-  OptSearch os{&c, kind, single, search_orders, Layout(), kInf, 0};
+static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool search_orders,
+                          const std::function<double(Layout&)>& score, Layout* out) {
+  OptSearch os{&c, kind, single, score, Layout(), kInf, 0};
   std::vector<int> order = order_identity(c.n);
   if (!search_orders) {
     os.try_order(order);
@@ -193,11 +177,9 @@ static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, boo
     // Exact: every distinct arrangement of the classes, while the work stays small.
     double work = count_arrangements(cls) * c.L * c.L * c.n * c.n * c.n;
     if (work <= 3e8) {
-      std::vector<int> perm = order_identity(c.n);
-      std::sort(perm.begin(), perm.end(), [&](int a, int b) { return cls[a] < cls[b] || (cls[a] == cls[b] && a < b); });
       // Permute the class sequence; map back to devices in index order within a class.
-      std::vector<int> seq(c.n);
-      for (int i = 0; i < c.n; i++) seq[i] = cls[perm[i]];
+      std::vector<int> seq = cls;
+      std::sort(seq.begin(), seq.end());
       do {
         std::map<int, std::vector<int>> pool;
         for (int d = c.n - 1; d >= 0; d--) pool[cls[d]].push_back(d);
@@ -210,11 +192,10 @@ static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, boo
       } while (std::next_permutation(seq.begin(), seq.end()));
     } else {
       // Seeds: as given, fastest first, slowest first, most memory first; then swap
-      // pairs of different classes while it helps (bounded number of DP runs).
-      auto speed = [&](int d) { return c.rate_layer[d]; };
+      // neighbours of different classes while it helps (a bounded number of DP runs).
       std::vector<std::vector<int>> seeds = {order};
       std::vector<int> o = order;
-      std::stable_sort(o.begin(), o.end(), [&](int a, int b) { return speed(a) > speed(b); });
+      std::stable_sort(o.begin(), o.end(), [&](int a, int b) { return c.rate_layer[a] > c.rate_layer[b]; });
       seeds.push_back(o);
       std::reverse(o.begin(), o.end());
       seeds.push_back(o);
@@ -250,6 +231,50 @@ static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, boo
   if (os.best_t == kInf) return false;
   *out = os.best;
   return true;
+}
+
+static double score_iteration(const PlanCtx& c, Layout& lay) { return pipeline_iter_s(c, lay, false); }
+
+// pac-opt's cached phase: which devices train the side network in epochs 2+ and with
+// which shares. On a slow shared medium the all-reduce over every device can cost more
+// than it saves, so the k fastest devices (k = 1..n, shares by speed) are all priced
+// with the whole run and the best kept. Sets lay.cached / lay.dp_shares; returns the
+// predicted total.
+static double score_total_cached(const PlanCtx& c, Layout& lay) {
+  lay.cached = c.mc.cache && c.s->epochs > 1;
+  if (!lay.cached) {
+    lay.dp_shares = shares_even(c.n);
+    return layout_predict(c, lay).total_s;
+  }
+  std::vector<double> speed(c.n);
+  std::vector<int> by_speed = order_identity(c.n);
+  for (int d = 0; d < c.n; d++) {
+    StageTime t = cached_time(c.mc, c.s->devices[d].profile, c.s->method.dtype, 1.0);
+    speed[d] = 1.0 / std::max(t.total(), t.cache_read);
+  }
+  std::stable_sort(by_speed.begin(), by_speed.end(), [&](int a, int b) { return speed[a] > speed[b]; });
+  double best = kInf;
+  std::vector<double> best_shares;
+  for (int k = 1; k <= c.n; k++) {
+    std::vector<double> sh(c.n, 0);
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += speed[by_speed[i]];
+    for (int i = 0; i < k; i++) sh[by_speed[i]] = speed[by_speed[i]] / sum;
+    if (!cached_phase_fits(c, sh)) continue;
+    lay.dp_shares = sh;
+    double t = layout_predict(c, lay).total_s;
+    if (t < best) {
+      best = t;
+      best_shares = sh;
+    }
+  }
+  if (best_shares.empty()) {  // the side network fits nowhere alone: stay in the pipeline
+    lay.cached = false;
+    lay.dp_shares = shares_even(c.n);
+    return kInf;
+  }
+  lay.dp_shares = best_shares;
+  return best;
 }
 
 // ---- strategies -----------------------------------------------------------------------
@@ -315,7 +340,8 @@ static Plan plan_pipeline_baseline(const Scenario& s, const std::string& strateg
   PlanCtx c = plan_ctx_make(s, method_without_cache(s.method));
   Layout lay;
   bool single = strategy == "ecofl";
-  if (!search_layout(c, StageCostKind::Network, single, false, &lay))
+  auto score = [&](Layout& l) { return score_iteration(c, l); };
+  if (!search_layout(c, StageCostKind::Network, single, false, score, &lay))
     infeasible_throw(c, strategy, false, c.batch / c.M);
   return plan_assemble(c, lay, strategy);
 }
@@ -327,29 +353,22 @@ static Plan plan_pac(const Scenario& s) {
   return plan_assemble(c, lay, "pac");
 }
 
-// pac-opt: searches device orders with the network-aware stage cost, speed-based
-// shares, decides whether the cache pays off, and also prices pac's own plan: the
-// best of all by predicted total time, so it is never worse than pac.
+// pac-opt: searches device orders with the network-aware stage cost (groups, and one
+// device per stage), speed-based shares, decides whether the cache pays off and which
+// devices train from it, and also prices pac's own plan: the best of all by predicted
+// total time, so it is never worse than pac under the same cost model.
 static Plan plan_pac_opt(const Scenario& s) {
   std::vector<MethodSpec> variants = {s.method};
   if (s.method.cache) variants.push_back(method_without_cache(s.method));
   Plan best;
   double best_t = kInf;
-  const PlanCtx* infeasible_ctx = nullptr;
-  std::vector<PlanCtx> ctxs;
-  ctxs.reserve(variants.size());
   for (const MethodSpec& m : variants) {
-    ctxs.push_back(plan_ctx_make(s, m));
-    const PlanCtx& c = ctxs.back();
-    infeasible_ctx = &c;
+    PlanCtx c = plan_ctx_make(s, m);
+    auto score = [&](Layout& l) { return score_total_cached(c, l); };
     std::vector<Layout> cands;
     Layout lay;
-    if (search_layout(c, StageCostKind::Network, false, true, &lay)) {
-      lay.cached = c.mc.cache;
-      lay.dp_shares = shares_by_speed(c);
-      if (lay.cached && !cached_phase_fits(c, lay.dp_shares)) lay.cached = false;
-      cands.push_back(lay);
-    }
+    if (search_layout(c, StageCostKind::Network, false, true, score, &lay)) cands.push_back(lay);
+    if (search_layout(c, StageCostKind::Network, true, true, score, &lay)) cands.push_back(lay);
     if (pac_layout(c, &lay)) cands.push_back(lay);
     for (Layout& cand : cands) {
       double t = layout_predict(c, cand).total_s;
@@ -359,7 +378,10 @@ static Plan plan_pac_opt(const Scenario& s) {
       }
     }
   }
-  if (best_t == kInf) infeasible_throw(*infeasible_ctx, "pac-opt", false, s.data.mini_batch / (double)s.data.micro_batches);
+  if (best_t == kInf) {
+    PlanCtx c = plan_ctx_make(s, s.method);
+    infeasible_throw(c, "pac-opt", false, c.batch / c.M);
+  }
   return best;
 }
 

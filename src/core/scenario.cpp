@@ -52,8 +52,13 @@ static DataSpec data_read(const JsonIn& j, const ModelConfig& model) {
 
 // Bandwidth in either unit: "<key>_mbps" (what people quote) or "<key>_bps".
 static double bps_read(const JsonIn& j, const std::string& key, double def, bool required) {
-  if (j.has(key + "_mbps")) return j.number(key + "_mbps", 1e-6) * 1e6;
-  if (j.has(key + "_bps")) return j.number(key + "_bps", 1.0);
+  for (const char* unit : {"_mbps", "_bps"}) {
+    if (!j.has(key + unit)) continue;
+    double v = j.number(key + unit);
+    if (!(v > 0)) j.fail_at(key + unit, std::string("expected a number > 0 (") + (unit[1] == 'm' ? "megabits" : "bits") +
+                                            " per second), got " + json_describe(j.at(key + unit).raw()));
+    return unit[1] == 'm' ? v * 1e6 : v;
+  }
   if (required) j.fail_at(key + "_mbps", "missing (required: a number > 0, megabits per second)");
   return def;
 }

@@ -1,0 +1,147 @@
+// Cost model: parameter counts against published totals, FLOPs and memory of a small
+// config by hand, and the backward ratios the paper's results rest on.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "src/common/json_in.h"
+#include "src/core/cost_model.h"
+#include "src/core/profile.h"
+
+using namespace pac;
+
+static ModelConfig model_load(const std::string& name) {
+  return model_config_from_json(JsonIn::load_file(std::string(PAC_SOURCE_DIR) + "/profiles/models/" + name + ".json"));
+}
+
+TEST(CostModel, ParameterCountsMatchPublishedTotals) {
+  // TinyLlama-1.1B: 22 x (q 2048^2 + k,v 2*2048*256 + o 2048^2 + mlp 3*2048*5632 + 2 norms)
+  // + untied embedding and head 2*32000*2048 + final norm = 1,100,048,384 exactly.
+  EXPECT_DOUBLE_EQ(model_param_count(model_load("tinyllama-1.1b")), 1100048384.0);
+  // T5-Base (HF t5-base): 222,903,552 incl. the shared embedding and relative buckets.
+  EXPECT_DOUBLE_EQ(model_param_count(model_load("t5-base")), 222903552.0);
+  // BART-Large (HF facebook/bart-large): 406,291,456 (biases, learned positions).
+  EXPECT_DOUBLE_EQ(model_param_count(model_load("bart-large")), 406291456.0);
+  // Within 1% of the published totals for the rest.
+  EXPECT_NEAR(model_param_count(model_load("t5-large")), 737668096.0, 0.01 * 737668096.0);
+  EXPECT_NEAR(model_param_count(model_load("llama-2-7b")), 6738415616.0, 0.01 * 6738415616.0);
+  EXPECT_NEAR(model_param_count(model_load("llama-3.2-1b")), 1235814400.0, 0.01 * 1235814400.0);
+  EXPECT_NEAR(model_param_count(model_load("llama-3.2-3b")), 3212749824.0, 0.01 * 3212749824.0);
+  EXPECT_NEAR(model_param_count(model_load("qwen2.5-0.5b")), 494032768.0, 0.01 * 494032768.0);
+}
+
+// A tiny LLaMA: d 8, 2 heads (dh 4), 1 kv head, gated FFN 16, vocab 10, untied, 2 layers.
+static ModelConfig tiny() {
+  ModelConfig m;
+  m.name = "tiny";
+  m.family = "llama";
+  m.decoder_layers = 2;
+  m.hidden = 8;
+  m.heads = 2;
+  m.kv_heads = 1;
+  m.ffn = 16;
+  m.vocab = 10;
+  m.max_seq = 16;
+  m.tied_embeddings = false;
+  m.gated_ffn = true;
+  return m;
+}
+
+TEST(CostModel, SmallConfigByHand) {
+  ModelConfig m = tiny();
+  // Block: attention 2*8*8 + 2*8*4 = 192, FFN 3*8*16 = 384, norms 2*8 = 16 -> 592.
+  // Embedding 80 + final norm 8 + head 80: total 2*592 + 168 = 1352.
+  EXPECT_DOUBLE_EQ(model_param_count(m), 1352.0);
+  MethodSpec full;
+  full.kind = "full";
+  full.cache = false;
+  DataSpec data;
+  data.seq_len = 4;
+  ModelCost mc = cost_model_build(m, full, data);
+  ASSERT_EQ(mc.num_layers(), 2);
+  // Forward per sample, t = 4: 2*192*4 + 2*384*4 + 4*t*t*d = 1536 + 3072 + 512 = 5120;
+  // the last layer adds the head 2*80*4 = 640.
+  EXPECT_DOUBLE_EQ(mc.layers[0].fwd_flops, 5120.0);
+  EXPECT_DOUBLE_EQ(mc.layers[1].fwd_flops, 5760.0);
+  // Full fine-tuning: backward = 2 x forward.
+  EXPECT_DOUBLE_EQ(mc.layers[0].bwd_flops, 10240.0);
+  // Layer 0 holds the block and the embedding + final norm: 592 + 88 = 680; layer 1 the block + head.
+  EXPECT_DOUBLE_EQ(mc.layers[0].params, 680.0);
+  EXPECT_DOUBLE_EQ(mc.layers[1].params, 672.0);
+  // Stage boundary: hidden state t*d fp32 = 4*8*4 = 128 bytes each way.
+  EXPECT_DOUBLE_EQ(mc.layers[0].out_bytes, 128.0);
+  EXPECT_DOUBLE_EQ(mc.layers[0].grad_bytes, 128.0);
+  // Activations (Korthikanti, fp16 units then x4/2): attention 11*t*d + 5*a*t*t = 352 + 160,
+  // MLP 3*t*d + 6*t*f = 96 + 384, norms 2*2*t*d = 128 -> 1120 units -> 2240 bytes.
+  EXPECT_DOUBLE_EQ(mc.layers[0].act_bytes, 2240.0);
+  // Memory of a stage holding layer 0 with 3 samples in flight and 1 per message:
+  // weights 680*4 + grads 680*4 + AdamW 680*8 = 10880, activations 3*2240 = 6720,
+  // buffers 1*(128 + 128) = 256.
+  StageMemory sm = stage_memory(mc, 0, 1, 3, 1);
+  EXPECT_DOUBLE_EQ(sm.weights + sm.grads + sm.optimizer, 10880.0);
+  EXPECT_DOUBLE_EQ(sm.activations, 6720.0);
+  EXPECT_DOUBLE_EQ(sm.total(), 10880.0 + 6720.0 + 256.0);
+}
+
+TEST(CostModel, LoraTrainsFewParametersButBackpropagatesThroughTheBackbone) {
+  ModelConfig m = tiny();
+  MethodSpec lora;
+  lora.kind = "lora";
+  lora.cache = false;
+  lora.lora_rank = 2;
+  DataSpec data;
+  data.seq_len = 4;
+  ModelCost mc = cost_model_build(m, lora, data);
+  // LoRA on q (8x8) and v (8x4), rank 2: 2*(8+8) + 2*(8+4) = 56 per layer.
+  EXPECT_DOUBLE_EQ(mc.layers[0].trainable, 56.0);
+  // Forward: 5120 + 2*56*4 = 5568; backward: activation grads (1x forward) + LoRA weight grads 448.
+  EXPECT_DOUBLE_EQ(mc.layers[0].fwd_flops, 5568.0);
+  EXPECT_DOUBLE_EQ(mc.layers[0].bwd_flops, 5568.0 + 448.0);
+}
+
+TEST(CostModel, BackwardSavingsOnT5BaseFollowThePaper) {
+  ModelConfig m = model_load("t5-base");
+  DataSpec data;
+  data.seq_len = 128;
+  data.target_len = 8;
+  auto total_bwd = [&](const std::string& kind) {
+    MethodSpec ms;
+    ms.kind = kind;
+    ms.cache = kind == "parallel_adapters";
+    ModelCost mc = cost_model_build(m, ms, data);
+    const LayerCost& all = mc.prefix.back();
+    return all.bwd_flops + all.side_bwd_flops;
+  };
+  double full = total_bwd("full"), lora = total_bwd("lora"), adapters = total_bwd("adapters"),
+         pa = total_bwd("parallel_adapters");
+  // Paper: LoRA/Adapters save ~49% of the backward, Parallel Adapters ~92%.
+  EXPECT_NEAR(1 - lora / full, 0.49, 0.03);
+  EXPECT_NEAR(1 - adapters / full, 0.49, 0.03);
+  EXPECT_GT(1 - pa / full, 0.90);
+}
+
+TEST(CostModel, ParallelAdaptersHoldFarLessActivationMemory) {
+  ModelConfig m = model_load("t5-base");
+  DataSpec data;
+  data.seq_len = 128;
+  MethodSpec full;
+  full.kind = "full";
+  full.cache = false;
+  MethodSpec pa;
+  ModelCost a = cost_model_build(m, full, data), b = cost_model_build(m, pa, data);
+  // Paper: ~59% less activation memory; our estimate saves more (only b_i and the side net are kept).
+  EXPECT_LT(b.prefix.back().act_bytes, 0.41 * a.prefix.back().act_bytes);
+  // The cache holds b_0..b_L: (L+1) * seq * hidden values per sample (fp16 by default).
+  EXPECT_DOUBLE_EQ(b.prefix.back().tap_bytes, 25.0 * 128 * 768 * 2);
+}
+
+TEST(CostModel, CalibratedRatesOverrideTheDtypeRate) {
+  DeviceProfile p;
+  p.eff_flops["fp32"] = 1e11;
+  p.eff_flops_by_kind["side"] = 2e10;
+  p.eff_flops_by_kind["layer@4"] = 3e11;
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 4), 3e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 2), 1e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "side", 2), 2e10);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "layer", 1), 1e11);  // no fp16 entry: fp32's
+}

@@ -1,0 +1,88 @@
+// Plan JSON: round trip, and validation errors that name the task or device.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "planner/planner.h"
+#include "src/common/error.h"
+#include "tests/core_test_util.h"
+#include "src/common/fs.h"
+#include "src/core/plan.h"
+
+using namespace pac;
+
+static const std::string kSrc = PAC_SOURCE_DIR;
+
+static Plan bart_plan() {
+  Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
+  return plan_make(s, "pac");
+}
+
+
+TEST(Plan, RoundTripIsExact) {
+  Plan p = bart_plan();
+  ASSERT_EQ(p.segments.size(), 3u);  // pipeline, switch, data_parallel
+  json x = plan_to_json(p);
+  EXPECT_EQ(plan_to_json(plan_from_json(JsonIn::from(x, "p.json"))), x);
+  // Through the file too (text doubles must survive).
+  std::string file = ::testing::TempDir() + "/plan.json";
+  plan_save(p, file);
+  EXPECT_EQ(plan_to_json(plan_load(file)), x);
+}
+
+TEST(Plan, TasksAreTopologicalAndSegmentsRepeat) {
+  Plan p = bart_plan();
+  const Segment& pipe = p.segments[0];
+  // MRPC: ceil(3668 / 16) = 230 iterations, one epoch in the pipeline.
+  EXPECT_EQ(pipe.repeat, 230);
+  EXPECT_EQ(p.segments[2].repeat, 230 * 2);
+  for (const Task& t : pipe.graph.tasks) {
+    for (int d : t.deps) EXPECT_LT(d, t.id);
+  }
+  // Every forward's activations are freed by its own backward (same stage, micro-batch, device).
+  int forwards = 0;
+  for (const Task& t : pipe.graph.tasks) {
+    if (t.kind != TaskKind::Forward) continue;
+    forwards++;
+    const Task& b = pipe.graph.tasks[t.mem_free_task];
+    EXPECT_EQ(b.kind, TaskKind::Backward);
+    EXPECT_EQ(b.device, t.device);
+    EXPECT_EQ(b.micro_batch, t.micro_batch);
+  }
+  // 8 devices x 4 micro-batches, each device in exactly one stage.
+  EXPECT_EQ(forwards, 32);
+}
+
+TEST(Plan, ValidationNamesTheTaskOrDevice) {
+  Plan good = bart_plan();
+  EXPECT_NO_THROW(plan_validate(good, "p.json"));
+
+  Plan p = good;
+  Task& first = p.segments[0].graph.tasks[0];
+  first.deps.push_back((int)p.segments[0].graph.tasks.size() - 1);
+  std::string msg = input_error([&] { plan_validate(p, "p.json"); });
+  EXPECT_NE(msg.find("segment \"pipeline\" task 0 (" + first.label + ")"), std::string::npos) << msg;
+
+  p = good;
+  p.phases[0].stages[1].layer_begin -= 1;
+  int layer = p.phases[0].stages[1].layer_begin;
+  EXPECT_EQ(input_error([&] { plan_validate(p, "p.json"); }),
+            "p.json: $.phases[0].stages: layer " + std::to_string(layer) + " is placed 2 times (expected exactly once)");
+
+  p = good;
+  p.segments[0].graph.tasks[5].device = 42;
+  msg = input_error([&] { plan_validate(p, "p.json"); });
+  EXPECT_NE(msg.find("$.segments[0].tasks[5].device"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("device 42 does not exist"), std::string::npos) << msg;
+
+  p = good;
+  p.segments[2].resident_bytes[3] = 5e9;
+  msg = input_error([&] { plan_validate(p, "p.json"); });
+  EXPECT_NE(msg.find("device nano3 (index 3) is over its memory"), std::string::npos) << msg;
+
+  p = good;
+  p.phases[0].stages[0].shares[0] += 0.5;
+  msg = input_error([&] { plan_validate(p, "p.json"); });
+  EXPECT_NE(msg.find("$.phases[0].stages[0].shares: expected shares summing to 1"), std::string::npos) << msg;
+}

@@ -1,0 +1,104 @@
+// Scenario loading: the paper's setting resolves, bad input names file, path and
+// expectation, the resolved form round-trips, link rates follow the network kind.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "src/common/error.h"
+#include "tests/core_test_util.h"
+#include "src/core/scenario.h"
+
+using namespace pac;
+
+static const std::string kSrc = PAC_SOURCE_DIR;
+static const std::string kProfiles = kSrc + "/profiles";
+
+
+static json base_doc() {
+  return json::parse(R"({
+    "name": "t", "model": "t5-base",
+    "data": {"samples": 100, "seq_len": 128, "mini_batch": 16, "micro_batches": 4},
+    "epochs": 2,
+    "cluster": {"devices": [{"id": "nano", "profile": "jetson-nano-4gb", "count": 2},
+                            {"id": "tx2", "profile": "jetson-tx2"}]},
+    "network": {"kind": "switched", "bandwidth_mbps": 1000, "latency_ms": 0.5,
+                "links": [{"a": "nano0", "b": "tx2", "bandwidth_mbps": 50}]}
+  })");
+}
+
+static Scenario load_doc(const json& doc) { return scenario_from_json(JsonIn::from(doc, "s.json"), kProfiles); }
+
+TEST(Scenario, PaperSettingResolves) {
+  Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kProfiles);
+  EXPECT_EQ(s.model.name, "bart-large");
+  EXPECT_EQ(s.model.total_layers(), 24);
+  ASSERT_EQ(s.devices.size(), 8u);
+  EXPECT_EQ(s.devices[7].id, "nano7");
+  EXPECT_EQ(s.devices[3].profile.name, "jetson-nano-4gb");
+  EXPECT_EQ(s.data.samples, 3668);
+  EXPECT_EQ(s.epochs, 3);
+  EXPECT_DOUBLE_EQ(s.network.bandwidth_bps, 1e9);
+  EXPECT_EQ(s.method.kind, "parallel_adapters");
+}
+
+TEST(Scenario, LinkRatesFollowOverridesNicsAndNetwork) {
+  Scenario s = load_doc(base_doc());
+  // Override: 50 Mbps between nano0 and tx2, in either direction.
+  EXPECT_DOUBLE_EQ(link_bandwidth_bps(s, 0, 2), 50e6);
+  EXPECT_DOUBLE_EQ(link_bandwidth_bps(s, 2, 0), 50e6);
+  // Otherwise min(network 1000 Mbps, both NICs 1 Gbps) = 1e9.
+  EXPECT_DOUBLE_EQ(link_bandwidth_bps(s, 0, 1), 1e9);
+  // Latency: network 0.5 ms + the larger NIC latency (0.1 ms).
+  EXPECT_NEAR(link_latency_s(s, 0, 1), 0.0006, 1e-12);
+  json doc = base_doc();
+  doc["network"] = {{"kind", "shared"}, {"bandwidth_mbps", 2000}};
+  // Shared medium of 2000 Mbps: a lone transfer is limited by the 1 Gbps NICs.
+  EXPECT_DOUBLE_EQ(link_bandwidth_bps(load_doc(doc), 0, 1), 1e9);
+}
+
+TEST(Scenario, RoundTripsThroughItsResolvedForm) {
+  Scenario s = load_doc(base_doc());
+  json once = scenario_to_json(s);
+  Scenario back = scenario_from_json(JsonIn::from(once, "resolved.json"), kProfiles);
+  EXPECT_EQ(scenario_to_json(back), once);
+  EXPECT_EQ(back.devices[1].id, "nano1");
+  EXPECT_DOUBLE_EQ(back.network.links[0].bandwidth_bps, 50e6);
+}
+
+TEST(Scenario, BadInputNamesFilePathAndExpectation) {
+  json doc = base_doc();
+  doc["cluster"]["devices"][1]["profile"] = "jetson-tx9";
+  EXPECT_NE(input_error([&] { load_doc(doc); })
+                .find("s.json: $.cluster.devices[1].profile: unknown device profile \"jetson-tx9\""),
+            std::string::npos);
+
+  doc = base_doc();
+  doc["network"]["bandwidth_mbps"] = -5;
+  EXPECT_EQ(input_error([&] { load_doc(doc); }),
+            "s.json: $.network.bandwidth_mbps: expected a number > 0 (megabits per second), got the number -5");
+
+  doc = base_doc();
+  doc["stages"] = 30;  // t5-base has 24 layers
+  EXPECT_EQ(input_error([&] { load_doc(doc); }), "s.json: $.stages: expected at most the model's 24 layers, got 30");
+
+  doc = base_doc();
+  doc["network"]["bandwith_mbps"] = 5;
+  EXPECT_NE(input_error([&] { load_doc(doc); }).find("$.network.bandwith_mbps: unknown field"), std::string::npos);
+
+  doc = base_doc();
+  doc["method"] = {{"kind", "lora"}, {"cache", true}};
+  EXPECT_NE(input_error([&] { load_doc(doc); }).find("$.method.cache: the activation cache needs kind"), std::string::npos);
+
+  doc = base_doc();
+  doc["data"]["micro_batches"] = 32;
+  EXPECT_NE(input_error([&] { load_doc(doc); }).find("$.data.micro_batches: expected an integer in [1, 16], got the number 32"), std::string::npos);
+
+  doc = base_doc();
+  doc["cluster"]["devices"][1]["id"] = "nano1";
+  EXPECT_NE(input_error([&] { load_doc(doc); }).find("duplicate device id \"nano1\""), std::string::npos);
+
+  doc = base_doc();
+  doc["network"]["links"][0]["b"] = "phone";
+  EXPECT_EQ(input_error([&] { load_doc(doc); }), "s.json: $.network.links[0].b: unknown device id \"phone\"");
+}
