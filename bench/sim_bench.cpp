@@ -14,41 +14,11 @@
 
 using namespace pac;
 
-// Hybrid pipeline like the planner's [4-4] BART-Large plan: two stages of four devices,
-// every micro-batch split over the four replicas of a stage, activations sent replica to
-// replica, 1F1B-free GPipe order, then a ring all-reduce per group and an optimizer step.
+// Hybrid pipeline like the planner's [4-4] BART-Large plan (tests/sim_plans.h).
 static Plan hybrid_plan(int groups, int per_group, int M, int64_t iters, const std::string& net) {
   SimPlanBuilder pb(groups * per_group, 1e9, 0.0002, net);
   pb.seg("pipeline", 1, 3, iters);
-  const double f = 0.05, b = 0.03, act = 2e6;
-  std::vector<std::vector<std::vector<int>>> F(groups, std::vector<std::vector<int>>(M, std::vector<int>(per_group)));
-  auto B = F;
-  auto dev = [&](int s, int i) { return s * per_group + i; };
-  for (int m = 0; m < M; m++)
-    for (int s = 0; s < groups; s++)
-      for (int i = 0; i < per_group; i++) {
-        std::vector<int> deps;
-        if (s > 0) deps.push_back(pb.send(dev(s - 1, i), dev(s, i), act, {F[s - 1][m][i]}));
-        F[s][m][i] = pb.compute(TaskKind::Forward, dev(s, i), f, deps, "F");
-      }
-  for (int m = 0; m < M; m++)
-    for (int s = groups - 1; s >= 0; s--)
-      for (int i = 0; i < per_group; i++) {
-        std::vector<int> deps;
-        if (s == groups - 1) deps.push_back(F[s][m][i]);
-        else deps.push_back(pb.send(dev(s + 1, i), dev(s, i), act, {B[s + 1][m][i]}));
-        deps.push_back(m == 0 ? F[s][M - 1][i] : B[s][m - 1][i]);
-        B[s][m][i] = pb.compute(TaskKind::Backward, dev(s, i), b, deps, "B");
-      }
-  for (int s = 0; s < groups; s++) {
-    std::vector<int> group, deps;
-    for (int i = 0; i < per_group; i++) {
-      group.push_back(dev(s, i));
-      deps.push_back(B[s][M - 1][i]);
-    }
-    int ar = pb.collective(TaskKind::AllReduce, group, 8e6, deps);
-    for (int i = 0; i < per_group; i++) pb.compute(TaskKind::Optimizer, dev(s, i), 0.01, {ar}, "Opt");
-  }
+  hybrid_build(pb, groups, per_group, M, 0.05, 0.03, 2e6, 8e6);
   return pb.plan;
 }
 
@@ -101,9 +71,9 @@ BENCHMARK(BM_MemoryFlat)->Arg(100)->Arg(10000)->Iterations(1)->Unit(benchmark::k
 
 // The paper's BART-Large MRPC run: plan with `pac` and simulate, end to end.
 static void BM_PaperBartLargeMrpc(benchmark::State& state) {
-  std::string file = "scenarios/paper/bart-large-mrpc.json";
+  std::string file = "scenarios/paper-bart-large-mrpc.json";
   if (!file_exists(file)) {
-    state.SkipWithError("scenarios/paper/bart-large-mrpc.json not found (run from the repository root)");
+    state.SkipWithError("scenarios/paper-bart-large-mrpc.json not found (run from the repository root)");
     return;
   }
   Scenario sc = scenario_load(file);

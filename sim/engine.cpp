@@ -649,6 +649,17 @@ SimResult Engine::run() {
 
   // Close the books: partial work of a failed run counts up to the failure.
   res_.makespan_s = now_;
+  if (failed_ && seg_i_ >= 0) {
+    res_.segments[seg_i_].end_s = now_;
+    // The epoch the failure interrupted ends at the failure; later ones never started.
+    int nep = seg_->epoch_last - seg_->epoch_first + 1;
+    int e = seg_->epoch_first + static_cast<int>((iter_ * nep) / std::max<int64_t>(1, seg_->repeat));
+    e = std::min(e, seg_->epoch_last);
+    if (e >= 1 && e <= max_epoch) {
+      epoch_end_[e - 1] = now_;
+      max_epoch = e;
+    }
+  }
   for (int d = 0; d < n_; d++) {
     DevState& ds = dev_[d];
     SimDeviceStats& st = res_.devices[d];

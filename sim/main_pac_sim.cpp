@@ -81,7 +81,7 @@ static int pac_sim(int argc, char** argv) {
     std::printf("%s: %s, %s, %zu devices, %s %.0f Mbps, %d epoch(s)\n\n", sc.name.c_str(), sc.model.name.c_str(),
                 sc.data.task.c_str(), sc.devices.size(), sc.network.kind.c_str(), sc.network.bandwidth_bps / 1e6,
                 sc.epochs);
-    std::fputs(study_table(rows, compare ? "vs stand." : "vs first").c_str(), stdout);
+    std::fputs(study_table(rows, "vs ref.").c_str(), stdout);
     if (!json_file.empty()) file_write_atomic(json_file, study_to_json(rows, compare ? "compare" : "sweep").dump(1) + "\n");
     return 0;
   }

@@ -33,7 +33,7 @@ std::string plan_groups_text(const Plan& plan) {
     }
     return s + "]";
   }
-  return "[]";
+  return "-";
 }
 
 // Rounds to 9 significant digits so the report does not carry floating-point noise
@@ -144,14 +144,19 @@ std::string report_summary(const Plan& plan, const SimResult& r) {
     out += "\n";
   }
   for (size_t e = 0; e < r.epoch_s.size(); e++) {
-    std::snprintf(buf, sizeof buf, "epoch %-3zu %s\n", e + 1, time_text(r.epoch_s[e]).c_str());
+    bool cut = !r.ok && e + 1 == r.epoch_s.size();
+    std::snprintf(buf, sizeof buf, "epoch %-3zu %s%s\n", e + 1, time_text(r.epoch_s[e]).c_str(),
+                  cut ? " until the failure" : "");
     out += buf;
   }
-  for (const SimSegmentStats& s : r.segments) {
-    std::snprintf(buf, sizeof buf, "segment   %-14s epochs %d-%d  %lld/%lld iterations  %.1f s\n", s.name.c_str(),
+  for (size_t i = 0; i < r.segments.size(); i++) {
+    const SimSegmentStats& s = r.segments[i];
+    bool reached = r.ok || i == 0 || s.end_s > 0 || s.iterations_done > 0;
+    std::snprintf(buf, sizeof buf, "segment   %-14s epochs %d-%d  %lld/%lld iterations  ", s.name.c_str(),
                   s.epoch_first, s.epoch_last, static_cast<long long>(s.iterations_done),
-                  static_cast<long long>(s.repeat), s.end_s - s.start_s);
+                  static_cast<long long>(s.repeat));
     out += buf;
+    out += reached ? fmt("%.1f s\n", s.end_s - s.start_s) : "not reached\n";
   }
   for (const SimFaultApplied& f : r.faults) out += fmt("fault     t=%.3f s: ", f.time_s) + f.text + "\n";
   out += "\ndevice        busy%   bubble%   comm%   peak memory / capacity     energy\n";

@@ -77,13 +77,16 @@ std::vector<StudyRow> study_compare(const Scenario& s, const StudyOptions& opt) 
   // Speedup against the fastest standalone configuration that runs (the paper's
   // reference); without one, against the slowest runnable row.
   double ref = 0;
+  bool ref_marked = false;
   for (const StudyRow& r : rows)
     if (r.status == "ok" && r.strategy == "standalone" && (ref == 0 || r.total_s < ref)) ref = r.total_s;
   if (ref == 0)
     for (const StudyRow& r : rows)
       if (r.status == "ok" && r.total_s > ref) ref = r.total_s;
-  for (StudyRow& r : rows)
+  for (StudyRow& r : rows) {
     if (r.status == "ok" && r.total_s > 0 && ref > 0) r.speedup = ref / r.total_s;
+    if (r.status == "ok" && r.total_s == ref && !ref_marked) r.reference = ref_marked = true;
+  }
   return rows;
 }
 
@@ -181,8 +184,11 @@ std::vector<StudyRow> study_sweep(const Scenario& s, const std::string& spec, co
   }
   // Speedup against the first value that runs.
   double ref = 0;
-  for (const StudyRow& r : rows)
-    if (r.status == "ok" && ref == 0) ref = r.total_s;
+  for (StudyRow& r : rows)
+    if (r.status == "ok" && ref == 0) {
+      ref = r.total_s;
+      r.reference = true;
+    }
   for (StudyRow& r : rows)
     if (r.status == "ok" && r.total_s > 0 && ref > 0) r.speedup = ref / r.total_s;
   return rows;
@@ -197,20 +203,23 @@ static std::string hours(double s) {
 std::string study_table(const std::vector<StudyRow>& rows, const std::string& speedup_title) {
   std::string out;
   char buf[512];
-  size_t w = 10;
-  for (const StudyRow& r : rows) w = std::max(w, r.label.size());
-  std::snprintf(buf, sizeof buf, "%-*s  %-9s  %9s  %11s  %9s  %8s  %14s  %9s\n", static_cast<int>(w), "configuration",
-                "groups", "epoch 1", "later epoch", "total", "speedup", "peak mem/dev", "energy");
+  size_t w = 13, gw = 6;
+  for (const StudyRow& r : rows) {
+    w = std::max(w, r.label.size());
+    gw = std::max(gw, r.groups.size());
+  }
+  const int W = static_cast<int>(w), G = static_cast<int>(gw);
+  std::snprintf(buf, sizeof buf, "%-*s  %-*s  %9s  %11s  %9s  %9s  %14s  %9s\n", W, "configuration", G, "groups",
+                "epoch 1", "later epoch", "total", "speedup", "peak mem/dev", "energy");
   out += buf;
-  std::snprintf(buf, sizeof buf, "%-*s  %-9s  %9s  %11s  %9s  %8s  %14s  %9s\n", static_cast<int>(w), "", "", "", "(mean)",
-                "", speedup_title.c_str(), "(max)", "");
+  std::snprintf(buf, sizeof buf, "%-*s  %-*s  %9s  %11s  %9s  %9s  %14s  %9s\n", W, "", G, "", "", "(mean)", "",
+                speedup_title.c_str(), "(max)", "");
   out += buf;
   for (const StudyRow& r : rows) {
     if (r.status != "ok") {
       std::string what = r.status == "oom" ? "OOM" : r.status == "fault" ? "FAULT" : "n/a";
-      std::snprintf(buf, sizeof buf, "%-*s  %-9s  %9s  %11s  %9s  %8s  %14s  %9s   %s\n", static_cast<int>(w),
-                    r.label.c_str(), r.groups.c_str(), what.c_str(), "", what.c_str(), "", "", "",
-                    r.status == "n/a" ? "" : r.note.c_str());
+      std::snprintf(buf, sizeof buf, "%-*s  %-*s  %9s  %11s  %9s  %9s  %14s  %9s   %s\n", W, r.label.c_str(), G,
+                    r.groups.c_str(), what.c_str(), "", what.c_str(), "", "", "", r.status == "n/a" ? "" : r.note.c_str());
       out += buf;
       continue;
     }
@@ -222,9 +231,24 @@ std::string study_table(const std::vector<StudyRow>& rows, const std::string& sp
     char sp[32];
     if (r.speedup > 0) std::snprintf(sp, sizeof sp, "%.2fx", r.speedup);
     else std::snprintf(sp, sizeof sp, "-");
-    std::snprintf(buf, sizeof buf, "%-*s  %-9s  %9s  %11s  %9s  %8s  %14s  %6.0f kJ\n", static_cast<int>(w),
-                  r.label.c_str(), r.groups.c_str(), hours(r.epoch_s.empty() ? 0 : r.epoch_s[0]).c_str(),
+    std::snprintf(buf, sizeof buf, "%-*s  %-*s  %9s  %11s  %9s  %9s  %14s  %6.0f kJ\n", W, r.label.c_str(), G,
+                  r.groups.c_str(), hours(r.epoch_s.empty() ? 0 : r.epoch_s[0]).c_str(),
                   later_s.c_str(), hours(r.total_s).c_str(), sp, bytes_text(peak).c_str(), r.energy_j / 1e3);
+    out += buf;
+  }
+  for (const StudyRow& r : rows)
+    if (r.reference) out += "\nspeedup is relative to " + r.label + "\n";
+  // The paper's headline number: PAC against the fastest baseline that runs.
+  const StudyRow* pac = nullptr;
+  const StudyRow* best = nullptr;
+  for (const StudyRow& r : rows) {
+    if (r.status != "ok") continue;
+    if (r.strategy == "pac") pac = &r;
+    else if (r.strategy != "pac-opt" && (!best || r.total_s < best->total_s)) best = &r;
+  }
+  if (pac && best) {
+    std::snprintf(buf, sizeof buf, "pac vs the fastest runnable baseline (%s): %.2fx\n", best->label.c_str(),
+                  best->total_s / pac->total_s);
     out += buf;
   }
   return out;

@@ -24,6 +24,7 @@ struct StudyRow {
   std::vector<double> peak_memory_bytes;  // per device
   double energy_j = 0;
   double speedup = 0;         // vs the reference row (0 when there is none)
+  bool reference = false;     // the row speedups are relative to
 };
 
 struct StudyOptions {

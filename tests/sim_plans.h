@@ -104,4 +104,50 @@ inline void pipeline_build(SimPlanBuilder& pb, int S, int M, double f, double b,
   for (int s = 0; s < S; s++) pb.compute(TaskKind::Optimizer, s, 0, {B[s][M - 1]}, "Opt s" + std::to_string(s));
 }
 
+// Hybrid pipeline as the planner builds it for PAC's first phase: `groups` stages of
+// `per_group` replicas (stage s on devices s*per_group ..), every micro-batch split over a
+// stage's replicas, activations sent replica i -> replica i of the next stage, GPipe
+// order, then one ring all-reduce of `grad_bytes` per stage and an optimizer step. With
+// `cache_bytes` > 0 each forward also writes that many bytes to the activation cache;
+// with `act_mem` > 0 each forward holds that much memory until its backward ends.
+inline void hybrid_build(SimPlanBuilder& pb, int groups, int per_group, int M, double f, double b, double act_bytes,
+                         double grad_bytes, double cache_bytes = 0, double act_mem = 0) {
+  std::vector<std::vector<std::vector<int>>> F(groups, std::vector<std::vector<int>>(M, std::vector<int>(per_group)));
+  auto B = F;
+  auto dev = [&](int s, int i) { return s * per_group + i; };
+  auto name = [](const char* k, int s, int m) { return std::string(k) + " s" + std::to_string(s) + " mb" + std::to_string(m); };
+  for (int m = 0; m < M; m++)
+    for (int s = 0; s < groups; s++)
+      for (int i = 0; i < per_group; i++) {
+        std::vector<int> deps;
+        if (s > 0) deps.push_back(pb.send(dev(s - 1, i), dev(s, i), act_bytes, {F[s - 1][m][i]}, name("A", s, m)));
+        F[s][m][i] = pb.compute(TaskKind::Forward, dev(s, i), f, deps, name("F", s, m));
+        if (cache_bytes > 0) {
+          int w = pb.compute(TaskKind::CacheWrite, dev(s, i), 0, {F[s][m][i]}, name("W", s, m));
+          pb.plan.segments.back().graph.tasks[w].bytes = cache_bytes;
+        }
+      }
+  for (int m = 0; m < M; m++)
+    for (int s = groups - 1; s >= 0; s--)
+      for (int i = 0; i < per_group; i++) {
+        std::vector<int> deps;
+        if (s == groups - 1) deps.push_back(F[s][m][i]);
+        else deps.push_back(pb.send(dev(s + 1, i), dev(s, i), act_bytes, {B[s + 1][m][i]}, name("G", s, m)));
+        deps.push_back(m == 0 ? F[s][M - 1][i] : B[s][m - 1][i]);
+        B[s][m][i] = pb.compute(TaskKind::Backward, dev(s, i), b, deps, name("B", s, m));
+        if (act_mem > 0) pb.alloc(F[s][m][i], act_mem, B[s][m][i]);
+      }
+  for (int s = 0; s < groups; s++) {
+    std::vector<int> group, deps;
+    for (int i = 0; i < per_group; i++) {
+      group.push_back(dev(s, i));
+      deps.push_back(B[s][M - 1][i]);
+    }
+    int ar = pb.collective(TaskKind::AllReduce, group, grad_bytes, deps);
+    pb.plan.segments.back().graph.tasks[ar].label = "AR s" + std::to_string(s);
+    for (int i = 0; i < per_group; i++)
+      pb.compute(TaskKind::Optimizer, dev(s, i), 0.01, {ar}, "Opt s" + std::to_string(s));
+  }
+}
+
 }  // namespace pac
