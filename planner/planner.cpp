@@ -147,10 +147,13 @@ struct OptSearch {
   Layout best;
   double best_t = kInf;
   int evaluated = 0;
+  std::vector<double> bottleneck;  // per stage count: least DP bottleneck over the orders tried
 
   double try_order(const std::vector<int>& order) {
     evaluated++;
     DpResult dp = dp_partition(*c, kind, order, c->n, single, false);
+    if (bottleneck.size() < dp.best.size()) bottleneck.resize(dp.best.size(), kInf);
+    for (size_t s = 1; s < dp.best.size(); s++) bottleneck[s] = std::min(bottleneck[s], dp.best[s]);
     double order_best = kInf;
     for (int s : stage_counts(*c, (int)dp.best.size() - 1)) {
       if (dp.best[s] == kInf) continue;
@@ -166,9 +169,9 @@ struct OptSearch {
   }
 };
 
-static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool search_orders,
-                          const std::function<double(Layout&)>& score, Layout* out) {
-  OptSearch os{&c, kind, single, score, Layout(), kInf, 0};
+bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool search_orders,
+                   const std::function<double(Layout&)>& score, Layout* out, std::vector<double>* bottleneck_by_s) {
+  OptSearch os{&c, kind, single, score, Layout(), kInf, 0, {}};
   std::vector<int> order = order_identity(c.n);
   if (!search_orders) {
     os.try_order(order);
@@ -228,6 +231,7 @@ static bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, boo
       }
     }
   }
+  if (bottleneck_by_s) *bottleneck_by_s = os.bottleneck;
   if (os.best_t == kInf) return false;
   *out = os.best;
   return true;

@@ -1,6 +1,7 @@
 // Internals shared by the planner's files (not part of the planner's interface; tests
 // use them to compare the dynamic programs against exhaustive search).
 #pragma once
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -62,6 +63,14 @@ struct DpResult {
 };
 DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int max_stages,
                       bool single_device_stages, bool use_all);
+
+// Runs dp_partition over device orders (the given one, or all distinct arrangements
+// of interchangeable devices while that stays small, else seeded swaps) and keeps
+// the layout with the least `score`. `bottleneck_by_s[s]`: the least DP bottleneck
+// with s stages over the orders tried. False when nothing fits.
+bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool search_orders,
+                   const std::function<double(Layout&)>& score, Layout* out,
+                   std::vector<double>* bottleneck_by_s = nullptr);
 
 // Turns a partition into stages with shares.
 std::vector<StagePlan> partition_stages(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order,
