@@ -178,6 +178,42 @@ TEST(SimEngine, SwitchedNetworkSharesOnlyTheCommonNic) {
   EXPECT_NEAR(end[2], 0.8, 1e-12);
 }
 
+TEST(SimEngine, SlowerNicLimitsTheFlowOnASwitch) {
+  // 1 Gbit/s switch, but d1's NIC does 100 Mbit/s (12.5 MB/s) with 2 ms NIC latency:
+  // 12.5 MB d0 -> d1 takes latency (0.5 ms network + the slower NIC's 2 ms) + 1 s.
+  SimPlanBuilder pb(2, 1e9, 0.0005);
+  pb.plan.scenario.devices[1].profile.nic_bandwidth_bps = 100e6;
+  pb.plan.scenario.devices[1].profile.nic_latency_s = 0.002;
+  pb.seg("x", 1, 1, 1);
+  pb.send(0, 1, 12.5e6, {});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 1.0025, 1e-9);
+}
+
+TEST(SimEngine, PerPairLinkOverride) {
+  // A 50 Mbit/s (6.25 MB/s), 5 ms link between d0 and d1 overrides the 1 Gbit/s network:
+  // 12.5 MB d0 -> d1 moves from 0.005 s and ends at 0.005 + 12.5 / 6.25 = 2.005 s.
+  // At the same time 12.5 MB d0 -> d2 (no latency) shares d0's 125 MB/s uplink: alone
+  // until 0.005 s (0.625 MB), then max-min gives it 125 - 6.25 = 118.75 MB/s for the
+  // remaining 11.875 MB: it ends at 0.005 + 0.1 = 0.105 s.
+  SimPlanBuilder pb(3, 1e9, 0);
+  pb.plan.scenario.network.links.push_back(LinkSpec{"d0", "d1", 50e6, 0.005});
+  pb.seg("x", 1, 1, 1);
+  pb.send(0, 1, 12.5e6, {});
+  pb.send(0, 2, 12.5e6, {});
+  SimOptions opt;
+  opt.trace = true;
+  SimResult r = sim_run(pb.plan, opt);
+  ASSERT_TRUE(r.ok);
+  EXPECT_NEAR(r.makespan_s, 2.005, 1e-9);
+  ASSERT_EQ(r.trace.size(), 2u);
+  EXPECT_EQ(r.trace[0].task, 1);
+  EXPECT_NEAR(r.trace[0].t1, 0.105, 1e-9);
+  EXPECT_EQ(r.trace[1].task, 0);
+  EXPECT_NEAR(r.trace[1].t0, 0.005, 1e-12);  // moving starts after the latency
+}
+
 TEST(SimEngine, EnergyIsBusyTimesBusyPowerPlusIdleTimesIdlePower) {
   // d0 computes 1 s, sends 125 MB at 1 Gbit/s + 10 ms latency (1.01 s), d1 computes 2 s.
   // makespan = 4.01. Power busy 10 W, idle 2 W:
