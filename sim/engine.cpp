@@ -149,6 +149,7 @@ class Engine {
   std::vector<int> coll_step_, coll_pending_;
   std::vector<int> scratch_flows_;
   std::vector<double> epoch_end_;
+  std::vector<char> fault_fired_;
 
   void push(double t, int type, int a, int b = 0) {
     heap_.push_back(Event{t, seq_++, type, a, b});
@@ -223,7 +224,7 @@ void Engine::mem_alloc(int d, double bytes, const std::string& what) {
 }
 
 void Engine::trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1) {
-  if (!opt_.trace) return;
+  if (!opt_.trace || (opt_.trace_iterations >= 0 && iter_ >= opt_.trace_iterations)) return;
   if (res_.trace.size() >= opt_.trace_max_events) {
     res_.trace_truncated = true;
     return;
@@ -502,6 +503,7 @@ void Engine::task_finish(int t) {
 
 void Engine::fault_apply(int fi) {
   const FaultSpec& f = sc_.faults[fi];
+  fault_fired_[fi] = 1;
   int d = device_find(sc_, f.device);
   if (d < 0) return;  // sim_run checked the names
   char buf[256];
@@ -542,6 +544,7 @@ SimResult Engine::run() {
   dev_.assign(n_, DevState());
   res_.devices.assign(n_, SimDeviceStats());
   res_.link_bytes.assign(static_cast<size_t>(n_) * n_, 0);
+  fault_fired_.assign(sc_.faults.size(), 0);
   for (const FaultSpec& f : sc_.faults) {
     if (device_find(sc_, f.device) < 0)
       throw_input(sc_.file, "$.faults", "fault names unknown device \"" + f.device + "\"");
@@ -670,6 +673,18 @@ SimResult Engine::run() {
     st.idle_s = std::max(0.0, now_ - st.busy_s - st.bubble_s);
     const DeviceProfile& p = sc_.devices[d].profile;
     st.energy_j = st.busy_s * p.power_busy_w + (now_ - st.busy_s) * p.power_idle_w;
+  }
+  // Faults the run never reached are listed too, so a typo in a time is visible.
+  for (size_t fi = 0; fi < sc_.faults.size(); fi++) {
+    const FaultSpec& f = sc_.faults[fi];
+    if (fault_fired_[fi]) continue;
+    char buf[200];
+    if (f.at_time_s >= 0)
+      std::snprintf(buf, sizeof buf, "%s of %s at t=%.3f s not reached", f.kind.c_str(), f.device.c_str(), f.at_time_s);
+    else
+      std::snprintf(buf, sizeof buf, "%s of %s at iteration %lld not reached", f.kind.c_str(), f.device.c_str(),
+                    static_cast<long long>(f.at_iteration));
+    res_.faults.push_back(SimFaultApplied{-1, buf});
   }
   double prev = 0;
   for (int e = 0; e < max_epoch; e++) {

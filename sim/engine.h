@@ -30,6 +30,7 @@ namespace pac {
 struct SimOptions {
   bool trace = false;                 // record a timeline for --trace
   size_t trace_max_events = 2000000;  // the only thing that grows with iterations: capped
+  int64_t trace_iterations = -1;      // record only the first N iterations of each segment (-1: all)
   bool progress = false;              // progress lines on stderr
 };
 
@@ -76,8 +77,8 @@ struct SimFailure {
 };
 
 struct SimFaultApplied {
-  double time_s = 0;
-  std::string text;           // "nano3 slowdown x2"
+  double time_s = 0;          // < 0: never reached (the run ended before)
+  std::string text;           // "nano3 slows down: compute time x2"
 };
 
 struct SimResult {

@@ -58,6 +58,9 @@ static int pac_sim(int argc, char** argv) {
                  "samples, seq_len, strategy, network");
   app.add_option("--json", json_file, "write the report (or the --compare/--sweep rows) as JSON");
   app.add_option("--trace", trace_file, "write a Chrome trace (open in Perfetto / chrome://tracing)");
+  int64_t trace_iterations = -1;
+  app.add_option("--trace-iterations", trace_iterations, "trace only the first N iterations of each segment")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--profiles", profiles, "profiles folder (default: the repository's profiles/)");
   app.add_flag("--quiet", quiet, "no progress lines on stderr");
   try {
@@ -99,6 +102,7 @@ static int pac_sim(int argc, char** argv) {
   SimOptions opt;
   opt.progress = !quiet;
   opt.trace = !trace_file.empty();
+  opt.trace_iterations = trace_iterations;
   SimResult r = sim_run(plan, opt);
   std::fputs(report_summary(plan, r).c_str(), stdout);
   if (!quiet)

@@ -158,7 +158,8 @@ std::string report_summary(const Plan& plan, const SimResult& r) {
     out += buf;
     out += reached ? fmt("%.1f s\n", s.end_s - s.start_s) : "not reached\n";
   }
-  for (const SimFaultApplied& f : r.faults) out += fmt("fault     t=%.3f s: ", f.time_s) + f.text + "\n";
+  for (const SimFaultApplied& f : r.faults)
+    out += (f.time_s >= 0 ? fmt("fault     t=%.3f s: ", f.time_s) : std::string("fault     ")) + f.text + "\n";
   out += "\ndevice        busy%   bubble%   comm%   peak memory / capacity     energy\n";
   double span = r.makespan_s > 0 ? r.makespan_s : 1;
   for (int d = 0; d < n; d++) {

@@ -305,6 +305,22 @@ TEST(SimEngine, SlowdownAtIterationScalesLaterComputeTasks) {
   EXPECT_DOUBLE_EQ(r.faults[0].time_s, 2);
 }
 
+TEST(SimEngine, FaultsAfterTheEndAreReportedAsNotReached) {
+  // 2 iterations of 1 s: a failure at t = 5 s and a slowdown at iteration 7 never happen.
+  SimPlanBuilder pb(1);
+  pb.seg("x", 1, 1, 2);
+  pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.scenario.faults.push_back(FaultSpec{"fail", "d0", "", 5, -1, 1});
+  pb.plan.scenario.faults.push_back(FaultSpec{"slowdown", "d0", "", -1, 7, 3});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok);
+  EXPECT_DOUBLE_EQ(r.makespan_s, 2);
+  ASSERT_EQ(r.faults.size(), 2u);
+  EXPECT_EQ(r.faults[0].text, "fail of d0 at t=5.000 s not reached");
+  EXPECT_EQ(r.faults[1].text, "slowdown of d0 at iteration 7 not reached");
+  EXPECT_LT(r.faults[1].time_s, 0);
+}
+
 TEST(SimEngine, LinkDegradeSlowsAFlowInFlight) {
   // 125 MB at 1 Gbit/s would take 1 s; at t = 0.5 the link degrades by 2: the second
   // half (62.5 MB) moves at 62.5 MB/s, so the transfer ends at 0.5 + 1 = 1.5 s.
