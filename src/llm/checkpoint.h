@@ -48,6 +48,14 @@ Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source);
 Checkpoint checkpoint_from_llama(Llama& model);  // backbone weights only, cloned
 Llama llama_load(const std::string& path);       // checkpoint_read + llama_from_checkpoint
 
+// Fine-tuning weights saved by name (safetensors) onto a loaded model: LoRA tensors
+// (layers.N.<linear>.lora_a/lora_b; rank from the shapes, alpha from metadata
+// "lora_alpha", default = rank) and Houlsby adapters (layers.N.{attn,ffn}_adapter.*)
+// enable the method first, then copy. Backbone names (full fine-tuning) overwrite the
+// backbone. Returns how many tensors were applied. Other names -> InputError; Parallel
+// Adapters (a side network outside the backbone) are loaded by the trainer's code.
+int llama_load_method_weights(Llama& model, const std::string& path);
+
 // The shared model folder: $PAC_MODEL_DIR, else $PAC_SOURCE_DIR/../shared/models, else
 // "../shared/models". model_path("stories260K/stories260K.bin") joins it.
 std::string model_dir();

@@ -56,6 +56,9 @@ std::vector<std::string> llama_config_preset_names();
 int64_t llama_param_count(const LlamaConfig& c);  // backbone parameters
 std::string llama_config_describe(const LlamaConfig& c);  // one line for logs
 
+// RoPE cos/sin tables [n_pos, head_dim/2] in fp32, computed exactly as run.c does.
+void rope_tables(const LlamaConfig& c, int64_t n_pos, torch::Tensor* cos, torch::Tensor* sin);
+
 // Per-layer key/value cache for incremental decoding, preallocated to max_len.
 struct KVCache {
   std::vector<torch::Tensor> k, v;  // per layer [B, max_len, n_kv_heads, head_dim]
@@ -76,6 +79,7 @@ class LoraLinearImpl : public torch::nn::Module {
   torch::Tensor lora_a;  // [rank, in] or undefined
   torch::Tensor lora_b;  // [out, rank] or undefined
   float lora_scale = 0.f;
+  int64_t in_features, out_features;
 };
 TORCH_MODULE(LoraLinear);
 
@@ -163,7 +167,7 @@ class LlamaImpl : public torch::nn::Module {
 
   torch::nn::Embedding tok_embeddings{nullptr};
   RMSNorm norm{nullptr};
-  torch::Tensor output;  // [V, dim] when untied, else undefined
+  LoraLinear output{nullptr};  // [V, dim] classifier when untied, else null
 
  private:
   LlamaConfig cfg_;

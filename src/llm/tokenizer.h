@@ -1,5 +1,6 @@
 // Tokenizers: llama2.c tokenizer.bin (BPE by merge score, byte fallback <0xNN>, run.c's
-// leading-space handling) and SentencePiece .model files (libsentencepiece).
+// leading-space handling) and SentencePiece .model files (libsentencepiece, reached
+// through a dlopen'ed shim: sentencepiece/spm_shim.cpp explains why).
 #pragma once
 #include <memory>
 #include <string>
@@ -34,6 +35,10 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> tokenizer_load(const std::string& path);
 std::unique_ptr<Tokenizer> tokenizer_load_llama2c(const std::string& path);
 std::unique_ptr<Tokenizer> tokenizer_load_sentencepiece(const std::string& path);
+
+// Trains a SentencePiece model: SentencePieceTrainer::Train's command line, e.g.
+// "--input=corpus.txt --model_prefix=out/m --vocab_size=200". InputError on failure.
+void sentencepiece_train(const std::string& args);
 
 std::string tokenizer_checksum(const std::string& path);  // SHA-256 hex of the file
 std::string sha256_hex(const void* data, size_t n);
