@@ -109,6 +109,7 @@ struct DevState {
   double comm_since = 0;
   double busy_iter_start = 0;
   bool computes_in_segment = false;
+  bool dispatch_pending = false;
 };
 
 class Engine {
@@ -150,6 +151,7 @@ class Engine {
   std::vector<int> scratch_flows_;
   std::vector<double> epoch_end_;
   std::vector<char> fault_fired_;
+  std::vector<int> dispatch_list_;             // devices whose engines may start work now
 
   void push(double t, int type, int a, int b = 0) {
     heap_.push_back(Event{t, seq_++, type, a, b});
@@ -162,6 +164,8 @@ class Engine {
   void task_start(int t);
   void task_finish(int t);
   void engine_dispatch(int d, bool storage);
+  void dispatch_mark(int d);
+  void dispatch_run();
   void collective_step_begin(int t);
   void flow_begin(int t, int ring_i);
   void net_event();
@@ -329,12 +333,12 @@ void Engine::task_ready(int t) {
     auto& q = dev_[task.device].compute_queue;
     q.push_back(t);
     std::push_heap(q.begin(), q.end(), std::greater<int>());
-    if (dev_[task.device].compute_cur < 0) engine_dispatch(task.device, false);
+    dispatch_mark(task.device);
   } else if (kind_is_storage(task.kind)) {
     auto& q = dev_[task.device].storage_queue;
     q.push_back(t);
     std::push_heap(q.begin(), q.end(), std::greater<int>());
-    if (dev_[task.device].storage_cur < 0) engine_dispatch(task.device, true);
+    dispatch_mark(task.device);
   } else {
     task_start(t);  // the NIC takes any number of flows at once
   }
@@ -497,8 +501,28 @@ void Engine::task_finish(int t) {
     if (--deps_left_[s] == 0) task_ready(s);
   }
   if (failed_) return;
-  if (kind_is_compute(task.kind) && dev_[d].compute_cur < 0) engine_dispatch(d, false);
-  if (kind_is_storage(task.kind) && dev_[d].storage_cur < 0) engine_dispatch(d, true);
+  if (kind_is_compute(task.kind) || kind_is_storage(task.kind)) dispatch_mark(d);
+}
+
+// An engine picks its next task only once every event of the current instant has been
+// handled, so among tasks that become ready at the same time the lowest id wins
+// regardless of the order the simultaneous events were processed in.
+void Engine::dispatch_mark(int d) {
+  if (dev_[d].dispatch_pending) return;
+  dev_[d].dispatch_pending = true;
+  dispatch_list_.push_back(d);
+}
+
+void Engine::dispatch_run() {
+  // Devices in index order: deterministic whatever order they were marked in.
+  std::sort(dispatch_list_.begin(), dispatch_list_.end());
+  for (size_t i = 0; i < dispatch_list_.size() && !failed_; i++) {
+    int d = dispatch_list_[i];
+    dev_[d].dispatch_pending = false;
+    if (dev_[d].compute_cur < 0) engine_dispatch(d, false);
+    if (!failed_ && dev_[d].storage_cur < 0) engine_dispatch(d, true);
+  }
+  dispatch_list_.clear();
 }
 
 void Engine::fault_apply(int fi) {
@@ -607,6 +631,7 @@ SimResult Engine::run() {
   Progress progress("simulating iteration", static_cast<long>(total_iters));
   progress.set_quiet(!opt_.progress);
   heap_.reserve(1024);
+  dispatch_list_.reserve(n_);
 
   for (size_t si = 0; si < plan_.segments.size() && !failed_; si++) {
     segment_prepare(static_cast<int>(si));
@@ -615,6 +640,10 @@ SimResult Engine::run() {
       iteration_begin();
       const int nt = static_cast<int>(tasks_->size());
       while (!failed_ && done_count_ < nt) {
+        if (!dispatch_list_.empty() && (heap_.empty() || heap_.front().t > now_)) {
+          dispatch_run();  // the instant is over: idle engines take their next task
+          continue;
+        }
         if (net_dirty_) {
           net_dirty_ = false;
           int f;
