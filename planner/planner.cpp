@@ -213,7 +213,7 @@ bool search_layout(const PlanCtx& c, StageCostKind kind, bool single, bool searc
           cur = sd;
         }
       }
-      const int budget = 12;
+      const int budget = 8;
       bool improved = !cur.empty();
       while (improved && os.evaluated < budget) {
         improved = false;

@@ -2,6 +2,7 @@
 // pipeline latency model they are judged by. docs/planner.md explains both.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "planner/planner_internal.h"
 #include "src/core/profile.h"
@@ -48,53 +49,87 @@ static double sample_s(const PlanCtx& c, const LayerCost& lc, int d) {
   return (lc.fwd_flops + lc.bwd_flops) / c.rate_layer[d] + (lc.side_fwd_flops + lc.side_bwd_flops) / c.rate_side[d];
 }
 
-// Seconds to move the messages of a cut (per sample `bytes`) into or out of a group
-// whose devices carry `share` of each micro-batch.
-static double cut_comm_s(const PlanCtx& c, const std::vector<int>& order, int i0, int i1,
-                         const std::vector<double>& shares, double beta, double bytes) {
-  double lat = 0;
-  for (int i = i0; i < i1; i++) lat = std::max(lat, c.dev_lat_s[order[i]]);
-  if (c.shared_medium) return beta * bytes * 8 / c.medium_bps + lat;
-  double t = 0;
-  for (int i = i0; i < i1; i++) t = std::max(t, shares[i - i0] * beta * bytes * 8 / c.dev_bw_bps[order[i]]);
-  return t + lat;
-}
-
 // Cost of one stage and the most micro-batches in flight its devices can hold.
 struct StageEval {
   double time = kInf;
   int kfit = 0;
 };
 
-static StageEval stage_eval(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y,
-                            int i0, int i1, std::vector<double>* shares_out) {
+// What a layer range costs independent of the group: computed once per [x, y) so the
+// dynamic program's table costs O(group) per entry.
+struct RangeInfo {
+  int x = 0, y = 0;
+  LayerCost lc;
+  double fixed_bytes = 0;       // weights, grads, optimizer state
+  double buffer_per_sample = 0; // message and cache-write buffers per micro-batch sample
+  std::vector<double> sample_s; // per device id: compute seconds per sample
+};
+
+static RangeInfo range_info_make(const PlanCtx& c, int x, int y) {
+  RangeInfo r;
+  r.x = x;
+  r.y = y;
+  r.lc = cost_range(c.mc, x, y);
+  StageMemory fixed = stage_memory(c.mc, x, y, 0, 0);
+  r.fixed_bytes = fixed.total();
+  r.buffer_per_sample = stage_memory(c.mc, x, y, 0, 1).total() - r.fixed_bytes;
+  r.sample_s.resize(c.n);
+  for (int d = 0; d < c.n; d++) r.sample_s[d] = sample_s(c, r.lc, d);
+  return r;
+}
+
+// Range infos do not depend on the device order: the search over orders shares them.
+static const RangeInfo& range_info(const PlanCtx& c, int x, int y) {
+  auto& cache = c.range_cache;
+  size_t L1 = c.L + 1;
+  if (cache.empty()) cache.resize(L1 * L1);
+  std::shared_ptr<void>& slot = cache[x * L1 + y];
+  if (!slot) slot = std::make_shared<RangeInfo>(range_info_make(c, x, y));
+  return *static_cast<RangeInfo*>(slot.get());
+}
+
+static StageEval stage_eval_range(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order,
+                                  const RangeInfo& ri, int i0, int i1, std::vector<double>* shares_out) {
   const ModelCost& mc = c.mc;
-  LayerCost lc = cost_range(mc, x, y);
+  const int x = ri.x, y = ri.y;
   int g = i1 - i0;
   double beta = c.batch / c.M;
-  std::vector<double> shares(g, 1.0 / g);
+  double shares_buf[64];
+  std::vector<double> shares_vec;
+  double* shares = shares_buf;
+  if (g > 64) {
+    shares_vec.resize(g);
+    shares = shares_vec.data();
+  }
   StageEval ev;
   if (kind == StageCostKind::Paper) {
     double t = 0;
-    for (int i = i0; i < i1; i++) t = std::max(t, beta / g * sample_s(c, lc, order[i]));
+    for (int i = i0; i < i1; i++) {
+      shares[i - i0] = 1.0 / g;
+      t = std::max(t, beta / g * ri.sample_s[order[i]]);
+    }
     ev.time = t;
   } else {
     // Shares proportional to speed (Asteroid): every device then finishes together.
     double inv = 0;
-    for (int i = i0; i < i1; i++) inv += 1.0 / sample_s(c, lc, order[i]);
-    for (int i = i0; i < i1; i++) shares[i - i0] = 1.0 / sample_s(c, lc, order[i]) / inv;
+    for (int i = i0; i < i1; i++) inv += 1.0 / ri.sample_s[order[i]];
+    for (int i = i0; i < i1; i++) shares[i - i0] = 1.0 / ri.sample_s[order[i]] / inv;
     double t = beta / inv;
     if (mc.cache) {
       for (int i = i0; i < i1; i++)
-        t = std::max(t, shares[i - i0] * beta * lc.tap_bytes / c.s->devices[order[i]].profile.storage_write_bytes_per_s);
+        t = std::max(t, shares[i - i0] * beta * ri.lc.tap_bytes / c.s->devices[order[i]].profile.storage_write_bytes_per_s);
     }
-    if (x > 0) {
-      const LayerCost& cut = mc.layers[x - 1];
-      t = std::max(t, cut_comm_s(c, order, i0, i1, shares, beta, cut.out_bytes + cut.grad_bytes));
-    }
-    if (y < c.L) {
-      const LayerCost& cut = mc.layers[y - 1];
-      t = std::max(t, cut_comm_s(c, order, i0, i1, shares, beta, cut.out_bytes + cut.grad_bytes));
+    for (int cut : {x - 1, y - 1}) {
+      if (cut < 0 || cut == c.L - 1) continue;
+      const LayerCost& lc = mc.layers[cut];
+      double bytes = beta * (lc.out_bytes + lc.grad_bytes);
+      double lat = 0, comm = 0;
+      for (int i = i0; i < i1; i++) {
+        lat = std::max(lat, c.dev_lat_s[order[i]]);
+        if (!c.shared_medium) comm = std::max(comm, shares[i - i0] * bytes * 8 / c.dev_bw_bps[order[i]]);
+      }
+      if (c.shared_medium) comm = bytes * 8 / c.medium_bps;
+      t = std::max(t, comm + lat);
     }
     ev.time = t;
   }
@@ -102,17 +137,20 @@ static StageEval stage_eval(const PlanCtx& c, StageCostKind kind, const std::vec
   // micro-batch shares of activations.
   int kfit = c.M;
   for (int i = i0; i < i1; i++) {
-    int d = order[i];
     double micro = shares[i - i0] * beta;
-    StageMemory m = stage_memory(mc, x, y, 0, micro);
-    double room = c.mem[d] - m.total();
-    double per_mb = micro * lc.act_bytes;
+    double room = c.mem[order[i]] - ri.fixed_bytes - micro * ri.buffer_per_sample;
+    double per_mb = micro * ri.lc.act_bytes;
     int k = room < per_mb ? 0 : (per_mb > 0 ? (int)std::min<double>(c.M, std::floor(room / per_mb)) : c.M);
     kfit = std::min(kfit, k);
   }
   ev.kfit = kfit;
-  if (shares_out) *shares_out = shares;
+  if (shares_out) shares_out->assign(shares, shares + g);
   return ev;
+}
+
+static StageEval stage_eval(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y,
+                            int i0, int i1, std::vector<double>* shares_out) {
+  return stage_eval_range(c, kind, order, range_info(c, x, y), i0, i1, shares_out);
 }
 
 double stage_cost(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y, int i0, int i1,
@@ -126,16 +164,18 @@ DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<in
   const int L = c.L, n = (int)order.size();
   const int N1 = n + 1, L1 = L + 1;
   max_stages = std::min(max_stages, std::min(L, n));
-  // Every stage's cost, computed once: [x][y][i0][i1].
-  auto idx = [&](int x, int y, int i0, int i1) { return (((size_t)x * L1 + y) * N1 + i0) * N1 + i1; };
+  // Every stage's cost, computed once, laid out [x][i0][y][i1] so that the DP's inner
+  // loops (over y and i1) walk memory in order.
+  auto idx = [&](int x, int y, int i0, int i1) { return (((size_t)x * N1 + i0) * L1 + y) * N1 + i1; };
   std::vector<double> time((size_t)L1 * L1 * N1 * N1, kInf);
   std::vector<int> kfit(time.size(), 0);
   for (int x = 0; x < L; x++) {
     for (int y = x + 1; y <= L; y++) {
+      const RangeInfo& ri = range_info(c, x, y);
       for (int i0 = 0; i0 < n; i0++) {
         int i1_max = single_device_stages ? i0 + 1 : n;
         for (int i1 = i0 + 1; i1 <= i1_max; i1++) {
-          StageEval ev = stage_eval(c, kind, order, x, y, i0, i1, nullptr);
+          StageEval ev = stage_eval_range(c, kind, order, ri, i0, i1, nullptr);
           time[idx(x, y, i0, i1)] = ev.time;
           kfit[idx(x, y, i0, i1)] = ev.kfit;
         }
@@ -153,12 +193,13 @@ DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<in
   }
   for (int k = 1; k <= max_stages; k++) {
     int need = std::min(k, c.M);
-    for (int x = 0; x < L; x++) {
-      for (int i = 0; i < n; i++) {
+    // k stages need k layers and k devices: the rest of the loops cannot fit them.
+    for (int x = 0; x + k <= L; x++) {
+      for (int i = 0; i + k <= n; i++) {
         double best = kInf;
         int by = -1, bi = -1;
-        int i1_max = single_device_stages ? i + 1 : n;
-        for (int y = x + 1; y <= L; y++) {
+        int i1_max = single_device_stages ? i + 1 : n - (k - 1);
+        for (int y = x + 1; y + (k - 1) <= L; y++) {
           for (int i1 = i + 1; i1 <= i1_max; i1++) {
             double rest = W[widx(k - 1, y, i1)];
             if (rest >= best) continue;

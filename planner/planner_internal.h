@@ -3,6 +3,7 @@
 #pragma once
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct PlanCtx {
   std::vector<double> rate_side;   // per device: FLOP/s for side-network work
   std::vector<double> mem;         // per device: usable bytes
   double medium_bps = 0;           // shared medium capacity (shared networks)
+  // Per layer range [x, y): costs that do not depend on the device order, filled on
+  // first use (planner_dp.cpp). Not thread-safe: one PlanCtx per planning thread.
+  mutable std::vector<std::shared_ptr<void>> range_cache;
 };
 
 PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method);

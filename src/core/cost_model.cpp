@@ -100,8 +100,10 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
   // Side network: a k-times narrower copy of the block (Ladder Side-Tuning / PAC).
   const double r = std::max(1, m.hidden / std::max(1, method.reduction_k));
   const double fs = std::max(1, m.ffn / std::max(1, method.reduction_k));
-  ModelConfig side_cfg = m;
-  BlockShape sb = block_shape(side_cfg, (int)r, (int)fs, m.heads, m.heads);
+  // Structured pruning keeps whole heads: the side block has heads/k heads of the
+  // backbone's head size (at least one).
+  const int side_heads = std::max(1, m.heads / std::max(1, method.reduction_k));
+  BlockShape sb = block_shape(m, (int)r, (int)fs, side_heads, side_heads);
   const double dh = d / heads;
   const double kv = m.kv_heads * dh;
 
@@ -167,7 +169,7 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
       if (i == 0) side += d * r;                              // a_0 = Down(b_0)
       if (i == L - 1) side += r * d + 1;                      // Up(a_L) and the gate
       c.trainable = side;
-      c.side_fwd_flops = 2 * side * t + 4 * t * t * r;
+      c.side_fwd_flops = 2 * side * t + 4 * t * t * r;  // scores: 4*t*t*(heads x head size) = 4*t*t*r
       c.side_bwd_flops = 2 * c.side_fwd_flops;
       if (i == L - 1) {
         // The loss flows back through the frozen head into Up(a_L): activation grads
@@ -179,7 +181,7 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
       c.bwd_flops = 0;
       // Held for backward: b_i (input of the side down-projection) and the side block's
       // own activations; nothing of the backbone.
-      c.side_act_bytes = t * d * e + act_units(t, t, r, fs, heads, m.gated_ffn, 1, 0) * e / 2;
+      c.side_act_bytes = t * d * e + act_units(t, t, r, fs, side_heads, m.gated_ffn, 1, 0) * e / 2;
       if (i == L - 1) c.side_act_bytes += 2 * t * m.vocab * e;
       c.act_bytes = c.side_act_bytes;
       c.out_bytes += t * r * e;  // the side state a_i travels with b_i
