@@ -49,6 +49,53 @@ TEST(SimNetwork, SharedMediumSplitsEvenly) {
   EXPECT_DOUBLE_EQ(net.flow(c).rate, 30);
 }
 
+TEST(SimNetwork, RandomFlowSetsAreMaxMinFair) {
+  // The textbook characterisation, checked independently of how the rates were found:
+  // an allocation is max-min fair iff it is feasible and every flow has a bottleneck,
+  // i.e. it is at its own cap, or it crosses a saturated resource on which no other flow
+  // gets more.
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 500; trial++) {
+    int n = 2 + static_cast<int>(rng() % 5);
+    std::vector<double> up(n), down(n);
+    for (int d = 0; d < n; d++) {
+      up[d] = (rng() % 3 == 0) ? 0 : 10 + static_cast<double>(rng() % 90);
+      down[d] = (rng() % 3 == 0) ? 0 : 10 + static_cast<double>(rng() % 90);
+    }
+    double medium = (rng() % 2) ? 50 + static_cast<double>(rng() % 200) : 0;
+    FluidNet net;
+    net.init(up, down, medium);
+    int nf = 1 + static_cast<int>(rng() % 10);
+    std::vector<int> flows;
+    for (int i = 0; i < nf; i++) {
+      int a = static_cast<int>(rng() % n), b = static_cast<int>((a + 1 + rng() % (n - 1)) % n);
+      double cap = (rng() % 4 == 0) ? 5 + static_cast<double>(rng() % 40) : 0;
+      flows.push_back(net.flow_start(0, a, b, 1000, cap, i, -1));
+    }
+    // Load per resource.
+    std::vector<double> load(2 * n + 1, 0), top(2 * n + 1, 0);
+    for (int f : flows) {
+      const NetFlow& fl = net.flow(f);
+      for (int k = 0; k < fl.nres; k++) {
+        load[fl.res[k]] += fl.rate;
+        top[fl.res[k]] = std::max(top[fl.res[k]], fl.rate);
+      }
+    }
+    for (int f : flows) {
+      const NetFlow& fl = net.flow(f);
+      if (fl.rate >= 1e29) continue;  // nothing limits it (no finite resource, no cap)
+      if (fl.cap > 0) ASSERT_LE(fl.rate, fl.cap * (1 + 1e-9)) << "trial " << trial;
+      bool bottleneck = fl.cap > 0 && fl.rate >= fl.cap * (1 - 1e-9);
+      for (int k = 0; k < fl.nres; k++) {
+        int r = fl.res[k];
+        ASSERT_LE(load[r], net.capacity(r) * (1 + 1e-9)) << "trial " << trial << " resource " << r;
+        if (load[r] >= net.capacity(r) * (1 - 1e-9) && fl.rate >= top[r] * (1 - 1e-9)) bottleneck = true;
+      }
+      ASSERT_TRUE(bottleneck) << "trial " << trial << " flow " << f << " rate " << fl.rate;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- engine
 
 TEST(SimEngine, SingleDeviceIsSumOfTaskTimes) {
