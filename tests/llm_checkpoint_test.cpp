@@ -1,0 +1,284 @@
+// Checkpoints: llama2.c .bin and Hugging Face safetensors + config.json, the q/k row
+// permutation checked against HF's rotate_half RoPE, round trips, and bad inputs.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+
+#include "src/common/error.h"
+#include "src/common/fs.h"
+#include "src/common/json_in.h"
+#include "src/llm/checkpoint.h"
+#include "src/llm/safetensors.h"
+
+using namespace pac;
+namespace stdfs = std::filesystem;
+
+static std::string stories_path() { return model_path("stories260K/stories260K.bin"); }
+
+#define REQUIRE_STORIES()                                                                           \
+  if (!file_exists(stories_path())) GTEST_SKIP() << "shared model absent: " << stories_path() \
+                                                 << " (set PAC_MODEL_DIR)"
+
+static std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (stdfs::temp_directory_path() /
+            ("pac_ckpt." + std::to_string(getpid()) + "." + ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    stdfs::remove_all(dir_);
+    dir_create(dir_);
+  }
+  void TearDown() override { stdfs::remove_all(dir_); }
+  std::string at(const std::string& name) const { return path_join(dir_, name); }
+  std::string dir_;
+};
+
+static torch::Tensor logits_of(Llama& m, std::vector<int64_t> ids) {
+  torch::NoGradGuard ng;
+  return m->forward(torch::tensor(ids, torch::kInt64).view({1, -1}));
+}
+
+static void expect_same_weights(const Checkpoint& a, const Checkpoint& b) {
+  ASSERT_EQ(a.weights.size(), b.weights.size());
+  for (auto& kv : a.weights) {
+    auto it = b.weights.find(kv.first);
+    ASSERT_NE(it, b.weights.end()) << kv.first;
+    EXPECT_TRUE(torch::equal(kv.second, it->second)) << kv.first;  // bit-identical
+  }
+}
+
+TEST_F(CheckpointTest, ReadsStories260KHeader) {
+  REQUIRE_STORIES();
+  Checkpoint ck = checkpoint_read(stories_path());
+  // ../shared/models/README.md: dim 64, hidden 172, 5 layers, 8 heads, 4 kv, vocab 512 shared, seq 512.
+  const LlamaConfig& c = ck.config;
+  EXPECT_EQ(c.dim, 64);
+  EXPECT_EQ(c.hidden_dim, 172);
+  EXPECT_EQ(c.n_layers, 5);
+  EXPECT_EQ(c.n_heads, 8);
+  EXPECT_EQ(c.n_kv_heads, 4);
+  EXPECT_EQ(c.vocab_size, 512);
+  EXPECT_EQ(c.max_seq_len, 512);
+  EXPECT_TRUE(c.tied_classifier);
+  // 2 + 9 per layer tensors, tied: no output.weight.
+  EXPECT_EQ(ck.weights.size(), 2u + 9u * 5u);
+}
+
+TEST_F(CheckpointTest, BinToHfToBinIsIdenticalAndGivesSameLogits) {
+  REQUIRE_STORIES();
+  Checkpoint bin = checkpoint_read(stories_path());
+  checkpoint_write(at("hf"), bin);
+  Checkpoint hf = checkpoint_read(at("hf"));
+  expect_same_weights(bin, hf);
+  checkpoint_write(at("back.bin"), hf);
+  expect_same_weights(bin, checkpoint_read(at("back.bin")));
+  // Same file size as the original: same header and layout (legacy RoPE tables included).
+  EXPECT_EQ(file_size(at("back.bin")), file_size(stories_path()));
+  Llama a = llama_load(stories_path()), b = llama_load(at("hf"));
+  EXPECT_TRUE(torch::equal(logits_of(a, {1, 403, 407, 261, 378}), logits_of(b, {1, 403, 407, 261, 378})));
+  // The HF file really holds permuted q rows (not a copy of ours).
+  SafeTensors st = safetensors_read(at("hf/model.safetensors"));
+  EXPECT_FALSE(torch::equal(st.tensors.at("model.layers.0.self_attn.q_proj.weight"), bin.weights.at("layers.0.wq.weight")));
+}
+
+TEST(HfPermute, MatchesIndexFormulaAndRotateHalfRope) {
+  // HF's permute moves row (head h, pair i, element e) = h*hs + 2i + e to h*hs + e*hs/2 + i.
+  const int n_heads = 2, hs = 8, in = 3;
+  torch::Tensor w = torch::arange(n_heads * hs * in, torch::kFloat32).view({n_heads * hs, in});
+  torch::Tensor p = hf_permute(w, n_heads);
+  for (int h = 0; h < n_heads; h++)
+    for (int i = 0; i < hs / 2; i++)
+      for (int e = 0; e < 2; e++)
+        EXPECT_TRUE(torch::equal(p[h * hs + e * hs / 2 + i], w[h * hs + 2 * i + e]));
+  EXPECT_TRUE(torch::equal(hf_unpermute(p, n_heads), w));
+
+  // Semantics: HF's rotate_half RoPE on permuted rows equals llama2.c's interleaved RoPE on
+  // the original rows, up to the same permutation of the output.
+  torch::Tensor q = torch::randn({hs});  // one head's query
+  const float pos = 5, theta = 10000;
+  torch::Tensor inter = q.clone(), half = hf_permute(q.view({hs, 1}), 1).view({hs});
+  torch::Tensor half_out = half.clone();
+  for (int i = 0; i < hs / 2; i++) {
+    float f = pos * (1.0f / powf(theta, 2.0f * i / hs)), c = cosf(f), s = sinf(f);
+    float a = q[2 * i].item<float>(), b = q[2 * i + 1].item<float>();
+    inter[2 * i] = a * c - b * s;
+    inter[2 * i + 1] = a * s + b * c;
+    // rotate_half: out[i] = x[i] c - x[i + hs/2] s ; out[i + hs/2] = x[i + hs/2] c + x[i] s
+    float x0 = half[i].item<float>(), x1 = half[i + hs / 2].item<float>();
+    half_out[i] = x0 * c - x1 * s;
+    half_out[i + hs / 2] = x1 * c + x0 * s;
+  }
+  EXPECT_TRUE(torch::allclose(hf_permute(inter.view({hs, 1}), 1).view({hs}), half_out, 1e-6, 1e-6));
+}
+
+TEST_F(CheckpointTest, UntiedAndBiasedModelsRoundTrip) {
+  // Untied classifier through .bin (negative vocab in the header) and HF.
+  LlamaConfig c = llama_config_preset("tiny");
+  c.tied_classifier = false;
+  Llama m(c);
+  m->init_random(3);
+  Checkpoint ck = checkpoint_from_llama(m);
+  checkpoint_write(at("u.bin"), ck);
+  std::string bytes = file_read(at("u.bin"));
+  int32_t vocab;
+  std::memcpy(&vocab, bytes.data() + 20, 4);
+  EXPECT_EQ(vocab, -64);  // run.c's convention for an unshared classifier
+  expect_same_weights(ck, checkpoint_read(at("u.bin")));
+  checkpoint_write(at("u_hf"), ck);
+  Llama back = llama_load(at("u_hf"));
+  EXPECT_TRUE(torch::equal(logits_of(m, {1, 2, 3}), logits_of(back, {1, 2, 3})));
+
+  // Qwen2-style q/k/v biases (permuted like the weights) through HF; .bin cannot hold them.
+  c.qkv_bias = true;
+  Llama q(c);
+  q->init_random(4);
+  {
+    torch::NoGradGuard ng;
+    for (auto& kv : q->backbone_named_parameters())
+      if (kv.first.find(".bias") != std::string::npos) kv.second.normal_(0, 0.5);
+  }
+  Checkpoint qk = checkpoint_from_llama(q);
+  checkpoint_write(at("q_hf"), qk);
+  EXPECT_EQ(JsonIn::load_file(at("q_hf/config.json")).string("model_type"), "qwen2");
+  Llama qb = llama_load(at("q_hf"));
+  EXPECT_TRUE(torch::equal(logits_of(q, {5, 6, 7}), logits_of(qb, {5, 6, 7})));
+  EXPECT_THROW(checkpoint_write(at("q.bin"), qk), InputError);
+}
+
+TEST_F(CheckpointTest, SafetensorsDtypesAndMetadataRoundTrip) {
+  std::map<std::string, torch::Tensor> t = {
+      {"a", torch::randn({2, 3})},
+      {"b", torch::randn({4}).to(torch::kFloat16)},
+      {"c", torch::randn({3, 1}).to(torch::kBFloat16)},
+      {"d", torch::arange(5, torch::kInt64)},
+      {"e", torch::empty({0, 4})},
+  };
+  safetensors_write(at("t.safetensors"), t, {{"lora_alpha", "16"}});
+  SafeTensors r = safetensors_read(at("t.safetensors"));
+  ASSERT_EQ(r.tensors.size(), t.size());
+  for (auto& kv : t) {
+    EXPECT_EQ(r.tensors[kv.first].scalar_type(), kv.second.scalar_type()) << kv.first;
+    EXPECT_TRUE(torch::equal(r.tensors[kv.first], kv.second)) << kv.first;
+  }
+  EXPECT_EQ(r.metadata.at("lora_alpha"), "16");
+  // Header length is 8-aligned: the data section starts aligned.
+  std::string bytes = file_read(at("t.safetensors"));
+  uint64_t n;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ(n % 8, 0u);
+}
+
+TEST_F(CheckpointTest, BadSafetensorsNameFileAndTensor) {
+  std::string good = safetensors_serialize({{"w", torch::ones({4, 4})}});
+  auto bad_file = [&](const std::string& name, const std::string& bytes) {
+    file_write_atomic(at(name), bytes);
+    return error_of([&] { safetensors_read(at(name)); });
+  };
+  std::string e = bad_file("trunc.safetensors", good.substr(0, good.size() - 10));
+  EXPECT_NE(e.find("trunc.safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find("w.data_offsets"), std::string::npos) << e;
+  e = bad_file("short.safetensors", "abc");
+  EXPECT_NE(e.find("at least 8"), std::string::npos) << e;
+  std::string hdr = "{\"w\": {\"dtype\": \"F32\", \"shape\": [4, 4], \"data_offsets\": [0, 60]}}";
+  std::string len(8, '\0');
+  len[0] = (char)hdr.size();
+  e = bad_file("span.safetensors", len + hdr + std::string(64, '\0'));
+  EXPECT_NE(e.find("shape needs 64"), std::string::npos) << e;
+  std::string json_bad = "{\"w\": [1, 2";
+  len[0] = (char)json_bad.size();
+  e = bad_file("json.safetensors", len + json_bad);
+  EXPECT_NE(e.find("invalid JSON"), std::string::npos) << e;
+  std::string huge(8, '\xff');
+  e = bad_file("huge.safetensors", huge + "{}");
+  EXPECT_NE(e.find("exceeds the file"), std::string::npos) << e;
+}
+
+TEST_F(CheckpointTest, BadCheckpointsNameFileAndProblem) {
+  REQUIRE_STORIES();
+  std::string bytes = file_read(stories_path());
+  file_write_atomic(at("cut.bin"), bytes.substr(0, bytes.size() / 2));
+  std::string e = error_of([&] { checkpoint_read(at("cut.bin")); });
+  EXPECT_NE(e.find("cut.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+  file_write_atomic(at("text.bin"), std::string("this is a text file, not a checkpoint at all"));
+  e = error_of([&] { checkpoint_read(at("text.bin")); });
+  EXPECT_NE(e.find("implausible"), std::string::npos) << e;
+  e = error_of([&] { checkpoint_read(at("missing.bin")); });
+  EXPECT_NE(e.find("missing.bin"), std::string::npos) << e;
+
+  // HF folder with a config.json missing a required key.
+  checkpoint_write(at("hf"), checkpoint_read(stories_path()));
+  json cfg = JsonIn::load_file(at("hf/config.json")).raw();
+  cfg.erase("num_hidden_layers");
+  file_write_atomic(at("hf/config.json"), cfg.dump());
+  e = error_of([&] { checkpoint_read(at("hf")); });
+  EXPECT_NE(e.find("config.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("num_hidden_layers"), std::string::npos) << e;
+  // A config that disagrees with the tensors names the tensor.
+  cfg["num_hidden_layers"] = 5;
+  cfg["intermediate_size"] = 100;
+  file_write_atomic(at("hf/config.json"), cfg.dump());
+  e = error_of([&] { checkpoint_read(at("hf")); });
+  EXPECT_NE(e.find("layers.0.w1.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("does not match config.json"), std::string::npos) << e;
+  e = error_of([&] { checkpoint_read(at("nowhere")); });
+  EXPECT_NE(e.find("not found"), std::string::npos) << e;
+}
+
+TEST_F(CheckpointTest, MethodWeightsLoadOntoAFreshModel) {
+  Llama m(llama_config_preset("tiny"));
+  m->init_random(9);
+  m->enable_lora(4, 8.f, true);
+  m->enable_adapters(6);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : m->method_parameters()) p.normal_(0, 0.1);
+  }
+  std::map<std::string, torch::Tensor> saved;
+  for (auto& kv : m->named_parameters(true))
+    if (LlamaImpl::is_method_parameter(kv.key())) saved[kv.key()] = kv.value().detach();
+  safetensors_write(at("lora.safetensors"), saved, {{"lora_alpha", "8"}});
+
+  Llama fresh(llama_config_preset("tiny"));
+  fresh->init_random(9);  // same backbone
+  EXPECT_EQ(llama_load_method_weights(fresh, at("lora.safetensors")), (int)saved.size());
+  EXPECT_TRUE(torch::equal(logits_of(m, {1, 2, 3, 4}), logits_of(fresh, {1, 2, 3, 4})));
+  safetensors_write(at("junk.safetensors"), {{"side.0.w", torch::ones({2})}});
+  std::string e = error_of([&] { llama_load_method_weights(fresh, at("junk.safetensors")); });
+  EXPECT_NE(e.find("side.0.w"), std::string::npos) << e;
+}
+
+// pac-convert: exit 2 on bad input and nothing written; a good conversion loads back.
+static std::string bin_dir() {
+  const char* d = std::getenv("PAC_BIN_DIR");
+  return d ? d : std::string(PAC_BINARY_DIR) + "/bin";
+}
+
+TEST_F(CheckpointTest, ConvertCliExitCodes) {
+  REQUIRE_STORIES();
+  std::string tool = path_join(bin_dir(), "pac-convert");
+  if (!file_exists(tool)) GTEST_SKIP() << "pac-convert not built: " << tool;
+  file_write_atomic(at("cut.bin"), file_read(stories_path()).substr(0, 5000));
+  int rc = std::system((tool + " " + at("cut.bin") + " " + at("out") + " 2>/dev/null").c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 2);
+  EXPECT_FALSE(file_exists(at("out")));
+  rc = std::system((tool + " " + stories_path() + " " + at("out") + " 2>/dev/null").c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 0);
+  expect_same_weights(checkpoint_read(stories_path()), checkpoint_read(at("out")));
+  rc = std::system((tool + " --preset no-such " + at("p") + " 2>/dev/null").c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 2);
+}
