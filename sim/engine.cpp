@@ -175,6 +175,11 @@ class Engine {
   void fail(const std::string& kind, int device, const std::string& task, const std::string& message);
   void trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1);
   void comm_change(int d, int delta);
+  void mem_trace(int d) {
+    if (!opt_.trace) return;
+    trace_add(SimTraceKind::Memory, -1, d, -1, -1, now_, now_);
+    if (!res_.trace.empty() && res_.trace.back().kind == SimTraceKind::Memory) res_.trace.back().value = dev_[d].mem_cur;
+  }
   double flow_cap(int src, int dst) const {
     double c = pair_cap_Bps_[src * n_ + dst];
     double deg = degrade_[src * n_ + dst];
@@ -214,6 +219,7 @@ void Engine::mem_alloc(int d, double bytes, const std::string& what) {
   ds.mem_cur += bytes;
   SimDeviceStats& st = res_.devices[d];
   if (ds.mem_cur > st.peak_memory_bytes) st.peak_memory_bytes = ds.mem_cur;
+  mem_trace(d);
   if (ds.mem_cap > 0 && ds.mem_cur > ds.mem_cap) {
     char buf[512];
     std::snprintf(buf, sizeof buf,
@@ -288,6 +294,7 @@ void Engine::segment_prepare(int si) {
     dev_[d].mem_cur = 0;
     double r = seg_->resident_bytes.empty() ? 0 : seg_->resident_bytes[d];
     if (r > 0) mem_alloc(d, r, "resident state of segment " + seg_->name);
+    else mem_trace(d);
     if (failed_) return;
   }
 }
@@ -477,6 +484,7 @@ void Engine::task_finish(int t) {
   if (task.mem_free_task < 0 && alloc_live_[t]) {
     dev_[d].mem_cur -= task.mem_alloc_bytes;
     alloc_live_[t] = 0;
+    mem_trace(d);
   }
   for (int k = free_begin_[t]; k < free_begin_[t + 1]; k++) {
     int a = free_list_[k];
@@ -484,6 +492,7 @@ void Engine::task_finish(int t) {
       const Task& ta = (*tasks_)[a];
       dev_[ta.device].mem_cur -= ta.mem_alloc_bytes;
       alloc_live_[a] = 0;
+      mem_trace(ta.device);
     }
   }
   done_count_++;

@@ -34,16 +34,17 @@ struct SimOptions {
   bool progress = false;              // progress lines on stderr
 };
 
-enum class SimTraceKind { Compute, Storage, Send, Collective };
+enum class SimTraceKind { Compute, Storage, Send, Collective, Memory };
 
 struct SimTraceEvent {
   SimTraceKind kind;
   int segment;
   int64_t iteration;   // within the segment
   int task;
-  int a, b;            // device (compute/storage) or link src -> dst (flows)
+  int a, b;            // device (compute/storage/memory) or link src -> dst (flows)
   int step;            // collective ring step, -1 otherwise
-  double t0, t1;
+  double t0, t1;       // Memory: t0 = when, t1 unused
+  double value = 0;    // Memory: bytes the device holds from t0 on
 };
 
 struct SimDeviceStats {

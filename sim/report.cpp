@@ -244,6 +244,14 @@ std::string trace_to_chrome_json(const Plan& plan, const SimResult& r) {
       out += "\"}}";
     }
   for (const SimTraceEvent& e : r.trace) {
+    if (e.kind == SimTraceKind::Memory) {
+      // A counter track per device: Perfetto draws the memory held over time.
+      out += ",\n{\"ph\":\"C\",\"pid\":1,\"name\":\"memory ";
+      json_escape_append(out, sc.devices[e.a].id);
+      std::snprintf(buf, sizeof buf, "\",\"ts\":%.3f,\"args\":{\"GB\":%.6f}}", e.t0 * 1e6, e.value / 1e9);
+      out += buf;
+      continue;
+    }
     const Segment& seg = plan.segments[e.segment];
     const Task& t = seg.graph.tasks[e.task];
     int pid = 1, tid = e.a;

@@ -98,6 +98,14 @@ TEST(SimNetwork, RandomFlowSetsAreMaxMinFair) {
 
 // ---------------------------------------------------------------- engine
 
+// The trace without its memory counter samples: tasks and flows only.
+static std::vector<SimTraceEvent> work_of(const SimResult& r) {
+  std::vector<SimTraceEvent> out;
+  for (const SimTraceEvent& e : r.trace)
+    if (e.kind != SimTraceKind::Memory) out.push_back(e);
+  return out;
+}
+
 TEST(SimEngine, SingleDeviceIsSumOfTaskTimes) {
   // One device, F 1 s -> B 2 s -> Opt 0.5 s, 4 iterations over 2 epochs:
   // makespan = 4 x 3.5 = 14 s, 7 s per epoch, busy 14, bubble 0.
@@ -200,11 +208,12 @@ TEST(SimEngine, FairSharingOnSharedMedium) {
   opt.trace = true;
   SimResult r = sim_run(pb.plan, opt);
   ASSERT_TRUE(r.ok);
-  ASSERT_EQ(r.trace.size(), 2u);
-  EXPECT_EQ(r.trace[0].task, 1);
-  EXPECT_NEAR(r.trace[0].t1, 0.8, 1e-12);
-  EXPECT_EQ(r.trace[1].task, 0);
-  EXPECT_NEAR(r.trace[1].t1, 1.2, 1e-12);
+  std::vector<SimTraceEvent> tr = work_of(r);
+  ASSERT_EQ(tr.size(), 2u);
+  EXPECT_EQ(tr[0].task, 1);
+  EXPECT_NEAR(tr[0].t1, 0.8, 1e-12);
+  EXPECT_EQ(tr[1].task, 0);
+  EXPECT_NEAR(tr[1].t1, 1.2, 1e-12);
   EXPECT_NEAR(r.makespan_s, 1.2, 1e-12);
 }
 
@@ -222,7 +231,7 @@ TEST(SimEngine, SwitchedNetworkSharesOnlyTheCommonNic) {
   SimResult r = sim_run(pb.plan, opt);
   ASSERT_TRUE(r.ok);
   std::vector<double> end(3, -1);
-  for (const auto& e : r.trace) end[e.task] = e.t1;
+  for (const auto& e : work_of(r)) end[e.task] = e.t1;
   EXPECT_NEAR(end[0], 1.2, 1e-12);
   EXPECT_NEAR(end[1], 0.8, 1e-12);
   EXPECT_NEAR(end[2], 0.8, 1e-12);
@@ -257,11 +266,12 @@ TEST(SimEngine, PerPairLinkOverride) {
   SimResult r = sim_run(pb.plan, opt);
   ASSERT_TRUE(r.ok);
   EXPECT_NEAR(r.makespan_s, 2.005, 1e-9);
-  ASSERT_EQ(r.trace.size(), 2u);
-  EXPECT_EQ(r.trace[0].task, 1);
-  EXPECT_NEAR(r.trace[0].t1, 0.105, 1e-9);
-  EXPECT_EQ(r.trace[1].task, 0);
-  EXPECT_NEAR(r.trace[1].t0, 0.005, 1e-12);  // moving starts after the latency
+  std::vector<SimTraceEvent> tr = work_of(r);
+  ASSERT_EQ(tr.size(), 2u);
+  EXPECT_EQ(tr[0].task, 1);
+  EXPECT_NEAR(tr[0].t1, 0.105, 1e-9);
+  EXPECT_EQ(tr[1].task, 0);
+  EXPECT_NEAR(tr[1].t0, 0.005, 1e-12);  // moving starts after the latency
 }
 
 TEST(SimEngine, EnergyIsBusyTimesBusyPowerPlusIdleTimesIdlePower) {
@@ -300,9 +310,23 @@ TEST(SimEngine, MemoryPeakAndOutOfMemoryNamesDeviceAndTask) {
     pb.alloc(f1, 0.3e9, b1);
     return pb.plan;
   };
-  SimResult ok = sim_run(build(2e9));
+  SimOptions opt;
+  opt.trace = true;
+  opt.trace_iterations = 1;
+  SimResult ok = sim_run(build(2e9), opt);
   ASSERT_TRUE(ok.ok);
   EXPECT_NEAR(ok.devices[0].peak_memory_bytes, 1.1e9, 1);
+  // The memory counter of iteration 0: resident 0.5 at t=0, +0.3 (F mb0) at 0, +0.3 at
+  // 1 (F mb1), -0.3 when B mb0 ends at 3, -0.3 when B mb1 ends at 4.
+  std::vector<std::pair<double, double>> mem;
+  for (const SimTraceEvent& e : ok.trace)
+    if (e.kind == SimTraceKind::Memory) mem.push_back({e.t0, e.value});
+  std::vector<std::pair<double, double>> want = {{0, 0.5e9}, {0, 0.8e9}, {1, 1.1e9}, {3, 0.8e9}, {4, 0.5e9}};
+  ASSERT_EQ(mem.size(), want.size());
+  for (size_t i = 0; i < want.size(); i++) {
+    EXPECT_DOUBLE_EQ(mem[i].first, want[i].first) << i;
+    EXPECT_NEAR(mem[i].second, want[i].second, 1) << i;
+  }
   SimResult r = sim_run(build(1e9));
   ASSERT_FALSE(r.ok);
   EXPECT_EQ(r.failure.kind, "oom");
@@ -521,7 +545,7 @@ TEST(SimEngine, MatchesAReferenceListSchedulerOnRandomDags) {
     SimResult r = sim_run(pb.plan, opt);
     ASSERT_TRUE(r.ok);
     ASSERT_DOUBLE_EQ(r.makespan_s, ref_makespan) << "trial " << trial;
-    for (const SimTraceEvent& e : r.trace)
+    for (const SimTraceEvent& e : work_of(r))
       ASSERT_DOUBLE_EQ(e.t0, ref[e.task]) << "trial " << trial << " task " << e.task;
   }
 }
