@@ -8,6 +8,10 @@
 
 #include <boost/asio.hpp>
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 namespace pac {
 
 namespace asio = boost::asio;
@@ -96,29 +100,71 @@ static void sock_cancel(const std::shared_ptr<ConnImpl>& impl) {
   });
 }
 
-static IoResult io_read(const std::shared_ptr<ConnImpl>& impl, void* buf, size_t n, Clock::time_point deadline) {
-  auto op = std::make_shared<OpState>();
-  asio::post(io_loop().io, [impl, op, buf, n] {
-    asio::async_read(impl->sock, asio::buffer(buf, n), [op](const ErrorCode& ec, size_t k) { op->finish(ec, k); });
-  });
+// Data moves on the calling thread with non-blocking sendmsg/recvmsg, and poll() waits
+// for readiness up to the deadline. The I/O thread only connects and accepts. Why not
+// async_read on the I/O thread: in one process that thread then does every copy for
+// every connection, and a frame pays two thread hand-offs; the loopback benchmark
+// measured about half the raw socket's throughput that way (docs/runtime.md).
+// poll() is level-triggered, so no readiness edge can be missed between a recv that
+// says EAGAIN and the wait. close() shuts the socket down, which wakes any poll.
+static IoResult io_transfer(ConnImpl& impl, std::vector<iovec> iov, Clock::time_point deadline, bool writing) {
   IoResult r;
-  r.timed_out = op_wait(*op, deadline, [impl] { sock_cancel(impl); });
-  r.ec = op->ec;
-  r.n = op->n;
-  return r;
+  int fd = impl.sock.native_handle();
+  size_t idx = 0;
+  for (;;) {
+    while (idx < iov.size() && iov[idx].iov_len == 0) idx++;
+    if (idx == iov.size()) return r;
+    if (!impl.open) {
+      r.ec = asio::error::operation_aborted;
+      return r;
+    }
+    msghdr m{};
+    m.msg_iov = &iov[idx];
+    m.msg_iovlen = iov.size() - idx;
+    ssize_t k = writing ? ::sendmsg(fd, &m, MSG_NOSIGNAL) : ::recvmsg(fd, &m, 0);
+    if (k > 0) {
+      r.n += size_t(k);
+      size_t left = size_t(k);
+      while (left > 0) {  // advance the iovecs past what was moved
+        size_t take = std::min(left, iov[idx].iov_len);
+        iov[idx].iov_base = static_cast<char*>(iov[idx].iov_base) + take;
+        iov[idx].iov_len -= take;
+        left -= take;
+        if (iov[idx].iov_len == 0) idx++;
+      }
+      continue;
+    }
+    int err = errno;
+    if (k == 0 && !writing) {
+      r.ec = impl.open ? ErrorCode(asio::error::eof) : ErrorCode(asio::error::operation_aborted);
+      return r;
+    }
+    if (k < 0 && err == EINTR) continue;
+    if (k < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+      Clock::time_point now = Clock::now();
+      if (now >= deadline) {
+        r.timed_out = true;
+        return r;
+      }
+      long ms = long(std::chrono::duration_cast<Millis>(deadline - now).count()) + 1;
+      pollfd p{fd, short(writing ? POLLOUT : POLLIN), 0};
+      ::poll(&p, 1, int(std::min(ms, 1000L)));
+      continue;
+    }
+    r.ec = impl.open ? ErrorCode(err, boost::system::system_category()) : ErrorCode(asio::error::operation_aborted);
+    return r;
+  }
+}
+
+static IoResult io_read(const std::shared_ptr<ConnImpl>& impl, void* buf, size_t n, Clock::time_point deadline) {
+  return io_transfer(*impl, {iovec{buf, n}}, deadline, false);
 }
 
 static IoResult io_write(const std::shared_ptr<ConnImpl>& impl, const std::vector<asio::const_buffer>& bufs,
                          Clock::time_point deadline) {
-  auto op = std::make_shared<OpState>();
-  asio::post(io_loop().io, [impl, op, bufs] {
-    asio::async_write(impl->sock, bufs, [op](const ErrorCode& ec, size_t k) { op->finish(ec, k); });
-  });
-  IoResult r;
-  r.timed_out = op_wait(*op, deadline, [impl] { sock_cancel(impl); });
-  r.ec = op->ec;
-  r.n = op->n;
-  return r;
+  std::vector<iovec> iov;
+  for (const auto& b : bufs) iov.push_back(iovec{const_cast<void*>(b.data()), b.size()});
+  return io_transfer(*impl, iov, deadline, true);
 }
 
 // ---- addresses and names ----
@@ -151,20 +197,19 @@ static std::string endpoint_str(const tcp::endpoint& ep) {
 // ---- Connection ----
 
 Connection::Connection(std::shared_ptr<Impl> impl, PeerName peer, const ConnOptions& options)
-    : impl_(std::move(impl)), peer_(std::move(peer)), options_(options) {}
+    : impl_(std::move(impl)), peer_(std::move(peer)), options_(options) {
+  ErrorCode e;
+  impl_->sock.non_blocking(true, e);  // io_transfer relies on EAGAIN, never blocks
+}
 
 Connection::~Connection() { close(); }
 
 void Connection::close() {
   if (!impl_->open.exchange(false)) return;
-  auto impl = impl_;
-  // Closing on the I/O thread keeps the socket single-threaded; pending reads or
-  // writes complete with operation_aborted and wake their waiters.
-  asio::post(io_loop().io, [impl] {
-    ErrorCode e;
-    impl->sock.shutdown(tcp::socket::shutdown_both, e);
-    impl->sock.close(e);
-  });
+  // shutdown() from any thread is safe and wakes a thread blocked in poll() on this
+  // socket; the descriptor itself is closed only when the last owner of impl_ goes, so
+  // its number cannot be reused under a thread still using it.
+  ::shutdown(impl_->sock.native_handle(), SHUT_RDWR);
 }
 
 bool Connection::is_open() const { return impl_->open.load(); }

@@ -1,12 +1,12 @@
 // Asio transport: framed, authenticated connections with a timeout on every wait.
 //
-// One process-wide io_context runs on one background thread; every socket operation
-// is started on that thread and the calling thread waits for its completion with a
-// deadline. That keeps the socket single-threaded (Asio's rule) while callers may
-// send and receive from different threads at once (one sender and one receiver at a
-// time per connection, enforced by two mutexes). A wait that passes its deadline
-// cancels the operation and throws PeerError naming the device and address it waited
-// for; a peer that hangs up is reported the same way.
+// Asio owns the sockets and does name resolution, connect and accept on one
+// process-wide io_context thread (each wait bounded by a deadline). Frames then move
+// on the calling thread with non-blocking send/recv and poll() until the deadline, so
+// one thread may send while another receives on the same connection (one mutex per
+// direction) and copies of different connections run in parallel. A wait that passes
+// its deadline throws PeerError naming the device and address it waited for; a peer
+// that hangs up is reported the same way.
 #pragma once
 #include <atomic>
 #include <chrono>
