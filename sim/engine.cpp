@@ -107,7 +107,7 @@ struct DevState {
   double slow = 1;                 // compute time multiplier (slowdown faults)
   int flows_live = 0;              // flows moving in or out (for comm_s)
   double comm_since = 0;
-  double busy_iter_start = 0;
+  double busy_seg_start = 0;
   bool computes_in_segment = false;
   bool dispatch_pending = false;
 };
@@ -135,31 +135,45 @@ class Engine {
   double now_ = 0;
   bool failed_ = false;
 
-  // Current segment and iteration.
+  // Current segment. Iterations in flight live in `slots_` slots; a task of iteration j
+  // is the instance (j % slots_) * nt_ + task id, and every per-task array below is
+  // indexed by instance. Without `overlap` only one iteration is ever in flight.
   int seg_i_ = -1;
   const Segment* seg_ = nullptr;
   const std::vector<Task>* tasks_ = nullptr;
-  int64_t iter_ = 0;
-  int64_t global_iter_ = 0;
-  double iter_start_ = 0;
-  int done_count_ = 0;
+  int nt_ = 0;                  // tasks of one iteration
+  int slots_ = 1;               // iterations that may be in flight at once
+  int64_t iter_ = 0;            // oldest iteration of the segment not complete yet
+  int64_t next_iter_ = 0;       // next iteration to start
+  int64_t global_base_ = 0;     // run-wide index of the segment's iteration 0
+  double seg_start_ = 0;
+  std::vector<int64_t> slot_iter_;            // iteration a slot holds (-1: free)
+  std::vector<int> slot_done_;                // tasks finished per slot
+  std::vector<int> own_left_;                 // [slot * n + d]: d's tasks of that iteration not done
+  std::vector<int> own_total_;                // per device: its tasks in one iteration
+  std::vector<int> dev_task_begin_, dev_task_list_;  // tasks of each device (CSR)
   std::vector<int> succ_begin_, succ_list_;   // successors (CSR)
   std::vector<int> free_begin_, free_list_;   // allocations freed when a task ends (CSR)
-  std::vector<int> deps_left_;
+  std::vector<int> deps_left_;                // per instance; +1 while gated (overlap)
   std::vector<char> alloc_live_;
   std::vector<int> coll_step_, coll_pending_;
   std::vector<int> scratch_flows_;
   std::vector<double> epoch_end_;
   std::vector<char> fault_fired_;
   std::vector<int> dispatch_list_;             // devices whose engines may start work now
+  Progress* progress_ = nullptr;
 
   void push(double t, int type, int a, int b = 0) {
     heap_.push_back(Event{t, seq_++, type, a, b});
     std::push_heap(heap_.begin(), heap_.end(), EventLater());
   }
+  const Task& task_of(int inst) const { return (*tasks_)[inst % nt_]; }
+  int64_t iter_of(int inst) const { return slot_iter_[inst / nt_]; }
   void segment_prepare(int si);
-  void iteration_begin();
-  void iteration_end();
+  void segment_close();
+  void iterations_try_start();
+  void iteration_begin(int64_t j);
+  void iterations_retire();
   void task_ready(int t);
   void task_start(int t);
   void task_finish(int t);
@@ -170,10 +184,11 @@ class Engine {
   void flow_begin(int t, int ring_i);
   void net_event();
   void flow_done(int f);
-  void mem_alloc(int d, double bytes, const std::string& what);
+  void mem_alloc(int d, double bytes, const std::string& what, int64_t iteration);
   void fault_apply(int fi);
-  void fail(const std::string& kind, int device, const std::string& task, const std::string& message);
-  void trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1);
+  void fail(const std::string& kind, int device, const std::string& task, const std::string& message,
+            int64_t iteration);
+  void trace_add(SimTraceKind kind, int inst, int a, int b, int step, double t0, double t1);
   void comm_change(int d, int delta);
   void mem_trace(int d) {
     if (!opt_.trace) return;
@@ -200,7 +215,8 @@ class Engine {
   }
 };
 
-void Engine::fail(const std::string& kind, int device, const std::string& task, const std::string& message) {
+void Engine::fail(const std::string& kind, int device, const std::string& task, const std::string& message,
+                  int64_t iteration) {
   if (failed_) return;
   failed_ = true;
   res_.ok = false;
@@ -209,12 +225,12 @@ void Engine::fail(const std::string& kind, int device, const std::string& task, 
   f.device = device >= 0 ? sc_.devices[device].id : "";
   f.task = task;
   f.segment = seg_ ? seg_->name : "";
-  f.iteration = iter_;
+  f.iteration = iteration;
   f.time_s = now_;
   f.message = message;
 }
 
-void Engine::mem_alloc(int d, double bytes, const std::string& what) {
+void Engine::mem_alloc(int d, double bytes, const std::string& what, int64_t iteration) {
   DevState& ds = dev_[d];
   ds.mem_cur += bytes;
   SimDeviceStats& st = res_.devices[d];
@@ -226,20 +242,22 @@ void Engine::mem_alloc(int d, double bytes, const std::string& what) {
                   "out of memory on %s at t=%.3f s (segment %s, iteration %lld): %s needs %.3f GB, "
                   "the device has %.3f GB",
                   sc_.devices[d].id.c_str(), now_, seg_ ? seg_->name.c_str() : "?",
-                  static_cast<long long>(iter_), what.c_str(), ds.mem_cur / 1e9, ds.mem_cap / 1e9);
-    fail("oom", d, what, buf);
+                  static_cast<long long>(iteration), what.c_str(), ds.mem_cur / 1e9, ds.mem_cap / 1e9);
+    fail("oom", d, what, buf, iteration);
     res_.failure.need_bytes = ds.mem_cur;
     res_.failure.have_bytes = ds.mem_cap;
   }
 }
 
-void Engine::trace_add(SimTraceKind kind, int task, int a, int b, int step, double t0, double t1) {
-  if (!opt_.trace || (opt_.trace_iterations >= 0 && iter_ >= opt_.trace_iterations)) return;
+void Engine::trace_add(SimTraceKind kind, int inst, int a, int b, int step, double t0, double t1) {
+  if (!opt_.trace) return;
+  int64_t iteration = inst >= 0 ? iter_of(inst) : iter_;
+  if (opt_.trace_iterations >= 0 && iteration >= opt_.trace_iterations) return;
   if (res_.trace.size() >= opt_.trace_max_events) {
     res_.trace_truncated = true;
     return;
   }
-  res_.trace.push_back(SimTraceEvent{kind, seg_i_, iter_, task, a, b, step, t0, t1});
+  res_.trace.push_back(SimTraceEvent{kind, seg_i_, iteration, inst >= 0 ? inst % nt_ : -1, a, b, step, t0, t1});
 }
 
 void Engine::comm_change(int d, int delta) {
@@ -255,87 +273,139 @@ void Engine::segment_prepare(int si) {
   tasks_ = &seg_->graph.tasks;
   const auto& tasks = *tasks_;
   const int nt = static_cast<int>(tasks.size());
-  // Successor and free lists, built once per segment (the DAG of one iteration).
+  nt_ = nt;
+  // Successor, free and per-device lists, built once per segment (one iteration's DAG).
   succ_begin_.assign(nt + 1, 0);
   free_begin_.assign(nt + 1, 0);
+  dev_task_begin_.assign(n_ + 1, 0);
   for (const Task& t : tasks) {
     for (int d : t.deps) succ_begin_[d + 1]++;
     if (t.mem_free_task >= 0) free_begin_[t.mem_free_task + 1]++;
+    dev_task_begin_[t.device + 1]++;
   }
   for (int i = 0; i < nt; i++) {
     succ_begin_[i + 1] += succ_begin_[i];
     free_begin_[i + 1] += free_begin_[i];
   }
+  for (int d = 0; d < n_; d++) dev_task_begin_[d + 1] += dev_task_begin_[d];
   succ_list_.assign(succ_begin_[nt], 0);
   free_list_.assign(free_begin_[nt], 0);
+  dev_task_list_.assign(nt, 0);
   std::vector<int> fill_s(succ_begin_.begin(), succ_begin_.end() - 1);
   std::vector<int> fill_f(free_begin_.begin(), free_begin_.end() - 1);
+  std::vector<int> fill_d(dev_task_begin_.begin(), dev_task_begin_.end() - 1);
   for (const Task& t : tasks) {
     for (int d : t.deps) succ_list_[fill_s[d]++] = t.id;
     if (t.mem_free_task >= 0) free_list_[fill_f[t.mem_free_task]++] = t.id;
+    dev_task_list_[fill_d[t.device]++] = t.id;
   }
-  deps_left_.assign(nt, 0);
-  alloc_live_.assign(nt, 0);
-  coll_step_.assign(nt, 0);
-  coll_pending_.assign(nt, 0);
-  std::vector<int> per_dev(n_, 0);
-  for (int d = 0; d < n_; d++) dev_[d].computes_in_segment = false;
-  for (const Task& t : tasks) {
-    per_dev[t.device]++;
-    if (kind_is_compute(t.kind)) dev_[t.device].computes_in_segment = true;
-  }
+  own_total_.assign(n_, 0);
+  for (int d = 0; d < n_; d++) own_total_[d] = dev_task_begin_[d + 1] - dev_task_begin_[d];
+  // An overlapping (asynchronous) segment may have several iterations in flight; n + 1
+  // bounds how far the first stage can run ahead of the last, as a real pipeline's
+  // activation buffers do.
+  slots_ = seg_->overlap ? n_ + 1 : 1;
+  const size_t ni = static_cast<size_t>(slots_) * nt;
+  deps_left_.assign(ni, 0);
+  alloc_live_.assign(ni, 0);
+  coll_step_.assign(ni, 0);
+  coll_pending_.assign(ni, 0);
+  slot_iter_.assign(slots_, -1);
+  slot_done_.assign(slots_, 0);
+  own_left_.assign(static_cast<size_t>(slots_) * n_, 0);
+  iter_ = next_iter_ = 0;
+  seg_start_ = now_;
   for (int d = 0; d < n_; d++) {
-    dev_[d].compute_queue.reserve(per_dev[d]);
-    dev_[d].storage_queue.reserve(per_dev[d]);
+    dev_[d].computes_in_segment = false;
+    dev_[d].busy_seg_start = res_.devices[d].busy_s;
+    dev_[d].compute_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
+    dev_[d].storage_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
   }
+  for (const Task& t : tasks)
+    if (kind_is_compute(t.kind)) dev_[t.device].computes_in_segment = true;
   res_.segments[si].start_s = now_;
   // Resident state replaces the previous segment's (weights released, cache loaded...).
   for (int d = 0; d < n_; d++) {
     dev_[d].mem_cur = 0;
     double r = seg_->resident_bytes.empty() ? 0 : seg_->resident_bytes[d];
-    if (r > 0) mem_alloc(d, r, "resident state of segment " + seg_->name);
+    if (r > 0) mem_alloc(d, r, "resident state of segment " + seg_->name, 0);
     else mem_trace(d);
     if (failed_) return;
   }
 }
 
-void Engine::iteration_begin() {
-  // Faults bound to an iteration fire as it starts.
-  for (size_t fi = 0; fi < sc_.faults.size(); fi++)
-    if (sc_.faults[fi].at_iteration == global_iter_ && sc_.faults[fi].at_time_s < 0) fault_apply(static_cast<int>(fi));
-  if (failed_) return;
-  iter_start_ = now_;
-  done_count_ = 0;
-  for (int d = 0; d < n_; d++) dev_[d].busy_iter_start = res_.devices[d].busy_s;
-  const auto& tasks = *tasks_;
-  const int nt = static_cast<int>(tasks.size());
-  for (int i = 0; i < nt; i++) {
-    deps_left_[i] = static_cast<int>(tasks[i].deps.size());
-    alloc_live_[i] = 0;
-  }
-  for (int i = 0; i < nt && !failed_; i++)
-    if (deps_left_[i] == 0) task_ready(i);
-}
-
-void Engine::iteration_end() {
-  double span = now_ - iter_start_;
+// Bubble of the segment: for a device that computes in it, the time its compute engine
+// waited. Iterations tile the segment, so this equals the sum over iterations.
+void Engine::segment_close() {
   for (int d = 0; d < n_; d++) {
     if (!dev_[d].computes_in_segment) continue;
-    res_.devices[d].bubble_s += span - (res_.devices[d].busy_s - dev_[d].busy_iter_start);
+    res_.devices[d].bubble_s += (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start);
   }
-  // Which epoch this iteration belongs to: the segment's iterations are spread evenly
-  // over its epochs.
-  int nep = seg_->epoch_last - seg_->epoch_first + 1;
-  int e = seg_->epoch_first + static_cast<int>((iter_ * nep) / std::max<int64_t>(1, seg_->repeat));
-  if (e >= 1 && e <= static_cast<int>(epoch_end_.size())) epoch_end_[e - 1] = std::max(epoch_end_[e - 1], now_);
-  res_.segments[seg_i_].iterations_done = iter_ + 1;
   res_.segments[seg_i_].end_s = now_;
-  iter_++;
-  global_iter_++;
+}
+
+// Starts every iteration that may start now. Without overlap: the next one once the
+// previous is complete (the barrier). With overlap: the next one as soon as one device
+// has done all its own tasks of the previous (its tasks are gated per device, see
+// iteration_begin), within the in-flight limit.
+void Engine::iterations_try_start() {
+  while (!failed_ && next_iter_ < seg_->repeat && next_iter_ - iter_ < slots_) {
+    int64_t j = next_iter_;
+    if (j > iter_) {
+      if (!seg_->overlap) return;
+      int kp = static_cast<int>((j - 1) % slots_);
+      bool any = false;
+      for (int d = 0; d < n_ && !any; d++) any = own_total_[d] > 0 && own_left_[kp * n_ + d] == 0;
+      if (!any) return;
+    }
+    iteration_begin(j);
+  }
+}
+
+void Engine::iteration_begin(int64_t j) {
+  // Faults bound to an iteration fire as it starts.
+  for (size_t fi = 0; fi < sc_.faults.size(); fi++)
+    if (sc_.faults[fi].at_iteration == global_base_ + j && sc_.faults[fi].at_time_s < 0)
+      fault_apply(static_cast<int>(fi));
+  if (failed_) return;
+  next_iter_ = j + 1;
+  const int k = static_cast<int>(j % slots_);
+  slot_iter_[k] = j;
+  slot_done_[k] = 0;
+  for (int d = 0; d < n_; d++) own_left_[k * n_ + d] = own_total_[d];
+  // With overlap, a device's tasks wait (one extra dependency) until the device has done
+  // its own tasks of the previous iteration, if that one is still running.
+  const bool gated = seg_->overlap && j > iter_;
+  const int kp = gated ? static_cast<int>((j - 1) % slots_) : 0;
+  const auto& tasks = *tasks_;
+  const int base = k * nt_;
+  for (int i = 0; i < nt_; i++) {
+    int gate = gated && own_left_[kp * n_ + tasks[i].device] > 0 ? 1 : 0;
+    deps_left_[base + i] = static_cast<int>(tasks[i].deps.size()) + gate;
+    alloc_live_[base + i] = 0;
+  }
+  for (int i = 0; i < nt_ && !failed_; i++)
+    if (deps_left_[base + i] == 0) task_ready(base + i);
+}
+
+// Retires complete iterations in order: epoch bookkeeping, progress, free slots.
+void Engine::iterations_retire() {
+  while (iter_ < next_iter_ && slot_done_[iter_ % slots_] == nt_) {
+    const int64_t j = iter_;
+    // Which epoch this iteration belongs to: the segment's iterations are spread evenly
+    // over its epochs.
+    int nep = seg_->epoch_last - seg_->epoch_first + 1;
+    int e = seg_->epoch_first + static_cast<int>((j * nep) / std::max<int64_t>(1, seg_->repeat));
+    if (e >= 1 && e <= static_cast<int>(epoch_end_.size())) epoch_end_[e - 1] = std::max(epoch_end_[e - 1], now_);
+    res_.segments[seg_i_].iterations_done = j + 1;
+    slot_iter_[j % slots_] = -1;
+    iter_++;
+    if (progress_) progress_->update(static_cast<long>(global_base_ + iter_), "t=" + format_duration(now_));
+  }
 }
 
 void Engine::task_ready(int t) {
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   if (kind_is_compute(task.kind)) {
     auto& q = dev_[task.device].compute_queue;
     q.push_back(t);
@@ -368,11 +438,12 @@ void Engine::engine_dispatch(int d, bool storage) {
   task_start(t);
 }
 
+// `t` here and below is a task instance (slot * nt_ + task id).
 void Engine::task_start(int t) {
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   if (task.mem_alloc_bytes > 0) {
     alloc_live_[t] = 1;
-    mem_alloc(task.device, task.mem_alloc_bytes, task_name(task));
+    mem_alloc(task.device, task.mem_alloc_bytes, task_name(task), iter_of(t));
     if (failed_) return;
   }
   if (kind_is_compute(task.kind)) {
@@ -405,7 +476,7 @@ void Engine::task_start(int t) {
 
 // One ring step: member i sends bytes/n to member i+1, all at once.
 void Engine::collective_step_begin(int t) {
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   const int g = static_cast<int>(task.group.size());
   coll_pending_[t] = g;
   for (int i = 0; i < g; i++) {
@@ -415,7 +486,7 @@ void Engine::collective_step_begin(int t) {
 }
 
 void Engine::flow_begin(int t, int ring_i) {
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   int src, dst;
   double bytes;
   if (ring_i < 0) {
@@ -442,7 +513,7 @@ void Engine::flow_done(int f) {
   comm_change(fl.dst, -1);
   res_.link_bytes[fl.src * n_ + fl.dst] += fl.bytes;
   const int t = fl.owner;
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   if (fl.tag < 0) {
     trace_add(SimTraceKind::Send, t, fl.src, fl.dst, -1, fl.t_begin, now_);
     task_finish(t);
@@ -477,8 +548,10 @@ void Engine::net_event() {
 }
 
 void Engine::task_finish(int t) {
-  const Task& task = (*tasks_)[t];
+  const Task& task = task_of(t);
   const int d = task.device;
+  const int k = t / nt_;
+  const int base = k * nt_;
   res_.tasks++;
   // Free what this task's end releases: its own allocation, and others' that named it.
   if (task.mem_free_task < 0 && alloc_live_[t]) {
@@ -486,16 +559,15 @@ void Engine::task_finish(int t) {
     alloc_live_[t] = 0;
     mem_trace(d);
   }
-  for (int k = free_begin_[t]; k < free_begin_[t + 1]; k++) {
-    int a = free_list_[k];
+  for (int f = free_begin_[task.id]; f < free_begin_[task.id + 1]; f++) {
+    int a = base + free_list_[f];
     if (alloc_live_[a]) {
-      const Task& ta = (*tasks_)[a];
+      const Task& ta = task_of(a);
       dev_[ta.device].mem_cur -= ta.mem_alloc_bytes;
       alloc_live_[a] = 0;
       mem_trace(ta.device);
     }
   }
-  done_count_++;
   if (kind_is_compute(task.kind)) {
     DevState& ds = dev_[d];
     res_.devices[d].busy_s += now_ - ds.compute_start;
@@ -505,12 +577,31 @@ void Engine::task_finish(int t) {
     res_.devices[d].storage_s += now_ - ds.storage_start;
     ds.storage_cur = -1;
   }
-  for (int k = succ_begin_[t]; k < succ_begin_[t + 1] && !failed_; k++) {
-    int s = succ_list_[k];
+  for (int f = succ_begin_[task.id]; f < succ_begin_[task.id + 1] && !failed_; f++) {
+    int s = base + succ_list_[f];
     if (--deps_left_[s] == 0) task_ready(s);
   }
   if (failed_) return;
   if (kind_is_compute(task.kind) || kind_is_storage(task.kind)) dispatch_mark(d);
+  slot_done_[k]++;
+  if (--own_left_[k * n_ + d] == 0 && seg_->overlap) {
+    // The device is done with this iteration: its tasks of the next one may go.
+    const int64_t j = slot_iter_[k];
+    if (j + 1 < next_iter_) {
+      const int base2 = static_cast<int>((j + 1) % slots_) * nt_;
+      for (int f = dev_task_begin_[d]; f < dev_task_begin_[d + 1] && !failed_; f++) {
+        int s = base2 + dev_task_list_[f];
+        if (--deps_left_[s] == 0) task_ready(s);
+      }
+    } else {
+      iterations_try_start();
+    }
+  }
+  if (failed_) return;
+  if (slot_done_[k] == nt_) {
+    iterations_retire();
+    iterations_try_start();
+  }
 }
 
 // An engine picks its next task only once every event of the current instant has been
@@ -544,7 +635,7 @@ void Engine::fault_apply(int fi) {
     std::snprintf(buf, sizeof buf, "device %s %s at t=%.3f s (segment %s, iteration %lld); the run stops here",
                   f.device.c_str(), f.kind == "leave" ? "left" : "failed", now_, seg_ ? seg_->name.c_str() : "?",
                   static_cast<long long>(iter_));
-    fail("fault", d, "", buf);
+    fail("fault", d, "", buf, iter_);
     return;
   }
   if (f.kind == "slowdown") {
@@ -639,59 +730,75 @@ SimResult Engine::run() {
 
   Progress progress("simulating iteration", static_cast<long>(total_iters));
   progress.set_quiet(!opt_.progress);
+  progress_ = &progress;
   heap_.reserve(1024);
   dispatch_list_.reserve(n_);
 
   for (size_t si = 0; si < plan_.segments.size() && !failed_; si++) {
     segment_prepare(static_cast<int>(si));
-    iter_ = 0;
-    while (!failed_ && iter_ < seg_->repeat) {
-      iteration_begin();
-      const int nt = static_cast<int>(tasks_->size());
-      while (!failed_ && done_count_ < nt) {
-        if (!dispatch_list_.empty() && (heap_.empty() || heap_.front().t > now_)) {
-          dispatch_run();  // the instant is over: idle engines take their next task
-          continue;
-        }
-        if (net_dirty_) {
-          net_dirty_ = false;
-          int f;
-          double t = net_.next_completion(&f);
-          if (f >= 0) push(t, EV_NET, static_cast<int>(static_cast<uint32_t>(++net_version_)));
-          else ++net_version_;
-        }
-        if (heap_.empty()) {
-          for (int i = 0; i < nt; i++)
-            if (deps_left_[i] > 0)
-              throw RuntimeError("simulator deadlock in segment " + seg_->name + ": task " +
-                                 task_name((*tasks_)[i]) + " never became ready");
-          throw RuntimeError("simulator deadlock in segment " + seg_->name);
-        }
-        std::pop_heap(heap_.begin(), heap_.end(), EventLater());
-        Event e = heap_.back();
-        heap_.pop_back();
-        // A network event is stale once the flows changed after it was scheduled.
-        if (e.type == EV_NET && static_cast<uint32_t>(e.a) != static_cast<uint32_t>(net_version_)) continue;
-        now_ = e.t;
-        res_.events++;
-        switch (e.type) {
-          case EV_TASK_END: task_finish(e.a); break;
-          case EV_FLOW_START: flow_begin(e.a, e.b); break;
-          case EV_NET: net_event(); break;
-          case EV_FAULT: fault_apply(e.a); break;
-        }
+    if (failed_) break;
+    if (nt_ == 0) {
+      // Nothing to do: every iteration completes at once (faults by iteration still fire).
+      for (int64_t j = 0; j < seg_->repeat && !failed_; j++) {
+        for (size_t fi = 0; fi < sc_.faults.size(); fi++)
+          if (sc_.faults[fi].at_iteration == global_base_ + j && sc_.faults[fi].at_time_s < 0)
+            fault_apply(static_cast<int>(fi));
+        if (!failed_) res_.segments[si].iterations_done = j + 1;
       }
-      if (failed_) break;
-      iteration_end();
-      progress.update(static_cast<long>(global_iter_), "t=" + format_duration(now_));
+      if (!failed_) segment_close();
+      global_base_ += seg_->repeat;
+      continue;
     }
-    if (!failed_) res_.segments[si].end_s = now_;
+    iterations_try_start();
+    while (!failed_ && iter_ < seg_->repeat) {
+      if (!dispatch_list_.empty() && (heap_.empty() || heap_.front().t > now_)) {
+        dispatch_run();  // the instant is over: idle engines take their next task
+        continue;
+      }
+      if (net_dirty_) {
+        net_dirty_ = false;
+        int f;
+        double t = net_.next_completion(&f);
+        if (f >= 0) push(t, EV_NET, static_cast<int>(static_cast<uint32_t>(++net_version_)));
+        else ++net_version_;
+      }
+      if (heap_.empty()) {
+        for (size_t i = 0; i < deps_left_.size(); i++)
+          if (slot_iter_[i / nt_] >= 0 && deps_left_[i] > 0)
+            throw RuntimeError("simulator deadlock in segment " + seg_->name + ": task " +
+                               task_name(task_of(static_cast<int>(i))) + " never became ready");
+        throw RuntimeError("simulator deadlock in segment " + seg_->name);
+      }
+      std::pop_heap(heap_.begin(), heap_.end(), EventLater());
+      Event e = heap_.back();
+      heap_.pop_back();
+      // A network event is stale once the flows changed after it was scheduled.
+      if (e.type == EV_NET && static_cast<uint32_t>(e.a) != static_cast<uint32_t>(net_version_)) continue;
+      now_ = e.t;
+      res_.events++;
+      switch (e.type) {
+        case EV_TASK_END: task_finish(e.a); break;
+        case EV_FLOW_START: flow_begin(e.a, e.b); break;
+        case EV_NET: net_event(); break;
+        case EV_FAULT: fault_apply(e.a); break;
+      }
+    }
+    if (failed_) break;
+    segment_close();
+    global_base_ += seg_->repeat;
   }
 
   // Close the books: partial work of a failed run counts up to the failure.
   res_.makespan_s = now_;
+  for (int d = 0; d < n_; d++) {
+    DevState& ds = dev_[d];
+    SimDeviceStats& st = res_.devices[d];
+    if (ds.compute_cur >= 0) st.busy_s += now_ - ds.compute_start;
+    if (ds.storage_cur >= 0) st.storage_s += now_ - ds.storage_start;
+    if (ds.flows_live > 0) st.comm_s += now_ - ds.comm_since;
+  }
   if (failed_ && seg_i_ >= 0) {
-    res_.segments[seg_i_].end_s = now_;
+    segment_close();
     // The epoch the failure interrupted ends at the failure; later ones never started.
     int nep = seg_->epoch_last - seg_->epoch_first + 1;
     int e = seg_->epoch_first + static_cast<int>((iter_ * nep) / std::max<int64_t>(1, seg_->repeat));
@@ -702,11 +809,7 @@ SimResult Engine::run() {
     }
   }
   for (int d = 0; d < n_; d++) {
-    DevState& ds = dev_[d];
     SimDeviceStats& st = res_.devices[d];
-    if (ds.compute_cur >= 0) st.busy_s += now_ - ds.compute_start;
-    if (ds.storage_cur >= 0) st.storage_s += now_ - ds.storage_start;
-    if (ds.flows_live > 0) st.comm_s += now_ - ds.comm_since;
     if (!st.used) continue;
     st.idle_s = std::max(0.0, now_ - st.busy_s - st.bubble_s);
     const DeviceProfile& p = sc_.devices[d].profile;

@@ -449,87 +449,102 @@ TEST(SimEngine, SameInputSameResult) {
 }
 
 // Independent reference for compute-only DAGs (plus zero-byte sends as pure
-// dependencies): a round-based list scheduler written from the rule in docs/simulator.md,
-// "an idle compute engine takes the ready task with the lowest id; ready means every
-// dependency has finished by now". Integer durations, many of them 0, make ties common.
-static std::vector<double> reference_starts(const Plan& plan, double* makespan) {
-  const auto& tasks = plan.segments[0].graph.tasks;
+// dependencies): a round-based list scheduler written from the rules in
+// docs/simulator.md, over all `R` iterations of the segment at once. An idle compute
+// engine takes the ready task with the lowest id; a task instance (j, t) is ready when its
+// dependencies in iteration j have finished and, without overlap, all of iteration j-1
+// has finished (the barrier), or, with overlap, its device has finished all its own tasks
+// of iteration j-1 and j is within n+1 of the oldest unfinished iteration. Integer
+// durations, many of them 0, make ties common.
+static std::vector<std::vector<double>> reference_starts(const Plan& plan, double* makespan) {
+  const Segment& seg = plan.segments[0];
+  const auto& tasks = seg.graph.tasks;
   const int nt = static_cast<int>(tasks.size());
   const int n = static_cast<int>(plan.scenario.devices.size());
-  std::vector<double> start(nt, -1), finish(nt, -1);
-  std::vector<char> fin(nt, 0);
-  std::vector<int> running(n, -1);
+  const int R = static_cast<int>(seg.repeat);
+  std::vector<std::vector<double>> start(R, std::vector<double>(nt, -1)), finish = start;
+  std::vector<std::vector<char>> fin(R, std::vector<char>(nt, 0));
+  std::vector<char> dev_busy(n, 0);
   double T = 0;
-  auto deps_done = [&](int t) {
-    for (int d : tasks[t].deps)
-      if (!fin[d]) return false;
-    return true;
-  };
   int done = 0;
-  while (done < nt) {
-    // Events at T: tasks finishing now.
-    for (int t = 0; t < nt; t++)
-      if (start[t] >= 0 && !fin[t] && finish[t] == T) {
-        fin[t] = 1;
-        done++;
-        if (tasks[t].kind != TaskKind::Send && running[tasks[t].device] == t) running[tasks[t].device] = -1;
-      }
+  auto iter_done = [&](int j) { return std::all_of(fin[j].begin(), fin[j].end(), [](char c) { return c != 0; }); };
+  auto ready = [&](int j, int t) {
+    for (int d : tasks[t].deps)
+      if (!fin[j][d]) return false;
+    if (j == 0) return true;
+    if (!seg.overlap) return iter_done(j - 1);
+    for (int u = 0; u < nt; u++)
+      if (tasks[u].device == tasks[t].device && !fin[j - 1][u]) return false;
+    int oldest = 0;
+    while (oldest < R && iter_done(oldest)) oldest++;
+    return j < oldest + n + 1;
+  };
+  while (done < R * nt) {
+    for (int j = 0; j < R; j++)
+      for (int t = 0; t < nt; t++)
+        if (start[j][t] >= 0 && !fin[j][t] && finish[j][t] == T) {
+          fin[j][t] = 1;
+          done++;
+          if (tasks[t].kind != TaskKind::Send) dev_busy[tasks[t].device] = 0;
+        }
     bool started = true;
     while (started) {
       started = false;
-      // Sends complete at once, before engines choose (closure).
-      for (bool more = true; more;) {
+      for (bool more = true; more;) {  // sends complete at once, before engines choose
         more = false;
-        for (int t = 0; t < nt; t++)
-          if (tasks[t].kind == TaskKind::Send && start[t] < 0 && deps_done(t)) {
-            start[t] = finish[t] = T;
-            fin[t] = 1;
-            done++;
-            more = true;
-          }
+        for (int j = 0; j < R; j++)
+          for (int t = 0; t < nt; t++)
+            if (tasks[t].kind == TaskKind::Send && start[j][t] < 0 && ready(j, t)) {
+              start[j][t] = finish[j][t] = T;
+              fin[j][t] = 1;
+              done++;
+              more = true;
+            }
       }
       // One dispatch round over idle devices, on the ready set as it is now.
-      std::vector<int> pick(n, -1);
-      for (int t = 0; t < nt; t++) {
-        const Task& k = tasks[t];
-        if (k.kind == TaskKind::Send || start[t] >= 0 || running[k.device] >= 0 || pick[k.device] >= 0) continue;
-        if (deps_done(t)) pick[k.device] = t;
-      }
+      std::vector<std::pair<int, int>> pick(n, {-1, -1});
+      for (int j = 0; j < R; j++)
+        for (int t = 0; t < nt; t++) {
+          const Task& k = tasks[t];
+          if (k.kind == TaskKind::Send || start[j][t] >= 0 || dev_busy[k.device] || pick[k.device].first >= 0) continue;
+          if (ready(j, t)) pick[k.device] = {j, t};
+        }
       for (int d = 0; d < n; d++) {
-        int t = pick[d];
+        auto [j, t] = pick[d];
         if (t < 0) continue;
-        start[t] = T;
-        finish[t] = T + tasks[t].seconds;
-        running[d] = t;
+        start[j][t] = T;
+        finish[j][t] = T + tasks[t].seconds;
+        dev_busy[d] = 1;
         started = true;
       }
-      // Zero-length tasks end within this instant, before the next round.
-      for (int d = 0; d < n; d++) {
-        int t = pick[d];
-        if (t >= 0 && finish[t] == T) {
-          fin[t] = 1;
+      for (int d = 0; d < n; d++) {  // zero-length tasks end within this instant
+        auto [j, t] = pick[d];
+        if (t >= 0 && finish[j][t] == T) {
+          fin[j][t] = 1;
           done++;
-          running[d] = -1;
+          dev_busy[d] = 0;
         }
       }
     }
     double next = 1e300;
-    for (int t = 0; t < nt; t++)
-      if (start[t] >= 0 && !fin[t]) next = std::min(next, finish[t]);
-    if (done < nt && next == 1e300) break;  // cannot happen for a DAG
-    if (done < nt) T = next;
+    for (int j = 0; j < R; j++)
+      for (int t = 0; t < nt; t++)
+        if (start[j][t] >= 0 && !fin[j][t]) next = std::min(next, finish[j][t]);
+    if (done < R * nt && next == 1e300) break;  // cannot happen for a DAG
+    if (done < R * nt) T = next;
   }
   *makespan = T;
   return start;
 }
 
-TEST(SimEngine, MatchesAReferenceListSchedulerOnRandomDags) {
-  std::mt19937 rng(12345);
-  for (int trial = 0; trial < 300; trial++) {
+static void reference_check(bool overlap, int trials, unsigned seed) {
+  std::mt19937 rng(seed);
+  for (int trial = 0; trial < trials; trial++) {
     int n = 1 + static_cast<int>(rng() % 4);
-    int nt = 2 + static_cast<int>(rng() % 40);
+    int nt = 2 + static_cast<int>(rng() % 25);
     SimPlanBuilder pb(n);
-    pb.seg("x", 1, 1, 1);
+    pb.seg("x", 1, 1, 1 + static_cast<int>(rng() % 4));
+    pb.plan.segments[0].overlap = overlap;
     for (int t = 0; t < nt; t++) {
       std::vector<int> deps;
       for (int d = 0; d < t; d++)
@@ -539,14 +554,38 @@ TEST(SimEngine, MatchesAReferenceListSchedulerOnRandomDags) {
       else pb.compute(TaskKind::Forward, dev, static_cast<double>(rng() % 4), deps);
     }
     double ref_makespan = 0;
-    std::vector<double> ref = reference_starts(pb.plan, &ref_makespan);
+    std::vector<std::vector<double>> ref = reference_starts(pb.plan, &ref_makespan);
     SimOptions opt;
     opt.trace = true;
     SimResult r = sim_run(pb.plan, opt);
     ASSERT_TRUE(r.ok);
     ASSERT_DOUBLE_EQ(r.makespan_s, ref_makespan) << "trial " << trial;
     for (const SimTraceEvent& e : work_of(r))
-      ASSERT_DOUBLE_EQ(e.t0, ref[e.task]) << "trial " << trial << " task " << e.task;
+      ASSERT_DOUBLE_EQ(e.t0, ref[e.iteration][e.task]) << "trial " << trial << " iteration " << e.iteration
+                                                       << " task " << e.task;
+  }
+}
+
+TEST(SimEngine, MatchesAReferenceListSchedulerOnRandomDags) { reference_check(false, 300, 12345); }
+TEST(SimEngine, MatchesTheReferenceWithOverlappingIterations) { reference_check(true, 300, 777); }
+
+TEST(SimEngine, OverlappingIterationsPipelineWithoutABarrier) {
+  // d0 computes 1 s and hands over (zero-byte send) to d1, which computes 2 s; 5
+  // iterations. With a barrier: 5 x 3 = 15 s. With overlap d0 runs ahead and d1 is the
+  // bottleneck: 1 + 5 x 2 = 11 s (the first hand-over, then d1 back to back).
+  for (bool overlap : {false, true}) {
+    SimPlanBuilder pb(2);
+    pb.seg("async", 1, 1, 5);
+    pb.plan.segments[0].overlap = overlap;
+    int f = pb.compute(TaskKind::Forward, 0, 1.0, {});
+    int s = pb.send(0, 1, 0, {f});
+    pb.compute(TaskKind::Forward, 1, 2.0, {s});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_DOUBLE_EQ(r.makespan_s, overlap ? 11 : 15);
+    EXPECT_EQ(r.tasks, 15);
+    // d1 waits only for the first hand-over: bubble 1 s with overlap, 5 x 1 s without.
+    EXPECT_DOUBLE_EQ(r.devices[1].bubble_s, overlap ? 1 : 5);
   }
 }
 
