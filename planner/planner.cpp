@@ -340,11 +340,21 @@ static Plan plan_eddl(const Scenario& s) {
   return plan_assemble(c, lay, "eddl");
 }
 
+// Eco-FL: one device per stage, asynchronous 1F1B (PipeDream-style weight stashing: no
+// flush between mini-batches, so up to S micro-batches in flight on the first stage).
+// Asteroid: groups with speed-proportional shares, synchronous 1F1B, no cache.
 static Plan plan_pipeline_baseline(const Scenario& s, const std::string& strategy) {
   PlanCtx c = plan_ctx_make(s, method_without_cache(s.method));
   Layout lay;
   bool single = strategy == "ecofl";
-  auto score = [&](Layout& l) { return score_iteration(c, l); };
+  if (single) {
+    c.M = (int)c.batch;
+    c.inflight_cap = c.n;
+  }
+  auto score = [&](Layout& l) {
+    l.async = single;
+    return score_iteration(c, l);
+  };
   if (!search_layout(c, StageCostKind::Network, single, false, score, &lay))
     infeasible_throw(c, strategy, false, c.batch / c.M);
   return plan_assemble(c, lay, strategy);
@@ -368,17 +378,27 @@ static Plan plan_pac_opt(const Scenario& s) {
   double best_t = kInf;
   for (const MethodSpec& m : variants) {
     PlanCtx c = plan_ctx_make(s, m);
-    auto score = [&](Layout& l) { return score_total_cached(c, l); };
-    std::vector<Layout> cands;
-    Layout lay;
-    if (search_layout(c, StageCostKind::Network, false, true, score, &lay)) cands.push_back(lay);
-    if (search_layout(c, StageCostKind::Network, true, true, score, &lay)) cands.push_back(lay);
-    if (pac_layout(c, &lay)) cands.push_back(lay);
-    for (Layout& cand : cands) {
-      double t = layout_predict(c, cand).total_s;
-      if (t < best_t) {
-        best_t = t;
-        best = plan_assemble(c, cand, "pac-opt");
+    // Micro-batch counts: the scenario's, and one sample per micro-batch (a smaller
+    // 1F1B bubble, more messages). The latter only where the search stays cheap.
+    std::vector<int> micro_counts = {c.M};
+    if ((int)c.batch != c.M) micro_counts.push_back((int)c.batch);
+    for (int M : micro_counts) {
+      c.M = M;
+      c.inflight_cap = M;
+      c.range_cache.clear();
+      auto score = [&](Layout& l) { return score_total_cached(c, l); };
+      std::vector<Layout> cands;
+      Layout lay;
+      bool cheap = M == s.data.micro_batches || c.n <= 8;
+      if (cheap && search_layout(c, StageCostKind::Network, false, true, score, &lay)) cands.push_back(lay);
+      if (search_layout(c, StageCostKind::Network, true, true, score, &lay)) cands.push_back(lay);
+      if (M == s.data.micro_batches && pac_layout(c, &lay)) cands.push_back(lay);
+      for (Layout& cand : cands) {
+        double t = layout_predict(c, cand).total_s;
+        if (t < best_t) {
+          best_t = t;
+          best = plan_assemble(c, cand, "pac-opt");
+        }
       }
     }
   }

@@ -16,6 +16,7 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
   c.n = (int)s.devices.size();
   c.L = s.model.total_layers();
   c.M = s.data.micro_batches;
+  c.inflight_cap = c.M;
   c.batch = s.data.mini_batch;
   c.shared_medium = s.network.kind == "shared";
   c.medium_bps = s.network.bandwidth_bps;
@@ -135,12 +136,13 @@ static StageEval stage_eval_range(const PlanCtx& c, StageCostKind kind, const st
   }
   // Memory: fixed part (weights, grads, optimizer, message and cache buffers) plus k
   // micro-batch shares of activations.
-  int kfit = c.M;
+  int kfit = c.inflight_cap;
   for (int i = i0; i < i1; i++) {
     double micro = shares[i - i0] * beta;
     double room = c.mem[order[i]] - ri.fixed_bytes - micro * ri.buffer_per_sample;
     double per_mb = micro * ri.lc.act_bytes;
-    int k = room < per_mb ? 0 : (per_mb > 0 ? (int)std::min<double>(c.M, std::floor(room / per_mb)) : c.M);
+    int k = room < per_mb ? 0
+                          : (per_mb > 0 ? (int)std::min<double>(c.inflight_cap, std::floor(room / per_mb)) : c.inflight_cap);
     kfit = std::min(kfit, k);
   }
   ev.kfit = kfit;
@@ -156,7 +158,7 @@ static StageEval stage_eval(const PlanCtx& c, StageCostKind kind, const std::vec
 double stage_cost(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y, int i0, int i1,
                   int k, std::vector<double>* shares_out) {
   StageEval ev = stage_eval(c, kind, order, x, y, i0, i1, shares_out);
-  return ev.kfit >= std::min(k, c.M) ? ev.time : kInf;
+  return ev.kfit >= std::min(k, c.inflight_cap) ? ev.time : kInf;
 }
 
 DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int max_stages,
@@ -192,7 +194,7 @@ DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<in
     if (!use_all || i == n) W[widx(0, L, i)] = 0;
   }
   for (int k = 1; k <= max_stages; k++) {
-    int need = std::min(k, c.M);
+    int need = std::min(k, c.inflight_cap);
     // k stages need k layers and k devices: the rest of the loops cannot fit them.
     for (int x = 0; x + k <= L; x++) {
       for (int i = 0; i + k <= n; i++) {
@@ -284,7 +286,7 @@ static double stage_cut_s(const PlanCtx& c, const Layout& lay, int j, double bet
   return t + lat;
 }
 
-double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model) {
+PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_model) {
   const int S = (int)lay.stages.size();
   const double beta = lay.batch / lay.micro_batches;
   const std::string& dtype = c.s->method.dtype;
@@ -307,10 +309,11 @@ double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model) {
     for (int d : st.devices) opt = std::max(opt, 12 * lc.trainable / c.rate_layer[d]);  // AdamW: ~12 FLOP/param
     tail_local[j] = allreduce_s(c, st.devices, lc.trainable * c.mc.grad_bytes) + opt;
   }
-  double warm = 0, drain = 0, bottleneck = 0, medium = 0, tail = 0;
+  PipelineTimes r;
+  double bottleneck = 0, medium = 0;
   for (int j = 0; j + 1 < S; j++) {
-    warm += F[j] + Cf[j];
-    drain += B[j] + Cb[j];
+    r.warm += F[j] + Cf[j];
+    r.drain += B[j] + Cb[j];
     medium += Cf[j] + Cb[j];
   }
   for (int j = 0; j < S; j++) {
@@ -320,11 +323,18 @@ double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model) {
       if (j + 1 < S) b = std::max(b, Cf[j] + Cb[j]);
     }
     bottleneck = std::max(bottleneck, b);
-    tail = std::max(tail, tail_local[j]);
+    r.tail = std::max(r.tail, tail_local[j]);
   }
-  double steady = lay.micro_batches * bottleneck;
-  if (!paper_model && c.shared_medium) steady = std::max(steady, lay.micro_batches * medium);
-  return warm + steady + drain + tail;
+  r.steady = lay.micro_batches * bottleneck;
+  if (!paper_model && c.shared_medium) r.steady = std::max(r.steady, lay.micro_batches * medium);
+  return r;
+}
+
+double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model) {
+  PipelineTimes t = pipeline_times(c, lay, paper_model);
+  // An asynchronous pipeline fills and drains once per epoch, not per mini-batch.
+  if (lay.async) return t.steady + t.tail;
+  return t.warm + t.steady + t.drain + t.tail;
 }
 
 }  // namespace pac

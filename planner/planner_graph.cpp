@@ -99,7 +99,7 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
   int pipeline_epochs = uses_cache_phase(c, lay) ? 1 : E;
   for (int j = 0; j < S; j++) {
     const StagePlan& st = lay.stages[j];
-    int inflight = std::min(S - j, lay.micro_batches);
+    int inflight = std::min(S - j, lay.async ? S : lay.micro_batches);
     for (size_t k = 0; k < st.devices.size(); k++) {
       int d = st.devices[k];
       double micro = st.shares[k] * beta;
@@ -109,7 +109,12 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
       r.busy_s[d] += (double)r.iters * pipeline_epochs * lay.micro_batches * t.total();
     }
   }
-  for (int e = 0; e < pipeline_epochs; e++) r.epoch_s.push_back(r.iters * r.iter_s);
+  double per_epoch = 0;  // an asynchronous pipeline fills and drains once per epoch
+  if (lay.async) {
+    PipelineTimes pt = pipeline_times(c, lay, false);
+    per_epoch = pt.warm + pt.drain;
+  }
+  for (int e = 0; e < pipeline_epochs; e++) r.epoch_s.push_back(r.iters * r.iter_s + per_epoch);
   if (uses_cache_phase(c, lay)) {
     r.switch_s = switch_time_s(c, lay);
     r.dp_iter_s = dp_iter_s(c, lay);
@@ -429,6 +434,7 @@ Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strat
       seg.resident_bytes[st.devices[k]] = stage_memory(c.mc, st.layer_begin, st.layer_end, 0, st.shares[k] * beta).total();
   }
   seg.graph = pipeline_graph(c, lay, c.mc.cache);
+  seg.overlap = lay.async;
   p.segments.push_back(seg);
 
   if (cached) {

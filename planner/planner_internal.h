@@ -21,6 +21,7 @@ struct PlanCtx {
   int n = 0;                 // devices
   int L = 0;                 // layers
   int M = 1;                 // micro-batches per mini-batch (pipeline)
+  int inflight_cap = 1;      // most micro-batches a stage holds: M under 1F1B with a flush, S when asynchronous
   double batch = 16;         // samples per iteration (global mini-batch)
   bool shared_medium = false;
   std::vector<double> dev_bw_bps;  // per device: min(NIC, network) — what one device can push
@@ -44,6 +45,7 @@ struct Layout {
   double batch = 16;                // samples per iteration
   bool cached = false;              // epoch 1 pipeline, switch, epochs 2+ data parallel from the cache
   std::vector<double> dp_shares;    // cached phase: per device share of each mini-batch
+  bool async = false;               // PipeDream-style: mini-batches flow without a flush (Eco-FL)
 };
 
 // The stage-cost flavours the dynamic program can use.
@@ -84,6 +86,10 @@ std::vector<StagePlan> partition_stages(const PlanCtx& c, StageCostKind kind, co
 // `paper_model` leaves bandwidth out of the steady state (the paper's stage-count
 // choice); otherwise messages, cache writes and a shared medium count.
 double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model);
+struct PipelineTimes {
+  double warm = 0, steady = 0, drain = 0, tail = 0;  // tail: all-reduces and optimizer step
+};
+PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_model);
 
 // Full predictions and the plan with its task graphs.
 struct LayoutTimes {

@@ -29,6 +29,15 @@ TEST(Plan, RoundTripIsExact) {
   std::string file = ::testing::TempDir() + "/plan.json";
   plan_save(p, file);
   EXPECT_EQ(plan_to_json(plan_load(file)), x);
+
+  // Eco-FL's asynchronous pipeline marks its segment "overlap"; it survives too.
+  Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
+  s.method.kind = "adapters";
+  s.method.cache = false;
+  Plan e = plan_make(s, "ecofl");
+  ASSERT_TRUE(e.segments[0].overlap);
+  json y = plan_to_json(e);
+  EXPECT_EQ(plan_to_json(plan_from_json(JsonIn::from(y, "e.json"))), y);
 }
 
 TEST(Plan, TasksAreTopologicalAndSegmentsRepeat) {

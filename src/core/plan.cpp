@@ -115,8 +115,10 @@ json plan_to_json(const Plan& p) {
   for (const Segment& s : p.segments) {
     json tasks = json::array();
     for (const Task& t : s.graph.tasks) tasks.push_back(task_to_json(t));
-    segs.push_back({{"name", s.name}, {"epoch_first", s.epoch_first}, {"epoch_last", s.epoch_last},
-                    {"repeat", s.repeat}, {"resident_bytes", s.resident_bytes}, {"tasks", tasks}});
+    json sj = {{"name", s.name}, {"epoch_first", s.epoch_first}, {"epoch_last", s.epoch_last},
+               {"repeat", s.repeat}, {"resident_bytes", s.resident_bytes}, {"tasks", tasks}};
+    if (s.overlap) sj["overlap"] = true;
+    segs.push_back(sj);
   }
   j["segments"] = segs;
   const PlanPrediction& pr = p.predicted;
@@ -158,12 +160,13 @@ Plan plan_from_json(const JsonIn& j) {
     p.phases.push_back(ph);
   }
   for (const JsonIn& sj : j.at("segments").items()) {
-    sj.check_keys({"name", "epoch_first", "epoch_last", "repeat", "resident_bytes", "tasks"});
+    sj.check_keys({"name", "epoch_first", "epoch_last", "repeat", "resident_bytes", "overlap", "tasks"});
     Segment s;
     s.name = sj.string("name");
     s.epoch_first = (int)sj.integer("epoch_first", 1);
     s.epoch_last = (int)sj.integer("epoch_last", s.epoch_first);
     s.repeat = sj.integer("repeat", 1);
+    s.overlap = sj.boolean_or("overlap", false);
     s.resident_bytes = numbers_read(sj.at("resident_bytes"));
     for (const JsonIn& tj : sj.at("tasks").items()) s.graph.tasks.push_back(task_from_json(tj));
     p.segments.push_back(s);

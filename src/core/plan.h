@@ -56,6 +56,9 @@ struct Segment {
   int epoch_first = 1, epoch_last = 1;  // 1-based, inclusive; repeat counts all of them
   int64_t repeat = 1;               // iterations in the segment
   std::vector<double> resident_bytes;   // per device: weights, grads, optimizer state, cache buffers
+  // true: no barrier between iterations; a device starts iteration i+1's tasks as soon as
+  // its own tasks of iteration i are done (asynchronous PipeDream-style pipeline, Eco-FL).
+  bool overlap = false;
   TaskGraph graph;
 };
 
