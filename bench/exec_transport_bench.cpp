@@ -3,7 +3,7 @@
 //   build-exec/bench/exec_transport_bench            # writes bench/results/exec_transport.json
 //
 // BM_TensorFrames: Connection::send_tensor -> Connection::recv_into (32-byte header,
-//   tensor header, CRC-32C on both sides, the Asio I/O thread in between).
+//   tensor header, CRC-32C on both sides, non-blocking send/recv + poll).
 // BM_RawSocket:    blocking POSIX send()/recv() of the same number of bytes, no
 //   framing, no checksum, no I/O thread: the ceiling on this machine.
 // BM_Crc32c:       the checksum alone, to see what part of the gap it explains.

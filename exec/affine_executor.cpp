@@ -60,14 +60,18 @@ void AffineExecutor::on_tensor(const PeerName& from, MsgType type, const TensorV
     y[i] = scale * y[i] + shift;
     sum += y[i];
   }
+  {
+    // Count before sending: once the result is out, the coordinator may ask for the
+    // counts at once, and they must already include this tensor.
+    std::lock_guard<std::mutex> lk(mu_);
+    tensors_++;
+    elements_ += static_cast<long>(n);
+    sum_out_ += sum;
+  }
   TensorHeader h = t.header;
   h.stage = static_cast<uint32_t>(stage);
   Connection& out = next_id.empty() ? ctx.coordinator() : ctx.peer(next_id, next_address);
   out.send_tensor(MsgType::Activation, h, y.data(), n * sizeof(float), flags);
-  std::lock_guard<std::mutex> lk(mu_);
-  tensors_++;
-  elements_ += static_cast<long>(n);
-  sum_out_ += sum;
 }
 
 json AffineExecutor::run_step(const JsonIn& step, WorkerContext& ctx) {

@@ -198,6 +198,33 @@ TEST(ExecWorkerProcess, WorkerKilledMidRunIsReportedByNameWithinTheTimeout) {
   c.shutdown(true);
 }
 
+TEST(ExecWorkerProcess, FrozenWorkerIsReportedAfterUnansweredHeartbeats) {
+  // SIGSTOP keeps w0's sockets open but silences it: only the heartbeats can tell.
+  WorkerProcess p0("w0");
+  const Millis timeout(1500);
+  Coordinator c({{"w0", p0.address()}}, test_key(), CoordinatorOptions{"coord", timeout, Millis(100), 20});
+  c.connect_all();
+  c.assign(0, {{"executor", "affine"}, {"stage", 0}, {"scale", 1.0}, {"shift", 0.0}});
+  kill(p0.pid, SIGSTOP);
+  Clock::time_point t0 = Clock::now();
+  try {
+    c.wait_event(Millis(10000));
+    FAIL() << "a frozen worker produced an event";
+  } catch (const PeerError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("device w0 (" + p0.address() + ") did not answer heartbeats for 1500 ms"), std::string::npos)
+        << m;
+    EXPECT_TRUE(e.timed_out);
+    EXPECT_EQ(e.peer_id, "w0");
+  }
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  // Closed form: the first unanswered heartbeat goes out within one period (0.1 s), the
+  // verdict comes 1.5 s later; allow scheduling slack but far less than the 10 s wait.
+  EXPECT_GE(s, 1.4);
+  EXPECT_LT(s, 4.0);
+  kill(p0.pid, SIGCONT);
+}
+
 TEST(ExecWorkerProcess, MissingKeyExitsWithInputErrorCode) {
   std::string exe = bin_dir() + "/pac-worker";
   std::string cmd = "env -u PAC_CLUSTER_KEY -u PAC_CLUSTER_KEY_FILE " + exe +
