@@ -89,65 +89,72 @@ static const RangeInfo& range_info(const PlanCtx& c, int x, int y) {
   return *static_cast<RangeInfo*>(slot.get());
 }
 
+// What a group's stage cost needs from its devices, accumulated one device at a time
+// so that the DP table grows a group [i0, i1) by one device per step in O(1). With
+// speed-proportional shares (share_i = (1/t_i) / sum 1/t) every per-device maximum
+// becomes a maximum of a per-device ratio divided by the sum.
+struct GroupAcc {
+  int g = 0;
+  double inv = 0;          // sum of 1/t_i (t_i: seconds per sample)
+  double max_t = 0;        // slowest t_i (even shares)
+  double min_mem = kInf;   // smallest memory (even shares)
+  double max_w = 0;        // max 1/(t_i * storage write rate)
+  double max_bw = 0;       // max 1/(t_i * NIC rate)
+  double lat = 0;          // max latency
+  double min_room_t = kInf;  // min (mem_i - fixed) * t_i
+
+  void add(const PlanCtx& c, const RangeInfo& ri, int d) {
+    double t = ri.sample_s[d];
+    g++;
+    inv += 1.0 / t;
+    max_t = std::max(max_t, t);
+    min_mem = std::min(min_mem, c.mem[d]);
+    max_w = std::max(max_w, 1.0 / (t * c.s->devices[d].profile.storage_write_bytes_per_s));
+    max_bw = std::max(max_bw, 1.0 / (t * c.dev_bw_bps[d]));
+    lat = std::max(lat, c.dev_lat_s[d]);
+    min_room_t = std::min(min_room_t, (c.mem[d] - ri.fixed_bytes) * t);
+  }
+
+  StageEval eval(const PlanCtx& c, StageCostKind kind, const RangeInfo& ri) const {
+    const ModelCost& mc = c.mc;
+    const double beta = c.batch / c.M;
+    const double act = ri.lc.act_bytes;
+    StageEval ev;
+    // Most micro-batches in flight that every device can hold: k * share * beta * act
+    // + share * beta * buffers + fixed <= mem.
+    double kmax;
+    if (kind == StageCostKind::Paper) {
+      double micro = beta / g;
+      kmax = (min_mem - ri.fixed_bytes - micro * ri.buffer_per_sample) / (micro * act);
+      ev.time = micro * max_t;
+    } else {
+      kmax = min_room_t * inv / (beta * act) - ri.buffer_per_sample / act;
+      double t = beta / inv;
+      if (mc.cache) t = std::max(t, beta * ri.lc.tap_bytes * max_w / inv);
+      for (int cut : {ri.x - 1, ri.y - 1}) {
+        if (cut < 0 || cut == c.L - 1) continue;
+        const LayerCost& lc = mc.layers[cut];
+        double bits = beta * (lc.out_bytes + lc.grad_bytes) * 8;
+        double comm = c.shared_medium ? bits / c.medium_bps : bits * max_bw / inv;
+        t = std::max(t, comm + lat);
+      }
+      ev.time = t;
+    }
+    ev.kfit = kmax < 1 ? 0 : (int)std::min<double>(c.inflight_cap, std::floor(kmax));
+    return ev;
+  }
+};
+
 static StageEval stage_eval_range(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order,
                                   const RangeInfo& ri, int i0, int i1, std::vector<double>* shares_out) {
-  const ModelCost& mc = c.mc;
-  const int x = ri.x, y = ri.y;
-  int g = i1 - i0;
-  double beta = c.batch / c.M;
-  double shares_buf[64];
-  std::vector<double> shares_vec;
-  double* shares = shares_buf;
-  if (g > 64) {
-    shares_vec.resize(g);
-    shares = shares_vec.data();
+  GroupAcc acc;
+  for (int i = i0; i < i1; i++) acc.add(c, ri, order[i]);
+  if (shares_out) {
+    shares_out->clear();
+    for (int i = i0; i < i1; i++)
+      shares_out->push_back(kind == StageCostKind::Paper ? 1.0 / acc.g : 1.0 / ri.sample_s[order[i]] / acc.inv);
   }
-  StageEval ev;
-  if (kind == StageCostKind::Paper) {
-    double t = 0;
-    for (int i = i0; i < i1; i++) {
-      shares[i - i0] = 1.0 / g;
-      t = std::max(t, beta / g * ri.sample_s[order[i]]);
-    }
-    ev.time = t;
-  } else {
-    // Shares proportional to speed (Asteroid): every device then finishes together.
-    double inv = 0;
-    for (int i = i0; i < i1; i++) inv += 1.0 / ri.sample_s[order[i]];
-    for (int i = i0; i < i1; i++) shares[i - i0] = 1.0 / ri.sample_s[order[i]] / inv;
-    double t = beta / inv;
-    if (mc.cache) {
-      for (int i = i0; i < i1; i++)
-        t = std::max(t, shares[i - i0] * beta * ri.lc.tap_bytes / c.s->devices[order[i]].profile.storage_write_bytes_per_s);
-    }
-    for (int cut : {x - 1, y - 1}) {
-      if (cut < 0 || cut == c.L - 1) continue;
-      const LayerCost& lc = mc.layers[cut];
-      double bytes = beta * (lc.out_bytes + lc.grad_bytes);
-      double lat = 0, comm = 0;
-      for (int i = i0; i < i1; i++) {
-        lat = std::max(lat, c.dev_lat_s[order[i]]);
-        if (!c.shared_medium) comm = std::max(comm, shares[i - i0] * bytes * 8 / c.dev_bw_bps[order[i]]);
-      }
-      if (c.shared_medium) comm = bytes * 8 / c.medium_bps;
-      t = std::max(t, comm + lat);
-    }
-    ev.time = t;
-  }
-  // Memory: fixed part (weights, grads, optimizer, message and cache buffers) plus k
-  // micro-batch shares of activations.
-  int kfit = c.inflight_cap;
-  for (int i = i0; i < i1; i++) {
-    double micro = shares[i - i0] * beta;
-    double room = c.mem[order[i]] - ri.fixed_bytes - micro * ri.buffer_per_sample;
-    double per_mb = micro * ri.lc.act_bytes;
-    int k = room < per_mb ? 0
-                          : (per_mb > 0 ? (int)std::min<double>(c.inflight_cap, std::floor(room / per_mb)) : c.inflight_cap);
-    kfit = std::min(kfit, k);
-  }
-  ev.kfit = kfit;
-  if (shares_out) shares_out->assign(shares, shares + g);
-  return ev;
+  return acc.eval(c, kind, ri);
 }
 
 static StageEval stage_eval(const PlanCtx& c, StageCostKind kind, const std::vector<int>& order, int x, int y,
@@ -176,8 +183,10 @@ DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<in
       const RangeInfo& ri = range_info(c, x, y);
       for (int i0 = 0; i0 < n; i0++) {
         int i1_max = single_device_stages ? i0 + 1 : n;
+        GroupAcc acc;  // grows by one device per i1: the same sums stage_eval_range makes
         for (int i1 = i0 + 1; i1 <= i1_max; i1++) {
-          StageEval ev = stage_eval_range(c, kind, order, ri, i0, i1, nullptr);
+          acc.add(c, ri, order[i1 - 1]);
+          StageEval ev = acc.eval(c, kind, ri);
           time[idx(x, y, i0, i1)] = ev.time;
           kfit[idx(x, y, i0, i1)] = ev.kfit;
         }
@@ -202,12 +211,13 @@ DpResult dp_partition(const PlanCtx& c, StageCostKind kind, const std::vector<in
         int by = -1, bi = -1;
         int i1_max = single_device_stages ? i + 1 : n - (k - 1);
         for (int y = x + 1; y + (k - 1) <= L; y++) {
+          const double* rest_row = &W[widx(k - 1, y, 0)];
+          const double* time_row = &time[idx(x, y, i, 0)];
+          const int* kfit_row = &kfit[idx(x, y, i, 0)];
           for (int i1 = i + 1; i1 <= i1_max; i1++) {
-            double rest = W[widx(k - 1, y, i1)];
-            if (rest >= best) continue;
-            size_t id = idx(x, y, i, i1);
-            if (kfit[id] < need) continue;
-            double v = std::max(rest, time[id]);
+            double rest = rest_row[i1];
+            if (rest >= best || kfit_row[i1] < need) continue;
+            double v = std::max(rest, time_row[i1]);
             if (v < best) {
               best = v;
               by = y;
