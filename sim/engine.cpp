@@ -98,7 +98,7 @@ struct EventLater {
 struct DevState {
   int compute_cur = -1;
   double compute_start = 0;
-  std::vector<int> compute_queue;  // min-heap of ready task ids
+  std::vector<int> compute_queue;  // min-heap of ready task instances (lowest task id first)
   int storage_cur = -1;
   double storage_start = 0;
   std::vector<int> storage_queue;
@@ -724,6 +724,7 @@ SimResult Engine::run() {
     res_.segments[i].epoch_first = s.epoch_first;
     res_.segments[i].epoch_last = s.epoch_last;
     res_.segments[i].repeat = s.repeat;
+    res_.segments[i].overlap = s.overlap;
   }
   for (size_t fi = 0; fi < sc_.faults.size(); fi++)
     if (sc_.faults[fi].at_time_s >= 0) push(sc_.faults[fi].at_time_s, EV_FAULT, static_cast<int>(fi));

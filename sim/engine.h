@@ -60,6 +60,7 @@ struct SimDeviceStats {
 
 struct SimSegmentStats {
   std::string name;
+  bool overlap = false;       // iterations overlapped (no barrier)
   int epoch_first = 1, epoch_last = 1;
   int64_t repeat = 0;
   int64_t iterations_done = 0;

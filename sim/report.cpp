@@ -73,7 +73,7 @@ json report_to_json(const Plan& plan, const SimResult& r) {
   json segs = json::array();
   for (const SimSegmentStats& s : r.segments)
     segs.push_back({{"name", s.name}, {"epoch_first", s.epoch_first}, {"epoch_last", s.epoch_last},
-                    {"iterations", s.repeat}, {"iterations_done", s.iterations_done},
+                    {"iterations", s.repeat}, {"iterations_done", s.iterations_done}, {"overlap", s.overlap},
                     {"start_s", r9(s.start_s)}, {"end_s", r9(s.end_s)}});
   j["segments"] = segs;
   json devs = json::array();
@@ -152,9 +152,9 @@ std::string report_summary(const Plan& plan, const SimResult& r) {
   for (size_t i = 0; i < r.segments.size(); i++) {
     const SimSegmentStats& s = r.segments[i];
     bool reached = r.ok || i == 0 || s.end_s > 0 || s.iterations_done > 0;
-    std::snprintf(buf, sizeof buf, "segment   %-14s epochs %d-%d  %lld/%lld iterations  ", s.name.c_str(),
+    std::snprintf(buf, sizeof buf, "segment   %-14s epochs %d-%d  %lld/%lld iterations%s  ", s.name.c_str(),
                   s.epoch_first, s.epoch_last, static_cast<long long>(s.iterations_done),
-                  static_cast<long long>(s.repeat));
+                  static_cast<long long>(s.repeat), s.overlap ? " (overlapped)" : "");
     out += buf;
     out += reached ? fmt("%.1f s\n", s.end_s - s.start_s) : "not reached\n";
   }
