@@ -400,7 +400,7 @@ void Engine::iterations_retire() {
     res_.segments[seg_i_].iterations_done = j + 1;
     slot_iter_[j % slots_] = -1;
     iter_++;
-    if (progress_) progress_->update(static_cast<long>(global_base_ + iter_), "t=" + format_duration(now_));
+    if (opt_.progress) progress_->update(static_cast<long>(global_base_ + iter_), "t=" + format_duration(now_));
   }
 }
 
