@@ -23,7 +23,7 @@ static std::vector<int> order_identity(int n) {
 
 static std::string mb(double bytes) { return std::to_string((long long)std::llround(bytes / 1e6)) + " MB"; }
 
-// Nothing fits: name the device that came closest. Its need is the memory of the
+// Nothing fits: name the device that came closest to fitting. Its need is the memory of the
 // smallest piece a strategy could give it: its even slice of the layers with one
 // micro-batch in flight (pipelines), or the whole model (single device / data parallel).
 [[noreturn]] static void infeasible_throw(const PlanCtx& c, const std::string& strategy, bool whole_model,
@@ -37,7 +37,10 @@ static std::string mb(double bytes) { return std::to_string((long long)std::llro
     for (int x = 0; x + slice <= c.L; x += slice) {
       worst = std::max(worst, stage_memory(c.mc, x, x + slice, samples, samples).total());
     }
+    // Devices that fit their piece are not the problem: among those that do not, the
+    // one with the smallest shortfall (if all fit, the closest call).
     double gap = worst - c.mem[d];
+    if (gap <= 0) gap = 1e30 - (c.mem[d] - worst);
     if (gap < best_gap) {
       best_gap = gap;
       best = d;

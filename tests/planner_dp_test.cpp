@@ -271,3 +271,17 @@ TEST(PlannerDp, ModelThatFitsNowhereIsBadInput) {
   EXPECT_NE(msg.find("$.cluster.devices: the model t5-base needs 892 MB for its weights alone"), std::string::npos) << msg;
   EXPECT_NE(input_error([&] { plan_make(s, "magic"); }).find("unknown strategy \"magic\""), std::string::npos);
 }
+
+TEST(PlannerDp, TightestDeviceIsOneThatDoesNotFit) {
+  // EDDL puts TinyLlama on every device: the laptop (12 GB) fits, the Nano (1.7 GB) does
+  // not, so the Nano is named even though the laptop has the most room.
+  Scenario s = scenario_load(kSrc + "/scenarios/home-wifi-tinyllama.json", kSrc + "/profiles");
+  try {
+    plan_make(s, "eddl");
+    FAIL() << "expected PlanInfeasible";
+  } catch (const PlanInfeasible& e) {
+    EXPECT_EQ(e.tightest_device, "nano");
+    EXPECT_DOUBLE_EQ(e.have_bytes, 1.7e9);
+    EXPECT_GT(e.need_bytes, e.have_bytes);
+  }
+}
