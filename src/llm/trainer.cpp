@@ -67,6 +67,21 @@ void examples_to_tensors(const std::vector<const Example*>& batch, torch::Tensor
     }
 }
 
+void data_prepare(const std::string& data, const std::string& eval_data, double eval_fraction, const Tokenizer& tok,
+                  const DataOptions& dopt, uint64_t seed, std::vector<Example>* train, std::vector<Example>* heldout) {
+  EncodeFn encode = [&tok](const std::string& s) { return tok.encode(s, false, false); };
+  std::vector<TextSample> tr = dataset_read(data), ho;
+  if (!eval_data.empty()) {
+    ho = dataset_read(eval_data);
+  } else if (eval_fraction > 0) {
+    std::vector<TextSample> all = tr;
+    dataset_split(all, eval_fraction, seed, &tr, &ho);
+  }
+  *train = dataset_tokenize(tr, encode, dopt, data);
+  heldout->clear();
+  if (!ho.empty()) *heldout = dataset_tokenize(ho, encode, dopt, eval_data.empty() ? data : eval_data);
+}
+
 static int64_t numel_sum(const std::vector<torch::Tensor>& ts) {
   int64_t n = 0;
   for (auto& t : ts) n += t.numel();
@@ -240,6 +255,32 @@ double Trainer::evaluate(int64_t* tokens) {
   return count > 0 ? sum / static_cast<double>(count) : 0.0;
 }
 
+StepStats Trainer::train_step(const std::vector<const Example*>& batch, int epoch) {
+  StepStats s;
+  s.epoch = epoch;
+  s.step = global_step_;
+  s.lr = lr_at(global_step_);
+  for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(s.lr);
+  torch::Tensor inputs, targets, mask;
+  examples_to_tensors(batch, &inputs, &targets, &mask);
+  double t0 = now_s();
+  torch::Tensor logits = batch_logits(batch, "train", &s);
+  torch::Tensor loss = masked_lm_loss(logits, targets, mask);
+  double t1 = now_s();
+  optim_->zero_grad();
+  loss.backward();
+  double t2 = now_s();
+  optim_->step();
+  double t3 = now_s();
+  s.forward_s = t1 - t0 - s.backbone_s;
+  s.backward_s = t2 - t1;
+  s.update_s = t3 - t2;
+  s.loss = loss.item<double>();
+  s.tokens = static_cast<int64_t>(mask.sum().item<double>());
+  global_step_++;
+  return s;
+}
+
 EpochStats Trainer::train_epoch(int epoch, std::vector<StepStats>* steps) {
   EpochStats es;
   es.epoch = epoch;
@@ -260,32 +301,10 @@ EpochStats Trainer::train_epoch(int epoch, std::vector<StepStats>* steps) {
     std::vector<const Example*> batch;
     for (int64_t i = b * opt_.batch_size; i < std::min(n, (b + 1) * opt_.batch_size); i++)
       batch.push_back(&ex[order[i]]);
-    StepStats s;
-    s.epoch = epoch;
-    s.step = global_step_;
-    s.lr = lr_at(global_step_);
-    for (auto& g : optim_->param_groups())
-      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(s.lr);
-    torch::Tensor inputs, targets, mask;
-    examples_to_tensors(batch, &inputs, &targets, &mask);
-    double t0 = now_s();
-    torch::Tensor logits = batch_logits(batch, "train", &s);
-    torch::Tensor loss = masked_lm_loss(logits, targets, mask);
-    double t1 = now_s();
-    optim_->zero_grad();
-    loss.backward();
-    double t2 = now_s();
-    optim_->step();
-    double t3 = now_s();
-    s.forward_s = t1 - t0 - s.backbone_s;
-    s.backward_s = t2 - t1;
-    s.update_s = t3 - t2;
-    s.loss = loss.item<double>();
-    s.tokens = static_cast<int64_t>(mask.sum().item<double>());
-    tok_seen += inputs.numel();
+    StepStats s = train_step(batch, epoch);
+    tok_seen += static_cast<int64_t>(batch.size()) * opt_.seq_len;
     loss_sum += s.loss;
     done++;
-    global_step_++;
     if (steps) steps->push_back(s);
     char extra[128];
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", s.loss, s.lr,
@@ -415,15 +434,18 @@ GenerateResult generate_side(Llama& model, SideNetwork& side, const Tokenizer& t
   res.n_prompt = static_cast<int>(prompt.size());
   if (prompt.empty()) throw InputError("generate: empty prompt");
   Sampler sampler(model->config().vocab_size, opt.temperature, opt.top_p, opt.seed);
-  int steps = std::min(opt.steps, model->config().max_seq_len);
+  int steps = std::min(std::max(opt.steps, static_cast<int>(prompt.size())), model->config().max_seq_len);
   double t0 = now_s();
-  while (static_cast<int>(res.tokens.size()) < steps) {
+  // run.c semantics: positions 0..steps-1 each produce one token, so the sequence ends
+  // with steps + 1 tokens (prompt included).
+  while (static_cast<int>(res.tokens.size()) <= steps) {
     auto in = torch::tensor(std::vector<int64_t>(res.tokens.begin(), res.tokens.end()), torch::kLong).view({1, -1});
     Taps tp = model->forward_taps(in);
     torch::Tensor logits = side->forward(torch::stack(tp.b, 1)).select(1, -1).reshape({-1}).contiguous();
     std::vector<float> l(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
     int next = sampler.sample(l.data());
-    if (opt.stop_at_eos && (next == tok.eos_id() || next == tok.bos_id())) break;
+    // Same stop rule as generate(): BOS delimits sequences, EOS ends the text when asked.
+    if (next == tok.bos_id() || (opt.stop_at_eos && next == tok.eos_id())) break;
     res.tokens.push_back(next);
   }
   res.seconds = now_s() - t0;

@@ -99,11 +99,15 @@ class Trainer {
   double evaluate(int64_t* tokens = nullptr);
   // One epoch (1-based) over the training examples in the seeded order.
   EpochStats train_epoch(int epoch, std::vector<StepStats>* steps);
+  // One optimizer step on `batch` (used by train_epoch and the benchmarks).
+  StepStats train_step(const std::vector<const Example*>& batch, int epoch);
   // evaluate, all epochs, evaluate.
   TrainResult run();
 
   // Trainable weights + metadata, written atomically (safetensors).
   void save(const std::string& path);
+  // Drops the backbone (parallel adapters with a cache only); reloaded on demand.
+  void release_backbone();
   // The backbone with the method applied (reloaded if it was released).
   Llama& backbone();
   SideNetwork side() { return side_; }
@@ -116,7 +120,6 @@ class Trainer {
   torch::Tensor batch_logits(const std::vector<const Example*>& batch, const std::string& split, StepStats* st);
   torch::Tensor batch_taps(const std::vector<const Example*>& batch, const std::string& split);
   void ensure_backbone();
-  void release_backbone();
   double lr_at(int64_t step) const;
 
   TrainOptions opt_;
@@ -132,6 +135,11 @@ class Trainer {
   int backbone_loads_ = 0;
   LlamaConfig cfg_;
 };
+
+// Reads `data` (plain text or JSONL) and `eval_data` (or, when empty, holds out
+// `eval_fraction` of `data` after a seeded shuffle) and tokenizes both with `tok`.
+void data_prepare(const std::string& data, const std::string& eval_data, double eval_fraction, const Tokenizer& tok,
+                  const DataOptions& dopt, uint64_t seed, std::vector<Example>* train, std::vector<Example>* heldout);
 
 // Masked mean cross-entropy: logits [B,T,V], targets [B,T] int64, mask [B,T] float.
 torch::Tensor masked_lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask);
