@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
     std::string listen, key_file, device_id;
     double peer_timeout_s = 30, io_timeout_s = 10, idle_exit_s = 0;
     double max_payload_mib = 256;
+    int max_connections = 64;
     app.add_option("--listen", listen, "HOST:PORT to listen on (port 0: any free port)")->required();
     app.add_option("--key-file", key_file,
                    "file holding the cluster key (else $PAC_CLUSTER_KEY_FILE, else $PAC_CLUSTER_KEY)");
@@ -29,6 +30,8 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--max-payload-mib", max_payload_mib, "largest frame payload accepted, MiB")
         ->check(CLI::Range(0.001, 4095.0));
+    app.add_option("--max-connections", max_connections, "connections served at once; more are closed")
+        ->check(CLI::Range(2, 100000));
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
     opt.io_timeout = pac::Millis(static_cast<long>(io_timeout_s * 1000));
     opt.idle_exit = pac::Millis(static_cast<long>(idle_exit_s * 1000));
     opt.max_payload = static_cast<uint32_t>(max_payload_mib * 1024 * 1024);
+    opt.max_connections = max_connections;
     pac::ClusterKey key = pac::cluster_key_load(key_file);  // InputError -> exit 2
     std::string host;
     uint16_t port = 0;

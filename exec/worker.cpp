@@ -16,12 +16,12 @@ Worker::Worker(WorkerOptions options, ClusterKey key, ExecutorFactory factory)
 
 Worker::~Worker() {
   stop();
-  std::vector<std::thread> threads;
+  std::vector<ConnThread> threads;
   {
     std::lock_guard<std::mutex> lk(mu_);
     threads.swap(threads_);
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads) t.thread.join();
   if (step_thread_.joinable()) step_thread_.join();
 }
 
@@ -46,7 +46,9 @@ std::string Worker::address() const { return listener_ ? listener_->address() : 
 
 WorkerStats Worker::stats() {
   std::lock_guard<std::mutex> lk(mu_);
-  return stats_;
+  WorkerStats s = stats_;
+  s.open_connections = long(live_.size());
+  return s;
 }
 
 void Worker::stop() {
@@ -73,46 +75,71 @@ void Worker::serve() {
         stop_ = true;
       }
     }
-    if (!c) continue;
-    std::shared_ptr<Connection> sc(std::move(c));
     std::lock_guard<std::mutex> lk(mu_);
+    // Reap the threads of connections that ended, so a long-lived worker that sees
+    // many short connections (or a flood of garbage) does not accumulate them.
+    for (size_t i = 0; i < threads_.size();) {
+      if (threads_[i].done->load()) {
+        threads_[i].thread.join();
+        threads_.erase(threads_.begin() + long(i));
+      } else {
+        i++;
+      }
+    }
+    if (!c) continue;
+    if (live_.size() >= size_t(options_.max_connections)) {
+      // One thread per connection: a cap keeps a connection flood from exhausting us.
+      log("refusing connection from " + c->peer().address + ": " + std::to_string(live_.size()) +
+          " connections already open (--max-connections)");
+      c->close();
+      stats_.refused_busy++;
+      continue;
+    }
+    std::shared_ptr<Connection> sc(std::move(c));
     live_.push_back(sc);
-    threads_.emplace_back([this, sc] { serve_connection(sc); });
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    threads_.push_back({std::thread([this, sc, done] {
+                          serve_connection(sc);
+                          *done = true;
+                        }),
+                        done});
   }
   stop();
 }
 
 void Worker::serve_connection(std::shared_ptr<Connection> c) {
   HelloInfo hello;
+  bool authenticated = false;
   try {
     hello = handshake_server(*c, key_, options_.device_id);
+    authenticated = true;
   } catch (const std::exception& e) {
     // Wrong key, garbage instead of a hello, or silence: log who it was and move on.
     log(std::string("refused connection: ") + e.what());
-    c->close();
     std::lock_guard<std::mutex> lk(mu_);
     stats_.refused_auth++;
-    return;
   }
-  log("accepted " + hello.role + " " + c->peer().str());
-  bool is_coordinator = hello.role == "coordinator";
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.accepted++;
-    if (is_coordinator) {
-      // A new coordinator replaces the old one (it may have restarted after a failure).
-      coordinator_ = c;
-      last_coordinator_ = Clock::now();
+  if (authenticated) {
+    log("accepted " + hello.role + " " + c->peer().str());
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.accepted++;
+      if (hello.role == "coordinator") {
+        // A new coordinator replaces the old one (it may have restarted after a failure).
+        if (coordinator_) retired_.push_back(coordinator_);
+        coordinator_ = c;
+        last_coordinator_ = Clock::now();
+      }
     }
-  }
-  try {
-    serve_frames(c, hello);
-  } catch (const WireError& e) {
-    log(std::string("closed connection: ") + e.what());
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.bad_frames++;
-  } catch (const std::exception& e) {
-    if (!stop_) log(std::string("closed connection: ") + e.what());
+    try {
+      serve_frames(c, hello);
+    } catch (const WireError& e) {
+      log(std::string("closed connection: ") + e.what());
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.bad_frames++;
+    } catch (const std::exception& e) {
+      if (!stop_) log(std::string("closed connection: ") + e.what());
+    }
   }
   c->close();
   std::lock_guard<std::mutex> lk(mu_);

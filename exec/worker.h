@@ -27,6 +27,7 @@ struct WorkerOptions {
   Millis io_timeout{10000};            // each send, each frame body, each connect attempt
   Millis idle_exit{0};                 // exit when no coordinator came for this long (0: never)
   uint32_t max_payload = kWireDefaultMaxPayload;
+  int max_connections = 64;            // more at once are closed on accept
   std::function<void(const std::string&)> log;  // default: one line to stderr
 };
 
@@ -34,6 +35,8 @@ struct WorkerOptions {
 struct WorkerStats {
   long accepted = 0;          // connections that passed authentication
   long refused_auth = 0;      // failed the handshake (wrong key, garbage, silence)
+  long refused_busy = 0;      // closed on accept: max_connections reached
+  long open_connections = 0;  // being served right now
   long bad_frames = 0;        // closed for a malformed / oversized frame after auth
   long heartbeats = 0;
   long assignments = 0;
@@ -74,7 +77,11 @@ class Worker : private WorkerContext {
   std::map<std::string, std::unique_ptr<Connection>> peers_;
   std::vector<std::shared_ptr<Connection>> live_;     // being served
   std::vector<std::shared_ptr<Connection>> retired_;  // closed, kept until ~Worker (see peer())
-  std::vector<std::thread> threads_;
+  struct ConnThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;  // set when serve_connection returned
+  };
+  std::vector<ConnThread> threads_;
   WorkerStats stats_;
   std::chrono::steady_clock::time_point last_coordinator_;
   std::mutex peers_connect_mu_;  // one outgoing connect at a time

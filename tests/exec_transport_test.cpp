@@ -22,13 +22,15 @@ struct TestWorker {
   std::mutex log_mu;
   std::vector<std::string> log_lines;
 
-  explicit TestWorker(const std::string& id, uint32_t max_payload = kWireDefaultMaxPayload, ClusterKey key = kKey) {
+  explicit TestWorker(const std::string& id, uint32_t max_payload = kWireDefaultMaxPayload, ClusterKey key = kKey,
+                      int max_connections = 64) {
     WorkerOptions o;
     o.device_id = id;
     o.listen = "127.0.0.1:0";
     o.io_timeout = Millis(2000);
     o.peer_timeout = Millis(5000);
     o.max_payload = max_payload;
+    o.max_connections = max_connections;
     o.log = [this](const std::string& l) {
       std::lock_guard<std::mutex> lk(log_mu);
       log_lines.push_back(l);
@@ -172,6 +174,24 @@ TEST(ExecTransport, BadFramesAfterAuthCloseTheConnectionAndWorkerServesOn) {
   }
   EXPECT_TRUE(w.wait_stats([](const WorkerStats& s) { return s.bad_frames == 2; }));
   EXPECT_TRUE(w.logged("payload length 1073741824 over the limit 1048576"));
+  expect_worker_serves(w);
+}
+
+TEST(ExecTransport, ConnectionCapRefusesTheFloodAndRecovers) {
+  TestWorker w("w", kWireDefaultMaxPayload, kKey, /*max_connections=*/2);
+  auto idle1 = Connection::connect(w.address(), "w", quick());
+  auto idle2 = Connection::connect(w.address(), "w", quick());
+  // Both idle connections are being served (waiting for a hello) before the third comes.
+  EXPECT_TRUE(w.wait_stats([](const WorkerStats& s) { return s.open_connections == 2; }));
+  auto third = Connection::connect(w.address(), "w", quick());
+  char byte;
+  EXPECT_THROW(third->read_raw(&byte, 1), PeerError);  // closed on accept
+  EXPECT_TRUE(w.wait_stats([](const WorkerStats& s) { return s.refused_busy == 1; }));
+  EXPECT_TRUE(w.logged("2 connections already open"));
+  // The flood goes away; its threads are reaped and the worker serves again.
+  idle1->close();
+  idle2->close();
+  EXPECT_TRUE(w.wait_stats([](const WorkerStats& s) { return s.refused_auth == 2 && s.open_connections == 0; }));
   expect_worker_serves(w);
 }
 
