@@ -26,6 +26,8 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
     c.dev_lat_s.push_back(s.network.latency_s + d.profile.nic_latency_s);
     c.rate_layer.push_back(device_rate(d.profile, method.dtype, "layer", beta));
     c.rate_side.push_back(device_rate(d.profile, method.dtype, "side", beta));
+    c.rate_layer_bwd.push_back(device_rate(d.profile, method.dtype, "layer_bwd", beta));
+    c.rate_side_bwd.push_back(device_rate(d.profile, method.dtype, "side_bwd", beta));
     c.mem.push_back(d.profile.memory_bytes);
   }
   return c;
@@ -47,7 +49,8 @@ double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes
 
 // Per-sample compute seconds of layers [x, y) on device d (forward + backward).
 static double sample_s(const PlanCtx& c, const LayerCost& lc, int d) {
-  return (lc.fwd_flops + lc.bwd_flops) / c.rate_layer[d] + (lc.side_fwd_flops + lc.side_bwd_flops) / c.rate_side[d];
+  return lc.fwd_flops / c.rate_layer[d] + lc.bwd_flops / c.rate_layer_bwd[d] + lc.side_fwd_flops / c.rate_side[d] +
+         lc.side_bwd_flops / c.rate_side_bwd[d];
 }
 
 // Cost of one stage and the most micro-batches in flight its devices can hold.

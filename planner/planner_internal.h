@@ -28,6 +28,7 @@ struct PlanCtx {
   std::vector<double> dev_lat_s;   // per device: network latency + its NIC's
   std::vector<double> rate_layer;  // per device: FLOP/s for backbone work at one micro-batch
   std::vector<double> rate_side;   // per device: FLOP/s for side-network work
+  std::vector<double> rate_layer_bwd, rate_side_bwd;  // the same for backward work
   std::vector<double> mem;         // per device: usable bytes
   double medium_bps = 0;           // shared medium capacity (shared networks)
   // Per layer range [x, y): costs that do not depend on the device order, filled on

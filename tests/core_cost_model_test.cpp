@@ -144,4 +144,9 @@ TEST(CostModel, CalibratedRatesOverrideTheDtypeRate) {
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 2), 1e11);
   EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "side", 2), 2e10);
   EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "layer", 1), 1e11);  // no fp16 entry: fp32's
+  // Backward rates fall back to the forward kind's chain unless calibrated.
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer_bwd", 4), 3e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 2e10);
+  p.eff_flops_by_kind["side_bwd"] = 1e10;
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 1e10);
 }

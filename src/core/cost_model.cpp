@@ -235,11 +235,10 @@ StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::str
                      double samples) {
   LayerCost c = cost_range(mc, b, e);
   int mb = (int)(samples + 0.5);
-  double layer_rate = device_rate(p, dtype, "layer", mb);
-  double side_rate = device_rate(p, dtype, "side", mb);
   StageTime t;
-  t.fwd = samples * (c.fwd_flops / layer_rate + c.side_fwd_flops / side_rate);
-  t.bwd = samples * (c.bwd_flops / layer_rate + c.side_bwd_flops / side_rate);
+  t.fwd = samples * (c.fwd_flops / device_rate(p, dtype, "layer", mb) + c.side_fwd_flops / device_rate(p, dtype, "side", mb));
+  t.bwd = samples * (c.bwd_flops / device_rate(p, dtype, "layer_bwd", mb) +
+                     c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb));
   if (mc.cache) t.cache_write = samples * c.tap_bytes / p.storage_write_bytes_per_s;
   return t;
 }
@@ -247,10 +246,10 @@ StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::str
 StageTime cached_time(const ModelCost& mc, const DeviceProfile& p, const std::string& dtype, double samples) {
   const LayerCost& c = mc.prefix.back();
   int mb = (int)(samples + 0.5);
-  double side_rate = device_rate(p, dtype, "side", mb);
   StageTime t;
-  t.fwd = samples * (c.side_fwd_flops / side_rate + mc.cached_head_flops / device_rate(p, dtype, "layer", mb));
-  t.bwd = samples * c.side_bwd_flops / side_rate;
+  t.fwd = samples * (c.side_fwd_flops / device_rate(p, dtype, "side", mb) +
+                     mc.cached_head_flops / device_rate(p, dtype, "layer", mb));
+  t.bwd = samples * c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb);
   t.cache_read = samples * c.tap_bytes / p.storage_read_bytes_per_s;
   return t;
 }

@@ -153,6 +153,10 @@ double device_rate(const DeviceProfile& p, const std::string& dtype, const std::
   if (it != p.eff_flops_by_kind.end()) return it->second;
   it = p.eff_flops_by_kind.find(kind);
   if (it != p.eff_flops_by_kind.end()) return it->second;
+  // A backward rate not calibrated separately: the forward's.
+  const std::string bwd = "_bwd";
+  if (kind.size() > bwd.size() && kind.compare(kind.size() - bwd.size(), bwd.size(), bwd) == 0)
+    return device_rate(p, dtype, kind.substr(0, kind.size() - bwd.size()), micro_batch);
   it = p.eff_flops.find(dtype);
   if (it != p.eff_flops.end()) return it->second;
   it = p.eff_flops.find("fp32");

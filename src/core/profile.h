@@ -24,9 +24,11 @@ std::string profiles_dir_resolve(const std::string& explicit_dir, const std::str
 DeviceProfile device_profile_resolve(const JsonIn& ref, const std::string& profiles_dir);
 ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_dir);
 
-// Effective FLOP/s of `p` for work of `kind` ("layer", "side", ...) at `micro_batch`
-// samples in `dtype`: the calibrated "<kind>@<mb>" entry, else "<kind>", else the
-// dtype's effective rate, else fp32's. Never 0 for a validated profile.
+// Effective FLOP/s of `p` for work of `kind` at `micro_batch` samples in `dtype`.
+// Kinds: "layer" (backbone forward, incl. LoRA/adapter modules), "side" (the side
+// network's forward), "layer_bwd" / "side_bwd" (their backward). Lookup: the calibrated
+// "<kind>@<mb>" entry, else "<kind>", else (for *_bwd) the forward kind's chain, else
+// the dtype's effective rate, else fp32's. Never 0 for a validated profile.
 double device_rate(const DeviceProfile& p, const std::string& dtype, const std::string& kind, int micro_batch);
 
 // Bytes of one value of `dtype` ("fp32" 4, "fp16"/"bf16" 2).

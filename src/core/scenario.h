@@ -21,8 +21,8 @@ struct DeviceProfile {
   double peak_flops_fp32 = 0;       // FLOP/s, datasheet
   double peak_flops_fp16 = 0;
   // Effective (achieved) rate for transformer layers, FLOP/s. `by_kind` refines it per
-  // layer kind once calibrated by pac-profile ("attention", "mlp", "side", "embedding"),
-  // keyed "<kind>" or "<kind>@<micro_batch>".
+  // kind of work once calibrated by pac-profile ("layer", "side", "layer_bwd",
+  // "side_bwd"; see device_rate() in profile.h), keyed "<kind>" or "<kind>@<micro_batch>".
   std::map<std::string, double> eff_flops;   // dtype ("fp32","fp16","bf16") -> FLOP/s
   std::map<std::string, double> eff_flops_by_kind;
   double memory_bytes = 0;          // usable by the job (OS share already taken off)
