@@ -47,10 +47,14 @@ static void summary_print(const Plan& p) {
   std::printf("total: %s (%.3f h), planned in %.3f s\n", format_duration(p.predicted.total_s).c_str(),
               p.predicted.total_s / 3600, p.predicted.planning_s);
   std::printf("%-14s %-26s %12s %12s %12s\n", "device", "profile", "peak mem", "budget", "energy kJ");
-  for (size_t d = 0; d < s.devices.size(); d++)
+  double energy = 0;
+  for (size_t d = 0; d < s.devices.size(); d++) {
     std::printf("%-14s %-26s %12s %12s %12.1f\n", s.devices[d].id.c_str(), s.devices[d].profile.name.c_str(),
                 gb(p.predicted.peak_memory_bytes[d]).c_str(), gb(s.devices[d].profile.memory_bytes).c_str(),
                 p.predicted.energy_j[d] / 1e3);
+    energy += p.predicted.energy_j[d];
+  }
+  std::printf("energy: %.1f kJ (%.3f kWh) for the whole job\n", energy / 1e3, energy / 3.6e6);
 }
 
 static json summary_json(const Plan& p) {

@@ -285,3 +285,32 @@ TEST(PlannerDp, TightestDeviceIsOneThatDoesNotFit) {
     EXPECT_GT(e.need_bytes, e.have_bytes);
   }
 }
+
+TEST(PlannerDp, EveryShippedScenarioAndStrategyGivesAValidPlan) {
+  // Cross-check: the planner's memory feasibility (stage_memory with 1F1B in-flight
+  // counts) must agree with plan_validate's independent replay of the task graph's
+  // allocations, and the predicted total must be the sum of its parts.
+  const char* names[] = {"paper-t5-base-mrpc", "paper-bart-large-qnli", "paper-t5-large-stsb", "home-wifi-tinyllama",
+                         "home-wifi-qwen2.5-0.5b", "office-orin-llama-3.2-3b", "local-stories260k"};
+  int plans = 0;
+  for (const char* name : names) {
+    Scenario s = scenario_load(kSrc + "/scenarios/" + name + ".json", kSrc + "/profiles");
+    for (const std::string& strategy : planner_strategies()) {
+      Plan p;
+      try {
+        p = plan_make(s, strategy);
+      } catch (const PlanInfeasible&) {
+        continue;
+      }
+      plans++;
+      EXPECT_NO_THROW(plan_validate(p, name)) << name << " " << strategy;
+      double sum = p.predicted.switch_s;
+      for (double e : p.predicted.epoch_s) sum += e;
+      EXPECT_NEAR(sum, p.predicted.total_s, 1e-9 * sum) << name << " " << strategy;
+      EXPECT_EQ((int)p.predicted.epoch_s.size(), s.epochs);
+      for (size_t d = 0; d < s.devices.size(); d++)
+        EXPECT_LE(p.predicted.peak_memory_bytes[d], s.devices[d].profile.memory_bytes * (1 + 1e-9)) << name << " " << strategy;
+    }
+  }
+  EXPECT_GE(plans, 35);
+}
