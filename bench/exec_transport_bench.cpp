@@ -16,12 +16,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "exec/transport.h"
-#include "src/common/fs.h"
+#include "bench/exec_bench_main.h"
 
 using namespace pac;
 
@@ -111,29 +110,4 @@ static void register_all() {
   benchmark::RegisterBenchmark("BM_Crc32c", BM_Crc32c)->Arg(1 << 20)->Unit(benchmark::kMicrosecond);
 }
 
-// Like BENCHMARK_MAIN, but the JSON results go to bench/results/exec_transport.json
-// unless the caller passes its own --benchmark_out.
-int main(int argc, char** argv) {
-  std::vector<char*> args(argv, argv + argc);
-  // CMake compiles with absolute paths, so __FILE__ locates the repository; the bench
-  // targets get no PAC_SOURCE_DIR definition.
-  std::string self = __FILE__;
-  size_t cut = self.rfind("/bench/");
-  std::string out_dir = (cut == std::string::npos ? std::string(".") : self.substr(0, cut)) + "/bench/results";
-  std::string out_flag = "--benchmark_out=" + out_dir + "/exec_transport.json";
-  std::string fmt_flag = "--benchmark_out_format=json";
-  bool has_out = false;
-  for (int i = 1; i < argc; i++)
-    if (std::strncmp(argv[i], "--benchmark_out=", 16) == 0) has_out = true;
-  if (!has_out) {
-    dir_create(out_dir);
-    args.push_back(&out_flag[0]);
-    args.push_back(&fmt_flag[0]);
-  }
-  int n = int(args.size());
-  benchmark::Initialize(&n, args.data());
-  register_all();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return exec_bench_main(argc, argv, "exec_transport.json", register_all); }
