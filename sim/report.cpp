@@ -100,6 +100,9 @@ json report_to_json(const Plan& plan, const SimResult& r) {
   json pe = json::array();
   for (double v : plan.predicted.epoch_s) pe.push_back(r9(v));
   pred["epoch_s"] = pe;
+  json pm = json::array();
+  for (double v : plan.predicted.peak_memory_bytes) pm.push_back(r9(v));
+  pred["peak_memory_bytes"] = pm;
   j["predicted"] = pred;
   j["events"] = r.events;
   j["tasks"] = r.tasks;
