@@ -339,9 +339,14 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
   std::vector<std::vector<int>> sends_to(c.n);
   for (int d = 0; d < c.n; d++) {
     if (f.out[d] <= 0 || total_in <= 0) continue;
+    // What d sends is spread over the other receivers in proportion to their needs
+    // (every sender ships all it holds for others; a receiver's total is then close
+    // to, not exactly, its need).
+    double others = total_in - f.in[d];
+    if (others <= 0) continue;
     for (int e = 0; e < c.n; e++) {
       if (e == d || f.in[e] <= 0) continue;
-      double bytes = f.out[d] * f.in[e] / total_in;
+      double bytes = f.out[d] * f.in[e] / others;
       int sd = gb.add(TaskKind::Send, d, "cache " + c.s->devices[d].id + "->" + c.s->devices[e].id);
       gb.tasks[sd].peer = e;
       gb.tasks[sd].bytes = bytes;

@@ -314,3 +314,39 @@ TEST(PlannerDp, EveryShippedScenarioAndStrategyGivesAValidPlan) {
   }
   EXPECT_GE(plans, 35);
 }
+
+TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
+  // BART-Large/MRPC under pac: [3-5]. A device of stage 0 wrote its stage's taps (tap0 per
+  // sample) for 1/3 of every micro-batch and trains 1/8 of the samples afterwards, so it
+  // keeps N/8 * tap0 and receives N/8 * tap1 (stage 1's taps); a stage-1 device receives
+  // N/8 * tap0. What is received equals what is sent: sum of in = sum of out.
+  Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
+  Plan p = plan_make(s, "pac");
+  ASSERT_EQ(p.phases[0].stages.size(), 2u);
+  ModelCost mc = cost_model_build(s.model, s.method, s.data);
+  const StagePlan& s0 = p.phases[0].stages[0];
+  double tap0 = cost_range(mc, 0, s0.layer_end).tap_bytes;
+  double tap1 = cost_range(mc, s0.layer_end, mc.num_layers()).tap_bytes;
+  double N = (double)s.data.samples;
+  const Segment& sw = p.segments[1];
+  ASSERT_EQ(sw.name, "switch");
+  std::vector<double> in(8, 0), out(8, 0);
+  for (const Task& t : sw.graph.tasks) {
+    if (t.kind == TaskKind::CacheWrite) in[t.device] += t.bytes;
+    if (t.kind == TaskKind::Send) out[t.device] += t.bytes;
+  }
+  for (int d = 0; d < 8; d++) {
+    bool first = std::find(s0.devices.begin(), s0.devices.end(), d) != s0.devices.end();
+    EXPECT_NEAR(in[d], N / 8 * (first ? tap1 : tap0), 1e-6 * in[d]) << d;
+  }
+  double sum_in = 0, sum_out = 0, expect_out = 0;
+  for (int d = 0; d < 8; d++) {
+    sum_in += in[d];
+    sum_out += out[d];
+  }
+  // Every sender ships all it holds for others: 3 x N tap0 (1/3 - 1/8) + 5 x N tap1 (1/5 - 1/8),
+  // which equals what the receivers need.
+  expect_out = 3 * N * tap0 * (1.0 / 3 - 1.0 / 8) + 5 * N * tap1 * (1.0 / 5 - 1.0 / 8);
+  EXPECT_NEAR(sum_out, expect_out, 1e-6 * expect_out);
+  EXPECT_NEAR(sum_in, expect_out, 1e-6 * expect_out);
+}
