@@ -1,5 +1,6 @@
 #include "src/llm/checkpoint.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -415,6 +416,18 @@ int llama_load_method_weights(Llama& model, const std::string& path) {
   if (bottleneck > 0) model->enable_adapters(bottleneck);
   for (auto& kv : st.tensors) model->set_weight(kv.first, kv.second, path);
   return (int)st.tensors.size();
+}
+
+Llama llama_open(const std::string& name_or_path, uint64_t seed) {
+  std::vector<std::string> presets = llama_config_preset_names();
+  if (std::find(presets.begin(), presets.end(), name_or_path) == presets.end()) return llama_load(name_or_path);
+  if (name_or_path == "stories260K") {
+    std::string shipped = model_path("stories260K/stories260K.bin");
+    if (file_exists(shipped)) return llama_load(shipped);
+  }
+  Llama m(llama_config_preset(name_or_path));
+  m->init_random(seed);
+  return m;
 }
 
 std::string model_dir() {

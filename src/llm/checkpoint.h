@@ -47,6 +47,10 @@ torch::Tensor hf_unpermute(const torch::Tensor& w, int n_heads);  // HF -> llama
 Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source);
 Checkpoint checkpoint_from_llama(Llama& model);  // backbone weights only, cloned
 Llama llama_load(const std::string& path);       // checkpoint_read + llama_from_checkpoint
+// A model for benchmarks and demos: a preset name (llama_config_preset) gets random
+// weights from `seed`, except "stories260K", which loads the shipped weights when they are
+// in model_dir(); anything else is a checkpoint path.
+Llama llama_open(const std::string& name_or_path, uint64_t seed = 1);
 
 // Fine-tuning weights saved by name (safetensors) onto a loaded model: LoRA tensors
 // (layers.N.<linear>.lora_a/lora_b; rank from the shapes, alpha from metadata
