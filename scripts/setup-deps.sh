@@ -8,7 +8,7 @@ pkgs=(
   libtorch-dev libopenblas0-pthread libgloo-dev   # LibTorch 1.13 CPU; OpenBLAS: fp32 matmul ~30x faster
   libboost-dev                                    # Asio, Graph (header-only parts)
   nlohmann-json3-dev libcli11-dev libspdlog-dev libssl-dev libsentencepiece-dev
-  libprotobuf-dev                                 # linked first: see CMakeLists.txt (sentencepiece)
+  libprotobuf-dev                                 # LibTorch's protobuf (see the SentencePiece shim in CMakeLists.txt)
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iptables                               # emulated edge testbed (netns, veth, tc)
 )
