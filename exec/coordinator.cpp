@@ -12,7 +12,7 @@ Coordinator::Coordinator(std::vector<WorkerAddress> workers, ClusterKey key, Coo
     : workers_(std::move(workers)), key_(std::move(key)), options_(std::move(options)) {}
 
 Coordinator::~Coordinator() {
-  stop_ = true;
+  stop_heartbeats();
   for (auto& l : links_)
     if (l->conn) l->conn->close();
   for (auto& l : links_)
@@ -32,7 +32,27 @@ void Coordinator::connect_all() {
     links_.push_back(std::move(link));
   }
   for (int w = 0; w < worker_count(); w++) links_[w]->reader = std::thread([this, w] { reader_loop(w); });
-  last_heartbeat_ = Clock::now();
+  heartbeat_thread_ = std::thread([this] { heartbeat_loop(); });
+}
+
+// Heartbeats go out on their own thread, not only while the caller waits: a coordinator
+// busy elsewhere for longer than a worker's --peer-timeout-s must not be dropped.
+void Coordinator::heartbeat_loop() {
+  while (!stop_) {
+    heartbeat_tick();
+    std::unique_lock<std::mutex> lk(mu_);
+    Clock::time_point next = Clock::now() + options_.heartbeat;
+    while (!stop_ && Clock::now() < next) cv_.wait_until(lk, next);
+  }
+}
+
+void Coordinator::stop_heartbeats() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
 }
 
 void Coordinator::reader_loop(int w) {
@@ -76,9 +96,9 @@ void Coordinator::heartbeat_tick() {
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lk(mu_);
       if (l.lost.empty()) l.lost = e.what();
+      cv_.notify_all();
     }
   }
-  last_heartbeat_ = Clock::now();
 }
 
 WorkerEvent Coordinator::wait_match(const std::function<bool(const WorkerEvent&)>& match, Millis wait,
@@ -125,10 +145,9 @@ WorkerEvent Coordinator::wait_match(const std::function<bool(const WorkerEvent&)
                             " from devices " + ids,
                         "", true);
       }
-      Clock::time_point wake = std::min(deadline, last_heartbeat_ + options_.heartbeat);
-      cv_.wait_until(lk, wake);
+      // Woken by new frames and lost links; the periodic wake re-checks silence.
+      cv_.wait_until(lk, std::min(deadline, Clock::now() + options_.heartbeat));
     }
-    if (Clock::now() >= last_heartbeat_ + options_.heartbeat) heartbeat_tick();
   }
 }
 
@@ -163,7 +182,7 @@ void Coordinator::shutdown(bool exit_workers) {
       // already gone: nothing to tell it
     }
   }
-  stop_ = true;
+  stop_heartbeats();
   for (auto& l : links_) l->conn->close();
   for (auto& l : links_)
     if (l->reader.joinable()) l->reader.join();

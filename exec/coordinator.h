@@ -1,9 +1,9 @@
 // The coordinator's side of the control plane (what pac-run drives).
 //
 // It connects to every worker, authenticates it, and keeps one reader thread per
-// worker that turns incoming frames into events in one inbox. While the caller waits
-// for an event it sends heartbeats; a worker that hangs up, or stays silent past the
-// timeout, ends the wait with a PeerError naming that device and its address. The
+// worker that turns incoming frames into events in one inbox, and a heartbeat thread.
+// A worker that hangs up, or leaves a heartbeat unanswered past the timeout, ends the
+// caller's next wait with a PeerError naming that device and its address. The
 // error carries the device id so a later fault-recovery layer can re-plan around it
 // and replay the lost micro-batches instead of restarting (Asteroid's pipeline replay).
 #pragma once
@@ -29,7 +29,7 @@ struct WorkerAddress {
 struct CoordinatorOptions {
   std::string id = "coordinator";
   Millis timeout{10000};    // connect attempts, sends, and the longest silence of a worker
-  Millis heartbeat{500};    // heartbeat period while waiting
+  Millis heartbeat{500};    // heartbeat period
   int connect_attempts = 50;
 };
 
@@ -78,6 +78,8 @@ class Coordinator {
   void reader_loop(int w);
   WorkerEvent wait_match(const std::function<bool(const WorkerEvent&)>& match, Millis wait, const std::string& what);
   void heartbeat_tick();
+  void heartbeat_loop();
+  void stop_heartbeats();
   [[noreturn]] void fail_worker(int w, const std::string& why, bool timed_out);
 
   std::vector<WorkerAddress> workers_;
@@ -88,7 +90,7 @@ class Coordinator {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<WorkerEvent> inbox_;
-  std::chrono::steady_clock::time_point last_heartbeat_;
+  std::thread heartbeat_thread_;
 };
 
 }  // namespace pac

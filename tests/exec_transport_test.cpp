@@ -23,12 +23,12 @@ struct TestWorker {
   std::vector<std::string> log_lines;
 
   explicit TestWorker(const std::string& id, uint32_t max_payload = kWireDefaultMaxPayload, ClusterKey key = kKey,
-                      int max_connections = 64) {
+                      int max_connections = 64, Millis peer_timeout = Millis(5000)) {
     WorkerOptions o;
     o.device_id = id;
     o.listen = "127.0.0.1:0";
     o.io_timeout = Millis(2000);
-    o.peer_timeout = Millis(5000);
+    o.peer_timeout = peer_timeout;
     o.max_payload = max_payload;
     o.max_connections = max_connections;
     o.log = [this](const std::string& l) {
@@ -281,6 +281,22 @@ TEST(ExecTransport, AddressParsingNamesTheOption) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("--listen: port \"8o\" is not a number"), std::string::npos);
   }
+}
+
+TEST(ExecCoordinator, BusyCoordinatorIsKeptAliveByBackgroundHeartbeats) {
+  // The worker drops peers silent for 600 ms; the coordinator does not wait on anything
+  // for 1.5 s, yet its heartbeat thread keeps the link up.
+  TestWorker w("w", kWireDefaultMaxPayload, kKey, 64, Millis(600));
+  Coordinator c({{"w", w.address()}}, kKey, CoordinatorOptions{"coord", Millis(3000), Millis(100), 5});
+  c.connect_all();
+  std::this_thread::sleep_for(Millis(1500));
+  // Had the worker dropped us, this would throw a PeerError naming it.
+  json ack = c.assign(0, {{"executor", "affine"}, {"stage", 0}, {"scale", 1.0}, {"shift", 0.0}});
+  EXPECT_EQ(ack["device"], "w");
+  EXPECT_FALSE(w.logged("no frame from"));
+  // Heartbeats every 100 ms over 1.5 s: at least 5 were answered even on a loaded machine.
+  EXPECT_GE(w.worker->stats().heartbeats, 5);
+  c.shutdown(false);
 }
 
 TEST(ExecCoordinator, AffinePipelineOfThreeInProcessWorkers) {
