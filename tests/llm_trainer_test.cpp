@@ -56,8 +56,8 @@ static const Stories& stories() {
     d.seq_len = 96;
     data_prepare(src_path("data/personal/train.txt"), src_path("data/personal/heldout.txt"), 0, *st.tok, d, 1,
                  &st.train, &st.heldout);
-    st.train.resize(96);  // a slice keeps the test to seconds
-    st.heldout.resize(24);
+    st.train.resize(64);  // a slice keeps the test to seconds
+    st.heldout.resize(16);
     return st;
   }();
   return s;
@@ -188,6 +188,12 @@ TEST(LlmTrainer, CliBadInputExits2WithoutOutput) {
   std::string file = tmp_path("cache-is-a-file");
   file_write_atomic(file, std::string("x"));
   EXPECT_EQ(run_tool(base + " --data " + src_path("data/personal/heldout.txt") + " --cache-dir " + file), 2);
+  std::string held = " --data " + src_path("data/personal/heldout.txt");
+  EXPECT_EQ(run_tool("--model /nonexistent.bin --tokenizer " + tok + " --out " + out + held), 2);
+  std::string short_tok = tmp_path("truncated-tok.bin");
+  file_write_atomic(short_tok, file_read(tok).substr(0, 100));
+  EXPECT_EQ(run_tool("--model " + model + " --tokenizer " + short_tok + " --out " + out + held), 2);
+  EXPECT_EQ(run_tool(base + held + " --seq-len 100000"), 2);
   EXPECT_FALSE(fs::exists(out));
   // And a good run writes the file and exits 0.
   EXPECT_EQ(run_tool(base + " --data " + src_path("data/personal/heldout.txt") + " --max-steps 2 --seq-len 64"), 0);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 
 #include "src/common/error.h"
@@ -15,6 +16,12 @@
 #include "src/llm/safetensors.h"
 
 namespace pac {
+
+static double cpu_s() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 static double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -226,9 +233,12 @@ torch::Tensor Trainer::batch_taps(const std::vector<const Example*>& batch, cons
 torch::Tensor Trainer::batch_logits(const std::vector<const Example*>& batch, const std::string& split,
                                     StepStats* st) {
   if (opt_.method == "parallel_adapters") {
-    double t0 = now_s();
+    double t0 = now_s(), c0 = cpu_s();
     torch::Tensor taps = batch_taps(batch, split);
-    if (st) st->backbone_s = now_s() - t0;
+    if (st) {
+      st->backbone_s = now_s() - t0;
+      st->backbone_cpu_s = cpu_s() - c0;
+    }
     return side_->forward(taps);
   }
   torch::Tensor inputs, targets, mask;
@@ -263,18 +273,21 @@ StepStats Trainer::train_step(const std::vector<const Example*>& batch, int epoc
   for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(s.lr);
   torch::Tensor inputs, targets, mask;
   examples_to_tensors(batch, &inputs, &targets, &mask);
-  double t0 = now_s();
+  double t0 = now_s(), c0 = cpu_s();
   torch::Tensor logits = batch_logits(batch, "train", &s);
   torch::Tensor loss = masked_lm_loss(logits, targets, mask);
-  double t1 = now_s();
+  double t1 = now_s(), c1 = cpu_s();
   optim_->zero_grad();
   loss.backward();
-  double t2 = now_s();
+  double t2 = now_s(), c2 = cpu_s();
   optim_->step();
-  double t3 = now_s();
+  double t3 = now_s(), c3 = cpu_s();
   s.forward_s = t1 - t0 - s.backbone_s;
   s.backward_s = t2 - t1;
   s.update_s = t3 - t2;
+  s.forward_cpu_s = c1 - c0 - s.backbone_cpu_s;
+  s.backward_cpu_s = c2 - c1;
+  s.update_cpu_s = c3 - c2;
   s.loss = loss.item<double>();
   s.tokens = static_cast<int64_t>(mask.sum().item<double>());
   global_step_++;

@@ -61,6 +61,9 @@ struct StepStats {
   double forward_s = 0;   // trainable forward + loss (excludes backbone_s)
   double backward_s = 0;
   double update_s = 0;
+  // The same phases in process CPU time: on a shared, busy machine wall time mostly
+  // measures the neighbours; with one LibTorch thread CPU time measures our work.
+  double backbone_cpu_s = 0, forward_cpu_s = 0, backward_cpu_s = 0, update_cpu_s = 0;
 };
 
 struct EpochStats {
