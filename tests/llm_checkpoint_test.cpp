@@ -95,6 +95,29 @@ TEST_F(CheckpointTest, BinToHfToBinIsIdenticalAndGivesSameLogits) {
   EXPECT_FALSE(torch::equal(st.tensors.at("model.layers.0.self_attn.q_proj.weight"), bin.weights.at("layers.0.wq.weight")));
 }
 
+TEST_F(CheckpointTest, ReadsShardedHfFolder) {
+  // Split a written model.safetensors into two shards plus model.safetensors.index.json,
+  // the layout large HF models ship in: the same weights come back.
+  Llama m(llama_config_preset("tiny"));
+  m->init_random(5);
+  Checkpoint ck = checkpoint_from_llama(m);
+  checkpoint_write(at("hf"), ck);
+  SafeTensors all = safetensors_read(at("hf/model.safetensors"));
+  std::map<std::string, torch::Tensor> a, b;
+  json index = {{"metadata", json::object()}, {"weight_map", json::object()}};
+  int i = 0;
+  for (auto& kv : all.tensors) {
+    bool first = i++ % 2 == 0;
+    (first ? a : b)[kv.first] = kv.second;
+    index["weight_map"][kv.first] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  safetensors_write(at("sharded/model-00001-of-00002.safetensors"), a);
+  safetensors_write(at("sharded/model-00002-of-00002.safetensors"), b);
+  file_write_atomic(at("sharded/model.safetensors.index.json"), index.dump());
+  file_write_atomic(at("sharded/config.json"), file_read(at("hf/config.json")));
+  expect_same_weights(ck, checkpoint_read(at("sharded")));
+}
+
 TEST(HfPermute, MatchesIndexFormulaAndRotateHalfRope) {
   // HF's permute moves row (head h, pair i, element e) = h*hs + 2i + e to h*hs + e*hs/2 + i.
   const int n_heads = 2, hs = 8, in = 3;

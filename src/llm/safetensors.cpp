@@ -1,5 +1,11 @@
 #include "src/llm/safetensors.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -28,24 +34,23 @@ static const char* dtype_name(torch::Dtype d) {
   return nullptr;
 }
 
-SafeTensors safetensors_parse(const std::string& bytes, const std::string& file) {
-  if (bytes.size() < 8)
-    throw_input(file, "", "not a safetensors file: " + std::to_string(bytes.size()) + " bytes, need at least 8");
+static SafeTensors safetensors_parse_bytes(const char* bytes, size_t size, const std::string& file) {
+  if (size < 8) throw_input(file, "", "not a safetensors file: " + std::to_string(size) + " bytes, need at least 8");
   uint64_t n = 0;
   for (int i = 7; i >= 0; i--) n = (n << 8) | (uint8_t)bytes[i];  // little-endian
-  if (n > bytes.size() - 8)
-    throw_input(file, "", "header length " + std::to_string(n) + " exceeds the file (" +
-                              std::to_string(bytes.size()) + " bytes): truncated or not safetensors");
+  if (n > size - 8)
+    throw_input(file, "", "header length " + std::to_string(n) + " exceeds the file (" + std::to_string(size) +
+                              " bytes): truncated or not safetensors");
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + (int64_t)n);
+    header = json::parse(bytes + 8, bytes + 8 + n);
   } catch (const json::parse_error& e) {
     throw_input(file, "header", std::string("invalid JSON: ") + e.what());
   }
   if (!header.is_object()) throw_input(file, "header", "expected a JSON object");
 
-  const char* data = bytes.data() + 8 + n;
-  const uint64_t data_size = bytes.size() - 8 - n;
+  const char* data = bytes + 8 + n;
+  const uint64_t data_size = size - 8 - n;
   SafeTensors out;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -93,8 +98,36 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& file)
   return out;
 }
 
+SafeTensors safetensors_parse(const std::string& bytes, const std::string& file) {
+  return safetensors_parse_bytes(bytes.data(), bytes.size(), file);
+}
+
 SafeTensors safetensors_read(const std::string& path) {
-  return safetensors_parse(file_read(path), path);
+  // mmap rather than read: a multi-GB checkpoint is then held once (in the tensors), not
+  // twice (a file buffer plus the tensors).
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw InputError(path + ": cannot open for reading (" + std::strerror(errno) + ")");
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw InputError(path + ": not a regular file");
+  }
+  size_t size = (size_t)st.st_size;
+  if (size == 0) {
+    ::close(fd);
+    return safetensors_parse_bytes("", 0, path);
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) throw RuntimeError(path + ": mmap failed (" + std::strerror(errno) + ")");
+  try {
+    SafeTensors out = safetensors_parse_bytes((const char*)map, size, path);
+    ::munmap(map, size);
+    return out;
+  } catch (...) {
+    ::munmap(map, size);
+    throw;
+  }
 }
 
 std::string safetensors_serialize(const std::map<std::string, torch::Tensor>& tensors,
