@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
     app.add_option("--key-file", key_file,
                    "file holding the cluster key (else $PAC_CLUSTER_KEY_FILE, else $PAC_CLUSTER_KEY)");
     app.add_option("--device-id", device_id, "this device's id in the plan (default: worker-<port>)");
-    app.add_option("--peer-timeout-s", peer_timeout_s, "drop a connected peer silent this long")
+    app.add_option("--peer-timeout-s", peer_timeout_s, "drop a coordinator silent this long")
         ->check(CLI::PositiveNumber);
     app.add_option("--io-timeout-s", io_timeout_s, "limit for each send, frame body and connect attempt")
         ->check(CLI::PositiveNumber);

@@ -162,7 +162,11 @@ void Worker::serve_frames(const std::shared_ptr<Connection>& sc, const HelloInfo
   while (!stop_) {
     std::optional<Frame> got = c.try_recv(kPollSlice);
     if (!got) {
-      if (Clock::now() - last_heard > options_.peer_timeout) {
+      // Only a coordinator must stay audible (it heartbeats on its own thread). A
+      // stream from an upstream worker may rightly be quiet for long (between epochs,
+      // in the data-parallel phase); dropping it would break the next send, and a dead
+      // upstream is reported by the coordinator's own link to it.
+      if (hello.role == "coordinator" && Clock::now() - last_heard > options_.peer_timeout) {
         log("no frame from " + c.peer().str() + " for " + std::to_string(options_.peer_timeout.count() / 1000) +
             " s; closing its connection");
         return;

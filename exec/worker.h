@@ -23,7 +23,7 @@ namespace pac {
 struct WorkerOptions {
   std::string device_id = "worker";
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 lets the OS choose
-  Millis peer_timeout{30000};          // a connected peer silent this long is dropped
+  Millis peer_timeout{30000};          // a coordinator silent this long is dropped
   Millis io_timeout{10000};            // each send, each frame body, each connect attempt
   Millis idle_exit{0};                 // exit when no coordinator came for this long (0: never)
   uint32_t max_payload = kWireDefaultMaxPayload;

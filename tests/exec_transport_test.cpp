@@ -299,6 +299,32 @@ TEST(ExecCoordinator, BusyCoordinatorIsKeptAliveByBackgroundHeartbeats) {
   c.shutdown(false);
 }
 
+TEST(ExecCoordinator, QuietWorkerToWorkerStreamOutlivesThePeerTimeout) {
+  // w1 drops coordinators silent for 600 ms, but the w0 -> w1 stream, quiet for 1.2 s
+  // between two micro-batches (as between epochs), must stay usable.
+  TestWorker w0("w0", kWireDefaultMaxPayload, kKey, 64, Millis(600));
+  TestWorker w1("w1", kWireDefaultMaxPayload, kKey, 64, Millis(600));
+  Coordinator c({{"w0", w0.address()}, {"w1", w1.address()}}, kKey,
+                CoordinatorOptions{"coord", Millis(3000), Millis(100), 5});
+  c.connect_all();
+  c.assign(0, {{"executor", "affine"}, {"stage", 0}, {"scale", 3.0}, {"shift", 0.0},
+               {"next", {{"id", "w1"}, {"address", w1.address()}}}});
+  c.assign(1, {{"executor", "affine"}, {"stage", 1}, {"scale", 1.0}, {"shift", 0.5}});
+  TensorHeader h;
+  h.dims = {1};
+  for (int mb = 0; mb < 2; mb++) {
+    if (mb == 1) std::this_thread::sleep_for(Millis(1200));
+    float x = float(mb + 1);
+    h.micro_batch = uint32_t(mb);
+    c.connection(0).send_tensor(MsgType::Activation, h, &x, 4);
+    TensorView v = tensor_payload_decode(c.wait_from(1, MsgType::Activation, Millis(3000)).payload);
+    float y;
+    std::memcpy(&y, v.data, 4);
+    EXPECT_EQ(y, 3.0f * x + 0.5f) << "micro-batch " << mb;  // closed form 3x + 0.5
+  }
+  c.shutdown(false);
+}
+
 TEST(ExecCoordinator, AffinePipelineOfThreeInProcessWorkers) {
   TestWorker w0("w0"), w1("w1"), w2("w2");
   Coordinator c({{"w0", w0.address()}, {"w1", w1.address()}, {"w2", w2.address()}}, kKey,

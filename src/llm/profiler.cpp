@@ -1,0 +1,485 @@
+#include "src/llm/profiler.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "src/common/error.h"
+#include "src/common/fs.h"
+#include "src/common/progress.h"
+#include "src/core/cost_model.h"
+#include "src/core/profile.h"
+#include "src/llm/model.h"
+#include "src/llm/side_network.h"
+
+namespace pac {
+
+// ---------------------------------------------------------------- FLOP counts
+
+ModelConfig profile_model_resolve(const std::string& ref, const std::string& profiles_dir) {
+  bool is_path = ref.size() > 5 && ref.compare(ref.size() - 5, 5, ".json") == 0;
+  std::string file = path_join(path_join(profiles_dir, "models"), ref + ".json");
+  if (is_path || file_exists(file)) {
+    if (is_path && !file_exists(ref)) throw InputError(ref + ": cannot open the model config (no such file)");
+    return model_config_from_json(JsonIn::load_file(is_path ? ref : file));
+  }
+  std::vector<std::string> presets = llama_config_preset_names();
+  if (std::find(presets.begin(), presets.end(), ref) == presets.end()) {
+    std::string known;
+    for (const std::string& p : presets) known += (known.empty() ? "" : ", ") + p;
+    throw InputError("--model \"" + ref + "\": no model config " + file + " and not a preset (" + known + ")");
+  }
+  LlamaConfig c = llama_config_preset(ref);
+  ModelConfig m;
+  m.name = ref;
+  m.family = "llama";
+  m.decoder_layers = c.n_layers;
+  m.hidden = c.dim;
+  m.heads = c.n_heads;
+  m.kv_heads = c.n_kv_heads;
+  m.ffn = c.hidden_dim;
+  m.vocab = c.vocab_size;
+  m.max_seq = c.max_seq_len;
+  m.tied_embeddings = c.tied_classifier;
+  m.gated_ffn = true;
+  return m;
+}
+
+ModelConfig profile_timed_config(const ModelConfig& m) {
+  ModelConfig t = m;
+  t.family = "llama";
+  t.encoder_layers = 0;
+  t.decoder_layers = m.total_layers();
+  t.gated_ffn = true;  // the runtime's layer is SwiGLU: time and count 3 FFN matrices
+  return t;
+}
+
+ProfileFlops profile_flops(const ModelConfig& timed, int seq_len, int reduction_k) {
+  // Three layers so that layer 1 carries neither the embedding nor the head: its
+  // numbers are one plain block; the head is what layer 2 has on top of it.
+  ModelConfig m = timed;
+  m.decoder_layers = 3;
+  DataSpec data;
+  data.seq_len = seq_len;
+  MethodSpec full;
+  full.kind = "full";
+  MethodSpec pa;
+  pa.kind = "parallel_adapters";
+  pa.reduction_k = reduction_k;
+  ModelCost mf = cost_model_build(m, full, data);
+  ModelCost mp = cost_model_build(m, pa, data);
+  ProfileFlops f;
+  f.layer_fwd = mf.layers[1].fwd_flops;
+  f.layer_bwd = mf.layers[1].bwd_flops;
+  f.head_fwd = mf.layers[2].fwd_flops - mf.layers[1].fwd_flops;
+  f.head_bwd = mf.layers[2].bwd_flops - mf.layers[1].bwd_flops;
+  f.side_fwd = mp.layers[1].side_fwd_flops;
+  f.side_bwd = mp.layers[1].side_bwd_flops;
+  return f;
+}
+
+// ---------------------------------------------------------------- timing
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs prepare() (untimed) + run() (timed) `warmup` times, then `repeats` times, and
+// keeps the median: one slow run (a page fault storm, another process) does not move it.
+static ProfileTiming measure(const std::string& kind, int threads, int mb, double flops, int warmup, int repeats,
+                             const std::function<void()>& prepare, const std::function<void()>& run) {
+  for (int i = 0; i < warmup; i++) {
+    prepare();
+    run();
+  }
+  std::vector<double> ts;
+  for (int i = 0; i < repeats; i++) {
+    prepare();
+    auto t0 = std::chrono::steady_clock::now();
+    run();
+    ts.push_back(seconds_since(t0));
+  }
+  std::sort(ts.begin(), ts.end());
+  ProfileTiming t;
+  t.kind = kind;
+  t.threads = threads;
+  t.micro_batch = mb;
+  t.flops = flops;
+  size_t n = ts.size();
+  t.median_s = n % 2 ? ts[n / 2] : 0.5 * (ts[n / 2 - 1] + ts[n / 2]);
+  t.min_s = ts.front();
+  t.max_s = ts.back();
+  t.repeats = (int)n;
+  return t;
+}
+
+static LlamaConfig llama_config_of(const ModelConfig& m, int seq_len) {
+  LlamaConfig c;
+  c.dim = m.hidden;
+  c.hidden_dim = m.ffn;
+  c.n_layers = 1;  // one block is timed; the others are the same shape
+  c.n_heads = m.heads;
+  c.n_kv_heads = m.kv_heads;
+  c.vocab_size = m.vocab;
+  c.max_seq_len = std::max(m.max_seq, seq_len);
+  c.tied_classifier = m.tied_embeddings;
+  return c;
+}
+
+static const char* kKinds[] = {"layer", "layer_fwd_grad", "layer_bwd", "side", "side_bwd", "embed", "head", "head_bwd"};
+static const int kKindCount = sizeof(kKinds) / sizeof(kKinds[0]);
+
+std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
+  if (o.micro_batches.empty() || o.threads.empty()) throw InputError("pac-profile: no micro-batch sizes or thread counts to time");
+  if (o.repeats < 1 || o.warmup < 0) throw InputError("pac-profile: repeats must be >= 1 and warmup >= 0");
+  ModelConfig timed = profile_timed_config(o.model);
+  ProfileFlops f = profile_flops(timed, o.seq_len, o.reduction_k);
+  LlamaConfig lc = llama_config_of(timed, o.seq_len);
+  llama_config_validate(lc, o.model_file);
+  SideConfig sc = side_config_make(lc, o.reduction_k);
+
+  torch::manual_seed(1);
+  Llama model(lc);
+  model->init_random(1);
+  SideBlock side(sc);
+  // The side block's RoPE tables: same construction as the backbone's with the side
+  // block's head size.
+  LlamaConfig side_rope = lc;
+  side_rope.dim = sc.width;
+  side_rope.n_heads = sc.n_heads;
+  side_rope.n_kv_heads = sc.n_heads;
+  torch::Tensor cos, sin;
+  rope_tables(side_rope, o.seq_len, &cos, &sin);
+
+  const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
+  std::vector<ProfileTiming> out;
+  Progress progress("timing " + o.model.name, (long)(o.threads.size() * o.micro_batches.size() * kKindCount), 2.0);
+  progress.set_quiet(o.quiet);
+  long done = 0;
+  for (int threads : o.threads) {
+    at::set_num_threads(threads);
+    for (int mb : o.micro_batches) {
+      torch::Tensor x = torch::randn({mb, T, d});
+      torch::Tensor xg = x.clone().requires_grad_(true);  // a stage input: its gradient goes upstream
+      torch::Tensor gy = torch::randn({mb, T, d}) * 1e-3;
+      torch::Tensor b = torch::randn({mb, T, d});          // tapped backbone state: frozen, no grad
+      torch::Tensor a = torch::randn({mb, T, r}).requires_grad_(true);
+      torch::Tensor ga = torch::randn({mb, T, r}) * 1e-3;
+      torch::Tensor tokens = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
+      torch::Tensor gl = torch::randn({mb, T, (int64_t)lc.vocab_size}) * 1e-3;
+      torch::Tensor y;  // kept between prepare() and run(); released in the next prepare()
+      auto nothing = [] {};
+      auto report = [&](const ProfileTiming& t) {
+        out.push_back(t);
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "threads %d mb %d %s %.4f s", threads, mb, t.kind.c_str(), t.median_s);
+        progress.update(++done, buf);
+      };
+
+      report(measure("layer", threads, mb, mb * f.layer_fwd, o.warmup, o.repeats, nothing, [&] {
+        torch::NoGradGuard ng;
+        y = model->layer_forward(0, x);
+      }));
+      report(measure("layer_fwd_grad", threads, mb, mb * f.layer_fwd, o.warmup, o.repeats, [&] { y = torch::Tensor(); },
+                     [&] { y = model->layer_forward(0, xg); }));
+      report(measure("layer_bwd", threads, mb, mb * f.layer_bwd, o.warmup, o.repeats,
+                     [&] { y = model->layer_forward(0, xg); }, [&] { y.backward(gy); }));
+      report(measure("side", threads, mb, mb * f.side_fwd, o.warmup, o.repeats, [&] { y = torch::Tensor(); },
+                     [&] { y = side->forward(a + side->down(b), cos, sin); }));
+      report(measure("side_bwd", threads, mb, mb * f.side_bwd, o.warmup, o.repeats,
+                     [&] { y = side->forward(a + side->down(b), cos, sin); }, [&] { y.backward(ga); }));
+      report(measure("embed", threads, mb, 0, o.warmup, o.repeats, nothing, [&] {
+        torch::NoGradGuard ng;
+        y = model->embed(tokens);
+      }));
+      report(measure("head", threads, mb, mb * f.head_fwd, o.warmup, o.repeats, [&] { y = torch::Tensor(); },
+                     [&] { y = model->classify(model->final_norm(xg)); }));
+      report(measure("head_bwd", threads, mb, mb * f.head_bwd, o.warmup, o.repeats,
+                     [&] { y = model->classify(model->final_norm(xg)); }, [&] { y.backward(gl); }));
+      y = torch::Tensor();
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- the profile
+
+json profile_timings_json(const std::vector<ProfileTiming>& timings) {
+  json rows = json::array();
+  for (const ProfileTiming& t : timings) {
+    json r = {{"kind", t.kind}, {"threads", t.threads}, {"micro_batch", t.micro_batch}, {"flops", t.flops},
+              {"median_s", t.median_s}, {"min_s", t.min_s}, {"max_s", t.max_s}, {"repeats", t.repeats}};
+    r["flops_per_s"] = t.flops > 0 ? json(t.rate()) : json(nullptr);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+static std::string utc_now() {
+  std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buf;
+}
+
+json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& timings, const HostFigures& host) {
+  int threads = *std::max_element(o.threads.begin(), o.threads.end());
+  int mb_max = *std::max_element(o.micro_batches.begin(), o.micro_batches.end());
+  DeviceProfile p;
+  p.name = host.name;
+  p.source = "measured by pac-profile on this machine (" + utc_now() + ")";
+  p.peak_flops_fp32 = host.peak_flops_fp32;
+  for (const ProfileTiming& t : timings) {
+    if (t.threads != threads) continue;
+    if (t.kind != "layer" && t.kind != "layer_bwd" && t.kind != "side" && t.kind != "side_bwd") continue;
+    p.eff_flops_by_kind[t.kind + "@" + std::to_string(t.micro_batch)] = t.rate();
+    if (t.micro_batch == mb_max) p.eff_flops_by_kind[t.kind] = t.rate();
+  }
+  if (!p.eff_flops_by_kind.count("layer")) throw RuntimeError("pac-profile: no layer timing at " + std::to_string(threads) + " threads");
+  p.eff_flops["fp32"] = p.eff_flops_by_kind["layer"];
+  p.memory_bytes = host.memory_bytes;
+  p.power_idle_w = host.power_idle_w;
+  p.power_busy_w = host.power_busy_w;
+  p.nic_bandwidth_bps = host.nic_bandwidth_bps;
+  p.nic_latency_s = host.nic_latency_s;
+  p.storage_read_bytes_per_s = host.storage_read_bytes_per_s;
+  p.storage_write_bytes_per_s = host.storage_write_bytes_per_s;
+
+  ModelConfig timed = profile_timed_config(o.model);
+  std::ostringstream notes;
+  notes << "eff_flops_by_kind: cost-model FLOPs / median measured time of one LibTorch layer of " << o.model.name
+        << (o.model.family == "llama" ? "" : " (timed as the llama-style layer of the same hidden/ffn/heads)")
+        << ", seq " << o.seq_len << ", side reduction k " << o.reduction_k << ", " << threads << " thread(s)"
+        << (host.cpu_quota > 0 ? ", CPU quota " + std::to_string(host.cpu_quota).substr(0, 4) + " cores" : ", no CPU quota")
+        << "; 'layer' is the no-grad forward (the frozen backbone), '<kind>' without @ is the rate at micro-batch "
+        << mb_max << ". Power: not measurable here (no RAPL), taken from options. NIC: from options (the testbed sets "
+        << "links with tc). Storage: " << (host.storage_measured ? "measured (fsync'd write, uncached read)" : "from options")
+        << ". Memory: usable = physical (or cgroup limit) minus a reserve.";
+  if (!host.notes.empty()) notes << " " << host.notes;
+
+  json j = device_profile_to_json(p);
+  j["notes"] = notes.str();
+  if (host.memory_total_bytes > 0) j["memory_total_bytes"] = host.memory_total_bytes;
+  j["calibration"] = {{"tool", "pac-profile"},
+                      {"date", utc_now()},
+                      {"model", o.model.name},
+                      {"model_file", o.model_file},
+                      {"timed_as", model_config_to_json(timed)},
+                      {"seq_len", o.seq_len},
+                      {"reduction_k", o.reduction_k},
+                      {"threads", o.threads},
+                      {"profile_threads", threads},
+                      {"micro_batches", o.micro_batches},
+                      {"cpu_quota", host.cpu_quota},
+                      {"warmup", o.warmup},
+                      {"repeats", o.repeats},
+                      {"timings", profile_timings_json(timings)}};
+  // What we write must load: the planner's own loader is the check.
+  device_profile_from_json(JsonIn::from(j, host.name));
+  return j;
+}
+
+// ---------------------------------------------------------------- host figures
+
+void storage_measure(const std::string& dir, long long bytes, double* read_bps, double* write_bps) {
+  std::string path = path_join(dir, ".pac-profile-storage." + std::to_string(getpid()));
+  const size_t chunk = 4 << 20;
+  std::vector<char> buf(chunk);
+  for (size_t i = 0; i < chunk; i++) buf[i] = (char)(i * 2654435761u >> 24);  // not all zeros (no sparse tricks)
+  int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  if (fd < 0) throw RuntimeError("storage measurement: cannot create a file in " + dir + ": " + std::strerror(errno));
+  auto t0 = std::chrono::steady_clock::now();
+  long long left = bytes;
+  bool ok = true;
+  while (left > 0 && ok) {
+    size_t n = (size_t)std::min<long long>(left, (long long)chunk);
+    ok = write(fd, buf.data(), n) == (ssize_t)n;
+    left -= (long long)n;
+  }
+  ok = ok && fsync(fd) == 0;
+  double tw = seconds_since(t0);
+  int err = errno;
+  // Drop the pages so the read comes from the device, as a cache read of an epoch does
+  // for a cache larger than memory.
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+  if (!ok) {
+    unlink(path.c_str());
+    throw RuntimeError("storage measurement: writing " + path + " failed: " + std::strerror(err));
+  }
+  fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw RuntimeError("storage measurement: cannot reopen " + path);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  t0 = std::chrono::steady_clock::now();
+  long long got = 0;
+  ssize_t n;
+  while ((n = read(fd, buf.data(), chunk)) > 0) got += n;
+  double tr = seconds_since(t0);
+  close(fd);
+  unlink(path.c_str());
+  if (got != bytes) throw RuntimeError("storage measurement: read back " + std::to_string(got) + " of " + std::to_string(bytes) + " bytes from " + path);
+  *write_bps = bytes / std::max(tw, 1e-9);
+  *read_bps = bytes / std::max(tr, 1e-9);
+}
+
+static double read_number_file(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  if (!(in >> s) || s == "max") return 0;
+  try {
+    return std::stod(s);
+  } catch (...) {
+    return 0;
+  }
+}
+
+// The process's cgroup path for a v1 controller ("memory") or v2 (""), from /proc/self/cgroup.
+static std::string own_cgroup(const std::string& controller) {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    std::string ctrls = line.substr(a + 1, b - a - 1);
+    bool match = controller.empty() ? line.compare(0, 3, "0::") == 0 : (("," + ctrls + ",").find("," + controller + ",") != std::string::npos);
+    if (match) return line.substr(b + 1);
+  }
+  return "";
+}
+
+void host_memory(double reserve_bytes, double* usable, double* total) {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  std::string unit;
+  *total = 0;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemTotal:") {
+      *total = kb * 1024;
+      break;
+    }
+  }
+  double limit = *total;
+  // A cgroup limit (a testbed device or a container) is the real ceiling when lower.
+  std::string v1 = own_cgroup("memory");
+  double l1 = read_number_file("/sys/fs/cgroup/memory" + v1 + "/memory.limit_in_bytes");
+  double l2 = read_number_file("/sys/fs/cgroup" + own_cgroup("") + "/memory.max");
+  if (l1 > 0 && l1 < limit) limit = l1;
+  if (l2 > 0 && l2 < limit) limit = l2;
+  *usable = std::max(limit - reserve_bytes, limit * 0.5);
+}
+
+double host_peak_flops_fp32(int cores) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  double mhz = 0;
+  std::string flags;
+  while (std::getline(in, line)) {
+    if (mhz == 0 && line.compare(0, 7, "cpu MHz") == 0) mhz = std::atof(line.substr(line.find(':') + 1).c_str());
+    if (flags.empty() && line.compare(0, 5, "flags") == 0) flags = line + " ";
+  }
+  double per_cycle = 8;  // SSE: 4-wide add + 4-wide mul
+  if (flags.find(" avx2 ") != std::string::npos && flags.find(" fma ") != std::string::npos) per_cycle = 32;
+  if (flags.find(" avx512f ") != std::string::npos) per_cycle = 64;
+  return cores * mhz * 1e6 * per_cycle;
+}
+
+// ---------------------------------------------------------------- CPU quota
+
+static bool file_put(const std::string& path, const std::string& text, std::string* why) {
+  int fd = open(path.c_str(), O_WRONLY);
+  if (fd < 0 || write(fd, text.data(), text.size()) != (ssize_t)text.size()) {
+    if (why) *why = "cannot write \"" + text + "\" to " + path + ": " + std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return false;
+  }
+  close(fd);
+  return true;
+}
+
+bool CpuQuota::apply(double cores, std::string* why) {
+  if (geteuid() != 0) {
+    *why = "not root: a CPU quota needs a cgroup";
+    return false;
+  }
+  const long period = 100000;
+  const long quota = std::max(1000L, (long)std::lround(cores * period));
+  std::string pid = std::to_string(getpid());
+  std::string name = "/pac-profile-" + pid;
+  std::ifstream v2("/sys/fs/cgroup/cgroup.controllers");
+  std::string ctrls((std::istreambuf_iterator<char>(v2)), std::istreambuf_iterator<char>());
+  std::istringstream words(ctrls);
+  std::string w;
+  bool v2_cpu = false;
+  while (words >> w) v2_cpu = v2_cpu || w == "cpu";
+  if (v2_cpu) {
+    // cgroup v2: the parent must delegate the cpu controller to its children.
+    std::string own = own_cgroup("");
+    if (own == "/") own = "";
+    parent_dir_ = "/sys/fs/cgroup" + own;
+    file_put(parent_dir_ + "/cgroup.subtree_control", "+cpu", nullptr);
+    dir_ = parent_dir_ + name;
+    if (mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
+      *why = "cannot create cgroup " + dir_ + ": " + std::strerror(errno);
+      dir_.clear();
+      return false;
+    }
+    if (!file_put(dir_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(period), why) ||
+        !file_put(dir_ + "/cgroup.procs", pid, why)) {
+      rmdir(dir_.c_str());
+      dir_.clear();
+      return false;
+    }
+    return true;
+  }
+  // cgroup v1: the cpu controller's own hierarchy.
+  std::string base;
+  for (const char* b : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"}) {
+    if (file_exists(std::string(b) + "/cpu.cfs_quota_us")) {
+      base = b;
+      break;
+    }
+  }
+  if (base.empty()) {
+    *why = "no cgroup cpu controller mounted (neither v2 cpu.max nor v1 cpu.cfs_quota_us under /sys/fs/cgroup)";
+    return false;
+  }
+  std::string own = own_cgroup("cpu");
+  if (own == "/") own = "";
+  parent_dir_ = base + own;
+  dir_ = parent_dir_ + name;
+  if (mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
+    *why = "cannot create cgroup " + dir_ + ": " + std::strerror(errno);
+    dir_.clear();
+    return false;
+  }
+  if (!file_put(dir_ + "/cpu.cfs_period_us", std::to_string(period), why) ||
+      !file_put(dir_ + "/cpu.cfs_quota_us", std::to_string(quota), why) ||
+      !file_put(dir_ + "/cgroup.procs", pid, why)) {
+    rmdir(dir_.c_str());
+    dir_.clear();
+    return false;
+  }
+  return true;
+}
+
+CpuQuota::~CpuQuota() {
+  if (dir_.empty()) return;
+  // Every thread of the process moves with cgroup.procs; then the group is empty.
+  file_put(parent_dir_ + "/cgroup.procs", std::to_string(getpid()), nullptr);
+  rmdir(dir_.c_str());
+}
+
+}  // namespace pac

@@ -1,0 +1,124 @@
+// pac-profile: times the real LibTorch layers of a model config on this machine and
+// turns the times into a calibrated device profile (docs/profiling.md).
+//
+// The conversion is the inverse of the cost model: for each kind of work and micro-batch
+// size mb, rate = mb * (cost-model FLOPs of one sample of that work) / (measured median
+// seconds for mb samples). The planner's stage_time() then divides the same FLOPs by this
+// rate and gets back exactly the measured median, so the profile reproduces the times it
+// came from.
+//
+// This header does not include LibTorch (the tests and the tool include it; only
+// profiler.cpp pulls torch).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "src/common/json_in.h"
+#include "src/core/scenario.h"
+
+namespace pac {
+
+// What is timed and how.
+struct ProfileOptions {
+  ModelConfig model;                   // as read from profiles/models/*.json
+  std::string model_file;              // for messages and the profile's notes
+  int seq_len = 128;                   // tokens per sample
+  int reduction_k = 8;                 // Parallel Adapters' side width = hidden / k
+  std::vector<int> micro_batches = {1, 2, 4, 8};
+  std::vector<int> threads = {1};      // LibTorch intra-op thread counts to time
+  int warmup = 2;                      // untimed runs before each measurement
+  int repeats = 5;                     // timed runs; the median is kept
+  bool quiet = false;                  // no progress lines
+};
+
+// Cost-model FLOPs of one sample (seq_len tokens) of each timed piece of work, taken
+// from cost_model_build() for the timed (llama-equivalent) config: a middle layer's
+// backbone forward and full-fine-tuning backward, its side block's forward/backward
+// (Parallel Adapters, reduction k), and the output head's forward (2 * vocab * d * t).
+struct ProfileFlops {
+  double layer_fwd = 0, layer_bwd = 0;
+  double side_fwd = 0, side_bwd = 0;
+  double head_fwd = 0, head_bwd = 0;
+};
+
+// --model: a .json path, a name in <profiles_dir>/models/, or (when no such file) a
+// LibTorch preset of model.h ("llama-d768-l12", "tiny", ...). InputError naming the
+// reference and what was looked for.
+ModelConfig profile_model_resolve(const std::string& ref, const std::string& profiles_dir);
+
+// The LLaMA-style config that is actually timed for `m`: llama as is; t5/bart become a
+// decoder-only llama layer of the same hidden/ffn/heads/vocab (SwiGLU, RMSNorm, RoPE),
+// because the runtime only has the LLaMA layer (docs/profiling.md).
+ModelConfig profile_timed_config(const ModelConfig& m);
+ProfileFlops profile_flops(const ModelConfig& timed, int seq_len, int reduction_k);
+
+// One measurement: `kind` at `micro_batch` samples with `threads` threads.
+// Kinds: "layer" (backbone layer forward under no-grad: the frozen backbone of Parallel
+// Adapters), "layer_fwd_grad" (the same forward recording autograd: full fine-tuning),
+// "layer_bwd" (its backward, weight + activation gradients), "side", "side_bwd" (one
+// side block incl. its ladder down-projection), "embed" (token lookup, 0 FLOPs),
+// "head", "head_bwd" (final norm + classifier, weight + activation gradients).
+struct ProfileTiming {
+  std::string kind;
+  int threads = 1;
+  int micro_batch = 1;
+  double flops = 0;                    // cost-model FLOPs of the whole micro-batch
+  double median_s = 0, min_s = 0, max_s = 0;
+  int repeats = 0;
+  double rate() const { return median_s > 0 ? flops / median_s : 0; }  // FLOP/s
+};
+
+// Times every kind for every (threads, micro-batch). Prints progress to stderr.
+std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o);
+
+// Host figures that are not timed by profile_time_layers.
+struct HostFigures {
+  std::string name;                    // profile name, e.g. "host-2core"
+  double cpu_quota = 0;                // cores (0 = none applied)
+  double memory_bytes = 0;
+  double memory_total_bytes = 0;
+  double peak_flops_fp32 = 0;          // informational
+  double power_idle_w = 0, power_busy_w = 0;
+  double nic_bandwidth_bps = 0, nic_latency_s = 0;
+  double storage_read_bytes_per_s = 0, storage_write_bytes_per_s = 0;
+  bool storage_measured = false;
+  std::string notes;                   // appended to the generated notes
+};
+
+// The calibrated device profile in the planner's format (docs/profile-format.md):
+// eff_flops_by_kind "<kind>@<mb>" for layer, layer_bwd, side, side_bwd at the largest
+// thread count timed, "<kind>" = the largest micro-batch's rate (fallback for sizes not
+// timed), eff_flops.fp32 = the "layer" fallback. The whole timing table goes under
+// "calibration". The result is checked by loading it through device_profile_from_json.
+json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& timings, const HostFigures& host);
+
+// The raw timing table as JSON rows (what --json prints).
+json profile_timings_json(const std::vector<ProfileTiming>& timings);
+
+// Storage rates for the activation cache: writes `bytes` to a temporary file in `dir`
+// (fsync included), drops it from the page cache and reads it back. RuntimeError naming
+// the folder when it cannot.
+void storage_measure(const std::string& dir, long long bytes, double* read_bytes_per_s, double* write_bytes_per_s);
+
+// Physical memory and what a job may use (MemTotal, or the cgroup memory limit when
+// lower, minus `reserve_bytes` for the OS and runtime).
+void host_memory(double reserve_bytes, double* usable_bytes, double* total_bytes);
+// Datasheet-style fp32 peak of this CPU: cores x MHz x FLOP/cycle (AVX-512 64, AVX2+FMA
+// 32, else 8). Informational only; 0 when /proc/cpuinfo says nothing.
+double host_peak_flops_fp32(int cores);
+
+// A CPU quota for this process (and the threads it starts later): a fresh cgroup with
+// cpu.max (v2) or cpu.cfs_quota_us (v1). apply() returns false and sets `why` when not
+// root or no cpu controller is mounted; the caller decides whether to go on.
+class CpuQuota {
+ public:
+  bool apply(double cores, std::string* why);
+  ~CpuQuota();  // moves the process back and removes the cgroup
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;         // the cgroup we created
+  std::string parent_dir_;  // where the process goes back to
+};
+
+}  // namespace pac

@@ -1,0 +1,261 @@
+// pac-profile: FLOP counts against hand-computed numbers, the produced profile through
+// the planner's loader, the cost model reproducing the measured medians, the CLI's exit
+// codes, and the cgroup CPU quota (skipped where cgroups are not writable).
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "src/common/error.h"
+#include "src/common/fs.h"
+#include "src/core/cost_model.h"
+#include "src/core/profile.h"
+#include "src/llm/profiler.h"
+
+using namespace pac;
+
+// d 32, 4 heads (head size 8), 2 kv heads, ffn 64, vocab 64; three layers so that
+// layer 1 holds neither the embedding nor the head.
+static ModelConfig tiny_model() {
+  ModelConfig m;
+  m.name = "tiny-profile";
+  m.family = "llama";
+  m.decoder_layers = 3;
+  m.hidden = 32;
+  m.heads = 4;
+  m.kv_heads = 2;
+  m.ffn = 64;
+  m.vocab = 64;
+  m.max_seq = 16;
+  m.tied_embeddings = true;
+  m.gated_ffn = true;
+  return m;
+}
+
+static std::string tmp_dir() {
+  std::string d = "/tmp/pac-profiler-test-" + std::to_string(getpid());
+  dir_create(d);
+  return d;
+}
+
+static std::string tool() {
+  const char* d = std::getenv("PAC_BIN_DIR");
+  return std::string(d ? d : PAC_BINARY_DIR "/bin") + "/pac-profile";
+}
+
+// Runs a shell command, returns its exit status; stderr+stdout into *out.
+static int run(const std::string& cmd, std::string* out) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  out->clear();
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out->append(buf, n);
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+TEST(Profiler, FlopsMatchHandCount) {
+  ProfileFlops f = profile_flops(tiny_model(), /*seq_len=*/8, /*k=*/4);
+  // t = 8, d = 32, kv width = 2 heads x 8 = 16, ffn 64.
+  // Attention weights 2*d*d + 2*d*kv = 2048 + 1024 = 3072; SwiGLU 3*d*ffn = 6144.
+  // Forward: 2 FLOPs per weight per token + scores and their product with V 4*t*t*d:
+  //   2*(3072 + 6144)*8 + 4*8*8*32 = 147456 + 8192 = 155648.
+  EXPECT_DOUBLE_EQ(f.layer_fwd, 155648.0);
+  // Full fine-tuning backward: activation + weight gradients = 2 x forward = 311296.
+  EXPECT_DOUBLE_EQ(f.layer_bwd, 311296.0);
+  // Head: 2 * vocab * d * t = 2*64*32*8 = 32768; its backward 2x = 65536.
+  EXPECT_DOUBLE_EQ(f.head_fwd, 32768.0);
+  EXPECT_DOUBLE_EQ(f.head_bwd, 65536.0);
+  // Side block, k = 4: r = 8, side ffn 16, 1 head of size 8. Weights: down d*r = 256,
+  // attention 4*r*r = 256, SwiGLU 3*r*16 = 384, two norms 2*r = 16 -> 912.
+  //   forward 2*912*8 + 4*t*t*r = 14592 + 2048 = 16640; backward 2x = 33280.
+  EXPECT_DOUBLE_EQ(f.side_fwd, 16640.0);
+  EXPECT_DOUBLE_EQ(f.side_bwd, 33280.0);
+}
+
+TEST(Profiler, EncoderDecoderTimedAsLlamaLayer) {
+  ModelConfig t5;
+  t5.name = "t5ish";
+  t5.family = "t5";
+  t5.encoder_layers = 2;
+  t5.decoder_layers = 3;
+  t5.hidden = 32;
+  t5.heads = 4;
+  t5.kv_heads = 4;
+  t5.ffn = 64;
+  t5.vocab = 64;
+  t5.max_seq = 16;
+  ModelConfig t = profile_timed_config(t5);
+  EXPECT_EQ(t.family, "llama");
+  EXPECT_EQ(t.encoder_layers, 0);
+  EXPECT_EQ(t.decoder_layers, 5);  // 2 + 3 layers, one stack
+  EXPECT_TRUE(t.gated_ffn);        // the timed layer is SwiGLU
+  EXPECT_EQ(t.hidden, 32);
+  EXPECT_EQ(t.ffn, 64);
+}
+
+// The main check: a profile written from real timings loads through the planner's
+// loader, and the cost model's predicted time of layer 1 equals the medians it came from.
+TEST(Profiler, ProfileReproducesMeasuredTimes) {
+  ProfileOptions o;
+  o.model = tiny_model();
+  o.model_file = "tiny";
+  o.seq_len = 8;
+  o.reduction_k = 4;
+  o.micro_batches = {1, 2};
+  o.threads = {1};
+  o.warmup = 0;
+  o.repeats = 1;
+  o.quiet = true;
+  std::vector<ProfileTiming> ts = profile_time_layers(o);
+  // 8 kinds x 2 micro-batches x 1 thread count.
+  ASSERT_EQ(ts.size(), 16u);
+  ProfileFlops f = profile_flops(o.model, o.seq_len, o.reduction_k);
+  for (const ProfileTiming& t : ts) {
+    EXPECT_GT(t.median_s, 0) << t.kind;
+    // FLOPs of a micro-batch = micro_batch x per-sample FLOPs (layer_bwd: 311296 per sample).
+    if (t.kind == "layer_bwd") EXPECT_DOUBLE_EQ(t.flops, t.micro_batch * 311296.0);
+    if (t.kind == "embed") EXPECT_EQ(t.flops, 0.0);
+  }
+
+  HostFigures host;
+  host.name = "test-host";
+  host.memory_bytes = 3e9;
+  host.memory_total_bytes = 4e9;
+  host.power_idle_w = 5;
+  host.power_busy_w = 15;
+  host.nic_bandwidth_bps = 1e8;
+  host.nic_latency_s = 2e-4;
+  host.storage_read_bytes_per_s = 3e8;
+  host.storage_write_bytes_per_s = 1e8;
+  json j = profile_build(o, ts, host);
+  std::string file = path_join(tmp_dir(), "test-host.json");
+  file_write_atomic(file, j.dump(2));
+
+  // Load as a scenario would: a path reference resolved by the planner's loader.
+  DeviceProfile p = device_profile_resolve(JsonIn::from(json(file), "test"), "");
+  EXPECT_EQ(p.name, "test-host");
+  EXPECT_EQ(p.memory_bytes, 3e9);
+  EXPECT_EQ(p.nic_bandwidth_bps, 1e8);
+  EXPECT_EQ(p.storage_write_bytes_per_s, 1e8);
+  EXPECT_EQ(p.power_busy_w, 15);
+  // Keys: 4 kinds x (2 micro-batches + the unqualified fallback) = 12.
+  EXPECT_EQ(p.eff_flops_by_kind.size(), 12u);
+
+  auto median = [&](const std::string& kind, int mb) {
+    for (const ProfileTiming& t : ts)
+      if (t.kind == kind && t.micro_batch == mb) return t.median_s;
+    ADD_FAILURE() << "no timing " << kind << "@" << mb;
+    return 0.0;
+  };
+  DataSpec data;
+  data.seq_len = o.seq_len;
+  MethodSpec full;
+  full.kind = "full";
+  MethodSpec pa;
+  pa.kind = "parallel_adapters";
+  pa.reduction_k = o.reduction_k;
+  ModelCost mf = cost_model_build(o.model, full, data);
+  ModelCost mp = cost_model_build(o.model, pa, data);
+  for (int mb : {1, 2}) {
+    // Independent of the profile: the medians measured; predicted = FLOPs / rate.
+    StageTime tf = stage_time(mf, p, "fp32", 1, 2, mb);
+    EXPECT_NEAR(tf.fwd, median("layer", mb), 1e-12 + 1e-9 * median("layer", mb));
+    EXPECT_NEAR(tf.bwd, median("layer_bwd", mb), 1e-12 + 1e-9 * median("layer_bwd", mb));
+    // Parallel Adapters: frozen backbone forward + side forward; backward side only.
+    StageTime tp = stage_time(mp, p, "fp32", 1, 2, mb);
+    double fwd = median("layer", mb) + median("side", mb);
+    EXPECT_NEAR(tp.fwd, fwd, 1e-9 * fwd);
+    EXPECT_NEAR(tp.bwd, median("side_bwd", mb), 1e-9 * median("side_bwd", mb));
+  }
+  // A micro-batch not timed uses the largest timed one's rate: 4 samples take twice mb 2.
+  StageTime t4 = stage_time(mf, p, "fp32", 1, 2, 4);
+  EXPECT_NEAR(t4.fwd, 2 * median("layer", 2), 1e-9 * median("layer", 2));
+  // eff_flops.fp32 is the "layer" fallback.
+  EXPECT_DOUBLE_EQ(p.eff_flops.at("fp32"), p.eff_flops_by_kind.at("layer"));
+}
+
+TEST(Profiler, StorageMeasureWritesAndReadsBack) {
+  double r = 0, w = 0;
+  std::string d = tmp_dir();
+  storage_measure(d, 1 << 20, &r, &w);
+  EXPECT_GT(r, 0);
+  EXPECT_GT(w, 0);
+  // The temporary file is gone.
+  EXPECT_FALSE(file_exists(path_join(d, ".pac-profile-storage." + std::to_string(getpid()))));
+  EXPECT_THROW(storage_measure("/nonexistent-dir-pac", 1 << 20, &r, &w), RuntimeError);
+}
+
+TEST(Profiler, CliWritesLoadableProfile) {
+  std::string d = tmp_dir();
+  std::string model = path_join(d, "tiny.json");
+  file_write_atomic(model, model_config_to_json(tiny_model()).dump());
+  std::string out_file = path_join(d, "cli-host.json");
+  std::string out;
+  int rc = run(tool() + " --model " + model + " --seq 8 --k 4 --micro-batches 1 --threads 1 --warmup 0 --repeats 1"
+                        " --storage-mb 1 --storage-dir " + d + " --name cli-host --power-idle-w 3 --quiet -o " + out_file, &out);
+  ASSERT_EQ(rc, 0) << out;
+  DeviceProfile p = device_profile_resolve(JsonIn::from(json(out_file), "test"), "");
+  EXPECT_EQ(p.name, "cli-host");
+  EXPECT_EQ(p.power_idle_w, 3);
+  // Default busy power: idle + 10 W per core used (1 thread, no quota: all cores).
+  EXPECT_GT(p.power_busy_w, 3);
+  EXPECT_TRUE(p.eff_flops_by_kind.count("layer@1"));
+  EXPECT_TRUE(p.eff_flops_by_kind.count("side_bwd@1"));
+}
+
+TEST(Profiler, CliBadInputExitsTwo) {
+  std::string out;
+  // A missing config file: exit 2, the message names the file.
+  EXPECT_EQ(run(tool() + " --model /nonexistent/model.json --quiet", &out), 2);
+  EXPECT_NE(out.find("/nonexistent/model.json"), std::string::npos) << out;
+  // An unknown model name: exit 2, names it.
+  EXPECT_EQ(run(tool() + " --model no-such-model --quiet", &out), 2);
+  EXPECT_NE(out.find("no-such-model"), std::string::npos) << out;
+  // Invalid options.
+  EXPECT_EQ(run(tool() + " --model stories260K --micro-batches 0", &out), 2);
+  EXPECT_EQ(run(tool() + " --model stories260K --repeats 0", &out), 2);
+  EXPECT_EQ(run(tool() + " --model stories260K --cpu-quota -1", &out), 2);
+  EXPECT_EQ(run(tool() + " --model stories260K --no-such-flag", &out), 2);
+  // k must divide hidden (64): 3 does not.
+  EXPECT_EQ(run(tool() + " --model stories260K --k 3 --quiet", &out), 2);
+  EXPECT_NE(out.find("--k 3"), std::string::npos) << out;
+  // A broken config: the file and the JSON path of the bad field.
+  std::string bad = path_join(tmp_dir(), "bad.json");
+  json m = model_config_to_json(tiny_model());
+  m["heads"] = 5;
+  file_write_atomic(bad, m.dump());
+  EXPECT_EQ(run(tool() + " --model " + bad + " --quiet", &out), 2);
+  EXPECT_NE(out.find("bad.json"), std::string::npos) << out;
+  EXPECT_NE(out.find("heads"), std::string::npos) << out;
+}
+
+// Needs root and a writable cgroup cpu controller (v1 or v2); skipped otherwise.
+TEST(Profiler, CpuQuotaCgroup) {
+  std::string dir;
+  {
+    CpuQuota q;
+    std::string why;
+    if (!q.apply(0.5, &why)) GTEST_SKIP() << "no cgroup CPU quota here: " << why;
+    dir = q.dir();
+    ASSERT_FALSE(dir.empty());
+    std::string quota;
+    if (file_exists(dir + "/cpu.max")) {
+      quota = file_read(dir + "/cpu.max");
+      // 0.5 cores = 50000 us per 100000 us period.
+      EXPECT_EQ(quota.substr(0, 12), "50000 100000");
+    } else {
+      quota = file_read(dir + "/cpu.cfs_quota_us");
+      EXPECT_EQ(std::atol(quota.c_str()), 50000);
+    }
+    // This process is in it.
+    std::string procs = file_read(dir + "/cgroup.procs");
+    EXPECT_NE(("\n" + procs).find("\n" + std::to_string(getpid()) + "\n"), std::string::npos);
+  }
+  // Released: the process moved back and the group is gone.
+  EXPECT_FALSE(file_exists(dir));
+}
