@@ -7,7 +7,7 @@ EDDL, Eco-FL, each with Full / LoRA / Adapters) with the paper's, checks the
 out-of-memory pattern, and writes bench/results/sim_paper.json plus the markdown table
 used in docs/paper-reproduction.md (stdout).
 
-    python3 bench/paper_reproduction.py [--bin build-sim/bin]
+    python3 bench/paper_reproduction.py [--bin BUILD/bin]     (default: $BUILD_DIR/bin, else build/bin)
 """
 import argparse
 import json
@@ -35,7 +35,7 @@ BASELINES = [s + " " + m for s in ["standalone", "eddl", "ecofl"] for m in ["ful
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="build-sim/bin")
+    ap.add_argument("--bin", default=os.path.join(os.environ.get("BUILD_DIR", "build"), "bin"))
     ap.add_argument("--out", default="bench/results/sim_paper.json")
     args = ap.parse_args()
     results = {}

@@ -180,6 +180,7 @@ struct GraphBuilder {
       Task t = tasks[i];
       t.id = rank[i];
       for (int& d : t.deps) d = rank[d];
+      for (int& d : t.prev_deps) d = rank[d];
       std::sort(t.deps.begin(), t.deps.end());
       if (t.mem_free_task >= 0) t.mem_free_task = rank[t.mem_free_task];
       g.tasks.push_back(t);
@@ -259,6 +260,12 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       }
       for (int m = M - warm; m < M; m++) seq.push_back(B[j][k][m]);
       for (size_t q = 1; q < seq.size(); q++) gb.dep(seq[q], seq[q - 1]);
+      // Asynchronous (no flush): 1F1B continues across mini-batches, so forward m of the
+      // next iteration waits only for backward M+m-warm-1 of this one; that keeps the
+      // stage at warm+1 micro-batches in flight, the memory the planner charges.
+      if (lay.async) {
+        for (int m = 0; m <= warm && m < M; m++) gb.tasks[F[j][k][m]].prev_deps.push_back(B[j][k][std::max(0, M + m - warm - 1)]);
+      }
     }
   }
   // Messages between adjacent groups, split by both sides' shares.

@@ -68,6 +68,9 @@ void sim_check_plan(const Plan& plan, const std::string& file) {
       for (int d : t.deps)
         if (d < 0 || d >= static_cast<int>(ti))
           bad("dependency " + std::to_string(d) + " must name an earlier task (tasks are topologically ordered)");
+      for (int d : t.prev_deps)
+        if (d < 0 || d >= static_cast<int>(tasks.size()))
+          bad("previous-iteration dependency " + std::to_string(d) + " is not a task of this graph");
       if (t.mem_free_task < -1 || t.mem_free_task >= static_cast<int>(tasks.size()))
         bad("mem_free_task " + std::to_string(t.mem_free_task) + " is not a task of this graph");
       if (!(t.seconds >= 0) || !(t.bytes >= 0) || !(t.mem_alloc_bytes >= 0))
@@ -149,12 +152,13 @@ class Engine {
   double seg_start_ = 0;
   std::vector<int64_t> slot_iter_;            // iteration a slot holds (-1: free)
   std::vector<int> slot_done_;                // tasks finished per slot
-  std::vector<int> own_left_;                 // [slot * n + d]: d's tasks of that iteration not done
   std::vector<int> own_total_;                // per device: its tasks in one iteration
+  std::vector<int> psucc_begin_, psucc_list_; // overlap: tasks of the next iteration gated on a task (CSR)
+  std::vector<char> inst_done_;               // per instance: finished
   std::vector<int> dev_task_begin_, dev_task_list_;  // tasks of each device (CSR)
   std::vector<int> succ_begin_, succ_list_;   // successors (CSR)
   std::vector<int> free_begin_, free_list_;   // allocations freed when a task ends (CSR)
-  std::vector<int> deps_left_;                // per instance; +1 while gated (overlap)
+  std::vector<int> deps_left_;                // per instance; + previous-iteration gates (overlap)
   std::vector<char> alloc_live_;
   std::vector<int> coll_step_, coll_pending_;
   std::vector<int> scratch_flows_;
@@ -168,6 +172,14 @@ class Engine {
     std::push_heap(heap_.begin(), heap_.end(), EventLater());
   }
   const Task& task_of(int inst) const { return (*tasks_)[inst % nt_]; }
+  // Engines take the ready instance of the oldest iteration first, then the lowest id.
+  struct LaterInstance {
+    const Engine* e;
+    bool operator()(int a, int b) const {
+      int64_t ia = e->slot_iter_[a / e->nt_], ib = e->slot_iter_[b / e->nt_];
+      return ia != ib ? ia > ib : a % e->nt_ > b % e->nt_;
+    }
+  };
   int64_t iter_of(int inst) const { return slot_iter_[inst / nt_]; }
   void segment_prepare(int si);
   void segment_close();
@@ -299,6 +311,21 @@ void Engine::segment_prepare(int si) {
     if (t.mem_free_task >= 0) free_list_[fill_f[t.mem_free_task]++] = t.id;
     dev_task_list_[fill_d[t.device]++] = t.id;
   }
+  // Overlap: task u of iteration j+1 waits for task u and u's prev_deps of iteration j.
+  psucc_begin_.assign(nt + 1, 0);
+  psucc_list_.clear();
+  if (seg_->overlap) {
+    std::vector<std::vector<int>> ps(nt);
+    for (const Task& t : tasks) {
+      ps[t.id].push_back(t.id);
+      for (int p : t.prev_deps)
+        if (std::find(ps[p].begin(), ps[p].end(), t.id) == ps[p].end()) ps[p].push_back(t.id);
+    }
+    for (int i = 0; i < nt; i++) {
+      psucc_begin_[i + 1] = psucc_begin_[i] + static_cast<int>(ps[i].size());
+      psucc_list_.insert(psucc_list_.end(), ps[i].begin(), ps[i].end());
+    }
+  }
   own_total_.assign(n_, 0);
   for (int d = 0; d < n_; d++) own_total_[d] = dev_task_begin_[d + 1] - dev_task_begin_[d];
   // An overlapping (asynchronous) segment may have several iterations in flight; n + 1
@@ -312,7 +339,7 @@ void Engine::segment_prepare(int si) {
   coll_pending_.assign(ni, 0);
   slot_iter_.assign(slots_, -1);
   slot_done_.assign(slots_, 0);
-  own_left_.assign(static_cast<size_t>(slots_) * n_, 0);
+  inst_done_.assign(ni, 0);
   iter_ = next_iter_ = 0;
   seg_start_ = now_;
   for (int d = 0; d < n_; d++) {
@@ -345,19 +372,12 @@ void Engine::segment_close() {
 }
 
 // Starts every iteration that may start now. Without overlap: the next one once the
-// previous is complete (the barrier). With overlap: the next one as soon as one device
-// has done all its own tasks of the previous (its tasks are gated per device, see
-// iteration_begin), within the in-flight limit.
+// previous is complete (the barrier). With overlap: any within the in-flight limit; its
+// tasks are gated on the previous iteration's (see iteration_begin).
 void Engine::iterations_try_start() {
   while (!failed_ && next_iter_ < seg_->repeat && next_iter_ - iter_ < slots_) {
     int64_t j = next_iter_;
-    if (j > iter_) {
-      if (!seg_->overlap) return;
-      int kp = static_cast<int>((j - 1) % slots_);
-      bool any = false;
-      for (int d = 0; d < n_ && !any; d++) any = own_total_[d] > 0 && own_left_[kp * n_ + d] == 0;
-      if (!any) return;
-    }
+    if (j > iter_ && !seg_->overlap) return;
     iteration_begin(j);
   }
 }
@@ -372,17 +392,22 @@ void Engine::iteration_begin(int64_t j) {
   const int k = static_cast<int>(j % slots_);
   slot_iter_[k] = j;
   slot_done_[k] = 0;
-  for (int d = 0; d < n_; d++) own_left_[k * n_ + d] = own_total_[d];
-  // With overlap, a device's tasks wait (one extra dependency) until the device has done
-  // its own tasks of the previous iteration, if that one is still running.
+  // With overlap, a task also waits for itself and its prev_deps in the previous
+  // iteration, if that one is still running (one extra dependency per unfinished one).
   const bool gated = seg_->overlap && j > iter_;
-  const int kp = gated ? static_cast<int>((j - 1) % slots_) : 0;
+  const int basep = gated ? static_cast<int>((j - 1) % slots_) * nt_ : 0;
   const auto& tasks = *tasks_;
   const int base = k * nt_;
   for (int i = 0; i < nt_; i++) {
-    int gate = gated && own_left_[kp * n_ + tasks[i].device] > 0 ? 1 : 0;
-    deps_left_[base + i] = static_cast<int>(tasks[i].deps.size()) + gate;
+    deps_left_[base + i] = static_cast<int>(tasks[i].deps.size());
     alloc_live_[base + i] = 0;
+    inst_done_[base + i] = 0;
+  }
+  if (gated) {
+    for (int p = 0; p < nt_; p++) {
+      if (inst_done_[basep + p]) continue;
+      for (int f = psucc_begin_[p]; f < psucc_begin_[p + 1]; f++) deps_left_[base + psucc_list_[f]]++;
+    }
   }
   for (int i = 0; i < nt_ && !failed_; i++)
     if (deps_left_[base + i] == 0) task_ready(base + i);
@@ -409,12 +434,12 @@ void Engine::task_ready(int t) {
   if (kind_is_compute(task.kind)) {
     auto& q = dev_[task.device].compute_queue;
     q.push_back(t);
-    std::push_heap(q.begin(), q.end(), std::greater<int>());
+    std::push_heap(q.begin(), q.end(), LaterInstance{this});
     dispatch_mark(task.device);
   } else if (kind_is_storage(task.kind)) {
     auto& q = dev_[task.device].storage_queue;
     q.push_back(t);
-    std::push_heap(q.begin(), q.end(), std::greater<int>());
+    std::push_heap(q.begin(), q.end(), LaterInstance{this});
     dispatch_mark(task.device);
   } else {
     task_start(t);  // the NIC takes any number of flows at once
@@ -425,7 +450,7 @@ void Engine::engine_dispatch(int d, bool storage) {
   DevState& ds = dev_[d];
   auto& q = storage ? ds.storage_queue : ds.compute_queue;
   if (q.empty()) return;
-  std::pop_heap(q.begin(), q.end(), std::greater<int>());
+  std::pop_heap(q.begin(), q.end(), LaterInstance{this});
   int t = q.back();
   q.pop_back();
   if (storage) {
@@ -584,17 +609,17 @@ void Engine::task_finish(int t) {
   if (failed_) return;
   if (kind_is_compute(task.kind) || kind_is_storage(task.kind)) dispatch_mark(d);
   slot_done_[k]++;
-  if (--own_left_[k * n_ + d] == 0 && seg_->overlap) {
-    // The device is done with this iteration: its tasks of the next one may go.
+  inst_done_[t] = 1;
+  if (seg_->overlap) {
+    // Tasks of the next iteration gated on this one (if it has started; otherwise
+    // iteration_begin sees this one done).
     const int64_t j = slot_iter_[k];
     if (j + 1 < next_iter_) {
       const int base2 = static_cast<int>((j + 1) % slots_) * nt_;
-      for (int f = dev_task_begin_[d]; f < dev_task_begin_[d + 1] && !failed_; f++) {
-        int s = base2 + dev_task_list_[f];
+      for (int f = psucc_begin_[task.id]; f < psucc_begin_[task.id + 1] && !failed_; f++) {
+        int s = base2 + psucc_list_[f];
         if (--deps_left_[s] == 0) task_ready(s);
       }
-    } else {
-      iterations_try_start();
     }
   }
   if (failed_) return;

@@ -459,8 +459,9 @@ TEST(SimEngine, SameInputSameResult) {
 // docs/simulator.md, over all `R` iterations of the segment at once. An idle compute
 // engine takes the ready task with the lowest id; a task instance (j, t) is ready when its
 // dependencies in iteration j have finished and, without overlap, all of iteration j-1
-// has finished (the barrier), or, with overlap, its device has finished all its own tasks
-// of iteration j-1 and j is within n+1 of the oldest unfinished iteration. Integer
+// has finished (the barrier), or, with overlap, the same task and its prev_deps of
+// iteration j-1 have finished and j is within n+1 of the oldest unfinished iteration;
+// among ready tasks the oldest iteration, then the lowest id, goes first. Integer
 // durations, many of them 0, make ties common.
 static std::vector<std::vector<double>> reference_starts(const Plan& plan, double* makespan) {
   const Segment& seg = plan.segments[0];
@@ -479,8 +480,9 @@ static std::vector<std::vector<double>> reference_starts(const Plan& plan, doubl
       if (!fin[j][d]) return false;
     if (j == 0) return true;
     if (!seg.overlap) return iter_done(j - 1);
-    for (int u = 0; u < nt; u++)
-      if (tasks[u].device == tasks[t].device && !fin[j - 1][u]) return false;
+    if (!fin[j - 1][t]) return false;
+    for (int u : tasks[t].prev_deps)
+      if (!fin[j - 1][u]) return false;
     int oldest = 0;
     while (oldest < R && iter_done(oldest)) oldest++;
     return j < oldest + n + 1;
@@ -558,6 +560,10 @@ static void reference_check(bool overlap, int trials, unsigned seed) {
       int dev = static_cast<int>(rng() % n);
       if (rng() % 4 == 0) pb.send(dev, static_cast<int>(rng() % n), 0, deps);
       else pb.compute(TaskKind::Forward, dev, static_cast<double>(rng() % 4), deps);
+      // Previous-iteration dependencies on any task, later ones included.
+      if (overlap)
+        for (int u = 0; u < nt; u++)
+          if (rng() % 8 == 0) pb.plan.segments[0].graph.tasks[t].prev_deps.push_back(u);
     }
     double ref_makespan = 0;
     std::vector<std::vector<double>> ref = reference_starts(pb.plan, &ref_makespan);
@@ -592,6 +598,24 @@ TEST(SimEngine, OverlappingIterationsPipelineWithoutABarrier) {
     EXPECT_EQ(r.tasks, 15);
     // d1 waits only for the first hand-over: bubble 1 s with overlap, 5 x 1 s without.
     EXPECT_DOUBLE_EQ(r.devices[1].bubble_s, overlap ? 1 : 5);
+  }
+}
+
+TEST(SimEngine, PrevDepsBoundHowFarAnOverlappedStageRunsAhead) {
+  // d0 computes 1 s and hands over to d1, which computes 3 s; 4 iterations. Overlap
+  // alone: d0 runs ahead, 1 + 4 x 3 = 13 s. With d0's task depending on d1's task of
+  // the previous iteration (one item in flight), the two serialise: 4 x (1 + 3) = 16 s.
+  for (bool bounded : {false, true}) {
+    SimPlanBuilder pb(2);
+    pb.seg("async", 1, 1, 4);
+    pb.plan.segments[0].overlap = true;
+    int f = pb.compute(TaskKind::Forward, 0, 1.0, {});
+    int s = pb.send(0, 1, 0, {f});
+    int g = pb.compute(TaskKind::Forward, 1, 3.0, {s});
+    if (bounded) pb.plan.segments[0].graph.tasks[f].prev_deps = {g};
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_DOUBLE_EQ(r.makespan_s, bounded ? 16 : 13);
   }
 }
 

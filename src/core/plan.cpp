@@ -48,13 +48,14 @@ static json task_to_json(const Task& t) {
     j["mem_free_task"] = t.mem_free_task;
   }
   j["deps"] = t.deps;
+  if (!t.prev_deps.empty()) j["prev_deps"] = t.prev_deps;
   if (!t.label.empty()) j["label"] = t.label;
   return j;
 }
 
 static Task task_from_json(const JsonIn& j) {
   j.check_keys({"id", "kind", "device", "peer", "group", "stage", "micro_batch", "layer_begin", "layer_end", "samples",
-                "flops", "seconds", "bytes", "mem_alloc_bytes", "mem_free_task", "deps", "label"});
+                "flops", "seconds", "bytes", "mem_alloc_bytes", "mem_free_task", "deps", "prev_deps", "label"});
   Task t;
   t.id = (int)j.integer("id", 0);
   try {
@@ -79,6 +80,9 @@ static Task task_from_json(const JsonIn& j) {
   t.mem_alloc_bytes = j.number_or("mem_alloc_bytes", 0, 0);
   t.mem_free_task = (int)j.integer_or("mem_free_task", -1, -1);
   for (const JsonIn& x : j.at("deps").items()) t.deps.push_back((int)x.as_int(0));
+  if (auto pd = j.find("prev_deps")) {
+    for (const JsonIn& x : pd->items()) t.prev_deps.push_back((int)x.as_int(0));
+  }
   t.label = j.string_or("label", "");
   return t;
 }
@@ -279,6 +283,13 @@ void plan_validate(const Plan& p, const std::string& file) {
         if (dep < 0 || dep >= (int)tasks.size())
           fail(tw + ".deps", task_where(seg, t) + ": depends on task " + std::to_string(dep) + " which does not exist");
         boost::add_edge(dep, ti, g);
+      }
+      for (int dep : t.prev_deps) {
+        if (dep < 0 || dep >= (int)tasks.size())
+          fail(tw + ".prev_deps", task_where(seg, t) + ": depends on previous-iteration task " + std::to_string(dep) +
+                                      " which does not exist");
+        if (!seg.overlap)
+          fail(tw + ".prev_deps", task_where(seg, t) + ": prev_deps need an overlapped segment (overlap: true)");
       }
     }
     // Acyclic: Boost.Graph's topological sort throws not_a_dag on a cycle. Then make

@@ -42,6 +42,12 @@ struct Task {
   double mem_alloc_bytes = 0;       // held from this task's start ...
   int mem_free_task = -1;           // ... until that task ends (-1: until the task itself ends)
   std::vector<int> deps;            // task ids that must finish first
+  // Overlapped segments only: task ids of the PREVIOUS iteration that must finish
+  // first (besides this same task of the previous iteration, which always must). The
+  // asynchronous pipeline uses it to bound the micro-batches a stage holds (1F1B across
+  // mini-batches: forward g waits for backward g-w-1 even when that one belongs to the
+  // previous mini-batch).
+  std::vector<int> prev_deps;
   std::string label;                // "F s1 mb3", for traces
 };
 
@@ -56,8 +62,11 @@ struct Segment {
   int epoch_first = 1, epoch_last = 1;  // 1-based, inclusive; repeat counts all of them
   int64_t repeat = 1;               // iterations in the segment
   std::vector<double> resident_bytes;   // per device: weights, grads, optimizer state, cache buffers
-  // true: no barrier between iterations; a device starts iteration i+1's tasks as soon as
-  // its own tasks of iteration i are done (asynchronous PipeDream-style pipeline, Eco-FL).
+  // true: no barrier between iterations (asynchronous PipeDream-style pipeline, Eco-FL).
+  // Task t of iteration i+1 may start once its deps of iteration i+1 are done, task t
+  // of iteration i is done (per-task order) and its prev_deps of iteration i are done;
+  // at most n+1 iterations are in flight. Engines take ready tasks oldest iteration
+  // first, then lowest id.
   bool overlap = false;
   TaskGraph graph;
 };
