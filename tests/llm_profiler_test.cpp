@@ -78,17 +78,10 @@ TEST(Profiler, FlopsMatchHandCount) {
 }
 
 TEST(Profiler, EncoderDecoderTimedAsLlamaLayer) {
-  ModelConfig t5;
-  t5.name = "t5ish";
+  ModelConfig t5 = tiny_model();
   t5.family = "t5";
   t5.encoder_layers = 2;
-  t5.decoder_layers = 3;
-  t5.hidden = 32;
-  t5.heads = 4;
-  t5.kv_heads = 4;
-  t5.ffn = 64;
-  t5.vocab = 64;
-  t5.max_seq = 16;
+  t5.gated_ffn = false;
   ModelConfig t = profile_timed_config(t5);
   EXPECT_EQ(t.family, "llama");
   EXPECT_EQ(t.encoder_layers, 0);

@@ -115,7 +115,9 @@ int main(int argc, char** argv) {
                      host.storage_write_bytes_per_s / 1e6, host.storage_read_bytes_per_s / 1e6);
     }
 
+    host.load_before = host_load_average();
     std::vector<ProfileTiming> timings = profile_time_layers(o);
+    host.load_after = host_load_average();
     json profile = profile_build(o, timings, host);
     if (!output.empty()) {
       file_write_atomic(output, profile.dump(2) + "\n");

@@ -283,6 +283,8 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"profile_threads", threads},
                       {"micro_batches", o.micro_batches},
                       {"cpu_quota", host.cpu_quota},
+                      {"load_average_before", host.load_before},
+                      {"load_average_after", host.load_after},
                       {"warmup", o.warmup},
                       {"repeats", o.repeats},
                       {"timings", profile_timings_json(timings)}};
@@ -379,6 +381,13 @@ void host_memory(double reserve_bytes, double* usable, double* total) {
   if (l1 > 0 && l1 < limit) limit = l1;
   if (l2 > 0 && l2 < limit) limit = l2;
   *usable = std::max(limit - reserve_bytes, limit * 0.5);
+}
+
+double host_load_average() {
+  std::ifstream in("/proc/loadavg");
+  double l = -1;
+  if (!(in >> l)) return -1;
+  return l;
 }
 
 double host_peak_flops_fp32(int cores) {

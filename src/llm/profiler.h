@@ -82,6 +82,9 @@ struct HostFigures {
   double nic_bandwidth_bps = 0, nic_latency_s = 0;
   double storage_read_bytes_per_s = 0, storage_write_bytes_per_s = 0;
   bool storage_measured = false;
+  // 1-minute load average before and after timing (/proc/loadavg): on a shared machine
+  // it says how much the numbers were disturbed. -1 = unknown.
+  double load_before = -1, load_after = -1;
   std::string notes;                   // appended to the generated notes
 };
 
@@ -103,6 +106,8 @@ void storage_measure(const std::string& dir, long long bytes, double* read_bytes
 // Physical memory and what a job may use (MemTotal, or the cgroup memory limit when
 // lower, minus `reserve_bytes` for the OS and runtime).
 void host_memory(double reserve_bytes, double* usable_bytes, double* total_bytes);
+// The 1-minute load average, -1 when /proc/loadavg is unreadable.
+double host_load_average();
 // Datasheet-style fp32 peak of this CPU: cores x MHz x FLOP/cycle (AVX-512 64, AVX2+FMA
 // 32, else 8). Informational only; 0 when /proc/cpuinfo says nothing.
 double host_peak_flops_fp32(int cores);
