@@ -167,9 +167,11 @@ json Coordinator::assign(int w, const json& fragment) {
   return frame_json(f, links_[w]->conn->peer());
 }
 
-json Coordinator::run_step(int w, const json& step) {
+json Coordinator::run_step(int w, const json& step) { return run_step(w, step, options_.timeout); }
+
+json Coordinator::run_step(int w, const json& step, Millis wait) {
   links_[w]->conn->send_json(MsgType::Start, step);
-  Frame f = wait_from(w, MsgType::Result, options_.timeout);
+  Frame f = wait_from(w, MsgType::Result, wait);
   return frame_json(f, links_[w]->conn->peer());
 }
 

@@ -52,8 +52,10 @@ class Coordinator {
   // Sends an Assign and waits for its AssignAck; an Error reply is a RuntimeError
   // naming the worker.
   json assign(int w, const json& fragment);
-  // Sends a Start and waits for its Result.
+  // Sends a Start and waits up to `wait` for its Result (default: options.timeout). A
+  // step may take long; liveness meanwhile is the heartbeats' job, not this wait's.
   json run_step(int w, const json& step);
+  json run_step(int w, const json& step, Millis wait);
 
   // The next frame from any worker (heartbeat acks are consumed here), waiting at most
   // `wait`. An Error frame from a worker, a lost worker, or a silent worker throws.

@@ -23,7 +23,8 @@ struct TestWorker {
   std::vector<std::string> log_lines;
 
   explicit TestWorker(const std::string& id, uint32_t max_payload = kWireDefaultMaxPayload, ClusterKey key = kKey,
-                      int max_connections = 64, Millis peer_timeout = Millis(5000)) {
+                      int max_connections = 64, Millis peer_timeout = Millis(5000),
+                      ExecutorFactory factory = executor_create_builtin) {
     WorkerOptions o;
     o.device_id = id;
     o.listen = "127.0.0.1:0";
@@ -35,7 +36,7 @@ struct TestWorker {
       std::lock_guard<std::mutex> lk(log_mu);
       log_lines.push_back(l);
     };
-    worker = std::make_unique<Worker>(o, key);
+    worker = std::make_unique<Worker>(o, key, factory);
     worker->start();
     thread = std::thread([this] { worker->serve(); });
   }
@@ -322,6 +323,49 @@ TEST(ExecCoordinator, QuietWorkerToWorkerStreamOutlivesThePeerTimeout) {
     std::memcpy(&y, v.data, 4);
     EXPECT_EQ(y, 3.0f * x + 0.5f) << "micro-batch " << mb;  // closed form 3x + 0.5
   }
+  c.shutdown(false);
+}
+
+// A step that computes for at least `min_ms`: sum of 1..n, repeated until the time
+// has passed. Real work with a closed-form answer, and long enough to outlast the
+// coordinator's heartbeat timeout.
+class LongSumExecutor : public StageExecutor {
+ public:
+  std::string name() const override { return "long-sum"; }
+  json on_assign(const JsonIn& a, WorkerContext& ctx) override { return {{"device", ctx.device_id()}}; }
+  void on_tensor(const PeerName&, MsgType, const TensorView&, uint32_t, WorkerContext&) override {
+    throw InputError("long-sum takes no tensors");
+  }
+  json run_step(const JsonIn& step, WorkerContext&) override {
+    int64_t n = step.integer("n", 1, 1 << 30);
+    int64_t min_ms = step.integer("min_ms", 0, 60000);
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t sum = 0, rounds = 0;
+    do {
+      sum = 0;
+      for (int64_t i = 1; i <= n; i++) sum += i;
+      rounds++;
+    } while (std::chrono::steady_clock::now() - t0 < Millis(min_ms));
+    return {{"sum", sum}, {"rounds", rounds}};
+  }
+};
+
+TEST(ExecCoordinator, HeartbeatsAreAnsweredDuringALongStep) {
+  ExecutorFactory factory = [](const std::string& name) -> std::unique_ptr<StageExecutor> {
+    if (name == "long-sum") return std::make_unique<LongSumExecutor>();
+    return executor_create_builtin(name);
+  };
+  TestWorker w("w", kWireDefaultMaxPayload, kKey, 64, Millis(5000), factory);
+  // Heartbeat timeout 600 ms; the step runs at least 1.5 s. The worker runs steps off
+  // its connection thread, so heartbeats keep being answered.
+  Coordinator c({{"w", w.address()}}, kKey, CoordinatorOptions{"coord", Millis(600), Millis(100), 5});
+  c.connect_all();
+  c.assign(0, {{"executor", "long-sum"}});
+  json r = c.run_step(0, {{"n", 100000}, {"min_ms", 1500}}, Millis(20000));
+  // Closed form: 1 + 2 + ... + n = n (n + 1) / 2 = 5000050000 for n = 100000.
+  EXPECT_EQ(r["sum"].get<int64_t>(), int64_t(5000050000));
+  EXPECT_GE(r["rounds"].get<int64_t>(), 1);
+  EXPECT_GE(w.worker->stats().heartbeats, 5);  // answered while the step ran
   c.shutdown(false);
 }
 
