@@ -150,3 +150,26 @@ TEST(CostModel, CalibratedRatesOverrideTheDtypeRate) {
   p.eff_flops_by_kind["side_bwd"] = 1e10;
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 1e10);
 }
+
+TEST(CostModel, EncoderDecoderWithoutTargetIsSequenceClassification) {
+  // BART-Large on GLUE (no target_len): the decoder runs on the 128 input tokens and the
+  // last layer adds a classification head (dense d x d + bias, out_proj d x 2 + bias) on
+  // one token: 2 x (1024^2 + 3 x 1024 + 2) FLOPs over the previous decoder layer, and no
+  // vocabulary projection. T5 with an 8-token target keeps the tied LM head on the
+  // target: 2 x 32128 x 768 x 8 FLOPs over the previous decoder layer.
+  MethodSpec lora;
+  lora.kind = "lora";
+  DataSpec data;
+  data.seq_len = 128;
+  ModelCost bart = cost_model_build(model_load("bart-large"), lora, data);
+  int L = bart.num_layers();
+  double d = 1024, cls = d * d + 3 * d + 2;
+  EXPECT_NEAR(bart.layers[L - 1].fwd_flops - bart.layers[L - 2].fwd_flops, 2 * cls, 1e-9 * bart.layers[L - 1].fwd_flops);
+  // The head is new, so it trains with every method: LoRA's trainables there gain it.
+  EXPECT_NEAR(bart.layers[L - 1].trainable - bart.layers[L - 2].trainable, cls, 1e-6);
+  data.target_len = 8;
+  ModelCost t5 = cost_model_build(model_load("t5-base"), lora, data);
+  L = t5.num_layers();
+  EXPECT_NEAR(t5.layers[L - 1].fwd_flops - t5.layers[L - 2].fwd_flops, 2.0 * 32128 * 768 * 8,
+              1e-9 * t5.layers[L - 1].fwd_flops);
+}

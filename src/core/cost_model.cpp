@@ -110,6 +110,14 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
   double head = 0;
   double extra = model_extra_params(m, &head);
   double emb = (double)m.vocab * d;
+  // An encoder-decoder task without a target length is sequence classification the
+  // BART way (BartForSequenceClassification, the paper's GLUE setting for BART): the
+  // decoder reads the input sequence and a new, trained head (dense d x d, tanh,
+  // out_proj d x labels) reads the final eos state; the vocabulary projection never
+  // runs. Two labels (MRPC, SST-2, QNLI; STS-B's one output differs by d parameters).
+  // With a target length (T5's text-to-text labels) the LM head runs on the target tokens.
+  const bool cls_head = encdec && data.target_len <= 0;
+  const double cls = d * d + d + d * 2 + 2;
 
   for (int i = 0; i < L; i++) {
     bool dec = i >= m.encoder_layers;
@@ -134,7 +142,11 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
     c.grad_bytes = hidden_msg;
 
     if (i == 0) c.params += extra;
-    if (i == L - 1) {
+    if (i == L - 1 && cls_head) {
+      c.params += cls;
+      c.fwd_flops += 2 * cls;   // one token
+      c.act_bytes += 2 * d * e;  // the eos state and the tanh output
+    } else if (i == L - 1) {
       // Output head on the last layer; a tied head is a copy of layer 0's embedding.
       c.params += m.tied_embeddings ? emb : head;
       if (m.tied_embeddings) mc.tied_head_params = emb;
@@ -150,7 +162,7 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
       double per_attn = rk * (d + d) + rk * (d + kv);  // q and v
       double lora = attn_modules * per_attn;
       if (method.lora_mlp) lora += (m.gated_ffn ? 3 : 2) * rk * (d + f);
-      c.trainable = lora;
+      c.trainable = lora + (i == L - 1 && cls_head ? cls : 0);
       c.params += lora;
       c.fwd_flops += 2 * lora * t;
       // Frozen backbone: activation grads only (~1x forward), plus the LoRA weights'.
@@ -159,7 +171,7 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
     } else if (method.kind == "adapters") {
       double bn = method.adapter_bottleneck;
       double ad = 2 * (2 * d * bn + bn + d);  // two Houlsby adapters per layer
-      c.trainable = ad;
+      c.trainable = ad + (i == L - 1 && cls_head ? cls : 0);
       c.params += ad;
       c.fwd_flops += 2 * (2 * d * bn) * 2 * t;
       c.bwd_flops = c.fwd_flops + 2 * (2 * d * bn) * 2 * t;
@@ -171,7 +183,13 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
       c.trainable = side;
       c.side_fwd_flops = 2 * side * t + 4 * t * t * r;  // scores: 4*t*t*(heads x head size) = 4*t*t*r
       c.side_bwd_flops = 2 * c.side_fwd_flops;
-      if (i == L - 1) {
+      if (i == L - 1 && cls_head) {
+        // The classification head is new, so it trains with the side network (its
+        // forward is charged with the backbone's); a cached epoch reruns it.
+        c.trainable += cls;
+        c.side_bwd_flops += 4 * cls;
+        mc.cached_head_flops = 2 * cls;
+      } else if (i == L - 1) {
         // The loss flows back through the frozen head into Up(a_L): activation grads
         // only; a cached epoch also reruns the head's forward.
         c.side_bwd_flops += 2 * emb * t;
@@ -182,7 +200,7 @@ ModelCost cost_model_build(const ModelConfig& m, const MethodSpec& method, const
       // Held for backward: b_i (input of the side down-projection) and the side block's
       // own activations; nothing of the backbone.
       c.side_act_bytes = t * d * e + act_units(t, t, r, fs, side_heads, m.gated_ffn, 1, 0) * e / 2;
-      if (i == L - 1) c.side_act_bytes += 2 * t * m.vocab * e;
+      if (i == L - 1) c.side_act_bytes += cls_head ? 2 * d * e : 2 * t * m.vocab * e;
       c.act_bytes = c.side_act_bytes;
       c.out_bytes += t * r * e;  // the side state a_i travels with b_i
       c.grad_bytes = t * r * e;  // only the side state's gradient goes back
