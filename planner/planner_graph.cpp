@@ -68,16 +68,31 @@ static std::vector<int> dp_group(const Layout& lay) {
   return g;
 }
 
+// One cached data-parallel iteration in steady state. The segment overlaps iterations
+// (dp_graph): a device reads the next mini-batch's taps as soon as its forward has
+// consumed the current ones (double buffering), so the read overlaps the backward, the
+// gradient all-reduce and the optimizer step; the next forward needs both its taps and
+// the updated weights. Period: the longer of the read loop (forward + read) and the
+// compute loop (forward + backward + all-reduce + optimizer step).
 static double dp_iter_s(const PlanCtx& c, const Layout& lay) {
-  double t = 0, opt = 0;
+  double read_loop = 0, compute = 0, opt = 0;
   const std::string& dtype = c.s->method.dtype;
   for (int d : dp_group(lay)) {
     StageTime st = cached_time(c.mc, c.s->devices[d].profile, dtype, lay.dp_shares[d] * c.batch);
-    // Reading the next step's taps overlaps this step's compute.
-    t = std::max(t, std::max(st.fwd + st.bwd, st.cache_read));
+    read_loop = std::max(read_loop, st.fwd + st.cache_read);
+    compute = std::max(compute, st.fwd + st.bwd);
     opt = std::max(opt, 12 * c.mc.total_trainable / c.rate_side[d]);
   }
-  return t + allreduce_s(c, dp_group(lay), c.mc.total_trainable * c.mc.grad_bytes) + opt;
+  double ar = allreduce_s(c, dp_group(lay), c.mc.total_trainable * c.mc.grad_bytes);
+  return std::max(read_loop, compute + ar + opt);
+}
+
+// The first cached iteration cannot prefetch: its read is charged once per segment.
+static double dp_first_read_s(const PlanCtx& c, const Layout& lay) {
+  double r = 0;
+  for (int d : dp_group(lay))
+    r = std::max(r, cached_time(c.mc, c.s->devices[d].profile, c.s->method.dtype, lay.dp_shares[d] * c.batch).cache_read);
+  return r;
 }
 
 static int64_t iterations(const PlanCtx& c, double batch) {
@@ -119,7 +134,7 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
     r.switch_s = switch_time_s(c, lay);
     r.dp_iter_s = dp_iter_s(c, lay);
     int64_t it = iterations(c, c.batch);
-    for (int e = 1; e < E; e++) r.epoch_s.push_back(it * r.dp_iter_s);
+    for (int e = 1; e < E; e++) r.epoch_s.push_back(it * r.dp_iter_s + (e == 1 ? dp_first_read_s(c, lay) : 0));
     for (int d : dp_group(lay)) {
       double samples = lay.dp_shares[d] * c.batch;
       r.peak_memory[d] = std::max(r.peak_memory[d], cached_memory(c.mc, samples).total());
@@ -412,6 +427,11 @@ static TaskGraph dp_graph(const PlanCtx& c, const Layout& lay) {
     gb.tasks[o].flops = 12 * c.mc.total_trainable;
     gb.tasks[o].seconds = gb.tasks[o].flops / c.rate_side[d];
     gb.dep(o, ar >= 0 ? ar : b);
+    // Overlapped segment (prefetch): the next iteration's read may start once this
+    // forward has consumed its taps (one spare buffer); its forward needs the weights
+    // this optimizer step writes.
+    gb.tasks[r].prev_deps.push_back(f);
+    gb.tasks[f].prev_deps.push_back(o);
   }
   return gb.finish();
 }
@@ -486,6 +506,7 @@ Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strat
       ds.resident_bytes[d] = m.total() - m.activations;
     }
     ds.graph = dp_graph(c, lay);
+    ds.overlap = true;  // synchronous training; only the taps are prefetched (dp_graph)
     p.segments.push_back(ds);
   }
 

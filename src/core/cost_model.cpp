@@ -245,7 +245,10 @@ StageMemory cached_memory(const ModelCost& mc, double samples) {
   m.grads = c.trainable * mc.grad_bytes;
   m.optimizer = c.trainable * mc.optimizer_bytes;
   m.activations = samples * c.side_act_bytes;
-  m.buffers = 2 * samples * c.tap_bytes / mc.cache_value_bytes * mc.weight_bytes;  // read + upcast
+  // Two read buffers (the next step's taps are prefetched while this step computes),
+  // plus an upcast copy when the cache is stored narrower than the compute dtype.
+  m.buffers = 2 * samples * c.tap_bytes;
+  if (mc.cache_value_bytes != mc.weight_bytes) m.buffers += samples * c.tap_bytes / mc.cache_value_bytes * mc.weight_bytes;
   return m;
 }
 
