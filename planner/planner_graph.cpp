@@ -41,21 +41,59 @@ static SwitchFlow switch_flow(const PlanCtx& c, const Layout& lay) {
   return f;
 }
 
+// Each transfer of the switch is cut into this many chunks, sent one after another; a
+// receiver writes a chunk as soon as it has arrived, so network and storage overlap.
+constexpr int kSwitchChunks = 8;
+
+// Bytes each sender ships to each receiver, by content: receiver e needs stage j's taps
+// for its new samples (less what it kept, when e was in stage j); the devices of stage j
+// supply them in proportion to their surplus (what they wrote but do not keep). So e
+// receives exactly f.in[e] and d sends exactly f.out[d].
+static std::vector<std::vector<double>> switch_pairs(const PlanCtx& c, const Layout& lay, const SwitchFlow& f) {
+  std::vector<std::vector<double>> pair(c.n, std::vector<double>(c.n, 0));
+  double N = (double)c.s->data.samples;
+  for (const StagePlan& st : lay.stages) {
+    double tap = cost_range(c.mc, st.layer_begin, st.layer_end).tap_bytes;
+    double supply = 0;
+    for (int d : st.devices) supply += f.out[d];
+    if (supply <= 0) continue;
+    for (int e = 0; e < c.n; e++) {
+      double need = lay.dp_shares[e] * N * tap;
+      for (size_t k = 0; k < st.devices.size(); k++) {
+        if (st.devices[k] == e) need -= std::min(lay.dp_shares[e], st.shares[k]) * N * tap;
+      }
+      if (need <= 0) continue;
+      for (int d : st.devices) {
+        if (d != e) pair[d][e] += need * f.out[d] / supply;
+      }
+    }
+  }
+  return pair;
+}
+
 static double switch_time_s(const PlanCtx& c, const Layout& lay) {
   SwitchFlow f = switch_flow(c, lay);
-  double net = 0, disk = 0, total_in = 0, lat = 0;
+  std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
+  double net = 0, disk = 0, total_in = 0, lat = 0, last_chunk = 0;
+  for (int d = 0; d < c.n; d++) total_in += f.in[d];
   for (int d = 0; d < c.n; d++) {
     net = std::max(net, std::max(f.in[d], f.out[d]) * 8 / c.dev_bw_bps[d]);
     disk = std::max(disk, f.in[d] / c.s->devices[d].profile.storage_write_bytes_per_s);
-    total_in += f.in[d];
     lat = std::max(lat, c.dev_lat_s[d]);
+    for (int e = 0; e < c.n; e++) {
+      double chunk = pair[d][e] / kSwitchChunks;
+      last_chunk = std::max(last_chunk, chunk / c.s->devices[e].profile.storage_write_bytes_per_s);
+    }
   }
   if (c.shared_medium) net = total_in * 8 / c.medium_bps;
+  // Streaming: the network bound plus the write of the last chunk to arrive, or the
+  // storage bound plus the wait for the first chunks.
+  double stream = std::max(net + lat + last_chunk, net / kSwitchChunks + lat + disk);
   std::vector<int> all;
   for (int d = 0; d < c.n; d++) all.push_back(d);
   // Side-network weights: an all-gather moves half of what an all-reduce does.
   double gather = 0.5 * allreduce_s(c, all, c.mc.total_trainable * c.mc.weight_bytes);
-  return std::max(net + lat, disk) + gather;
+  return stream + gather;
 }
 
 // ---- the cached data-parallel phase --------------------------------------------------
@@ -356,32 +394,27 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
   gb.tasks[ag].group = all;
   gb.tasks[ag].bytes = c.mc.total_trainable * c.mc.weight_bytes;
   gb.tasks[ag].seconds = 0.5 * allreduce_s(c, all, gb.tasks[ag].bytes);
-  double total_in = 0;
-  for (double x : f.in) total_in += x;
-  std::vector<std::vector<int>> sends_to(c.n);
+  std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
   for (int d = 0; d < c.n; d++) {
-    if (f.out[d] <= 0 || total_in <= 0) continue;
-    // What d sends is spread over the other receivers in proportion to their needs
-    // (every sender ships all it holds for others; a receiver's total is then close
-    // to, not exactly, its need).
-    double others = total_in - f.in[d];
-    if (others <= 0) continue;
     for (int e = 0; e < c.n; e++) {
-      if (e == d || f.in[e] <= 0) continue;
-      double bytes = f.out[d] * f.in[e] / others;
-      int sd = gb.add(TaskKind::Send, d, "cache " + c.s->devices[d].id + "->" + c.s->devices[e].id);
-      gb.tasks[sd].peer = e;
-      gb.tasks[sd].bytes = bytes;
-      gb.tasks[sd].seconds = send_s(c, d, e, bytes);
-      sends_to[e].push_back(sd);
+      double bytes = pair[d][e] / kSwitchChunks;
+      if (bytes <= 0) continue;
+      std::string pair = c.s->devices[d].id + "->" + c.s->devices[e].id;
+      int prev = -1;
+      for (int k = 0; k < kSwitchChunks; k++) {
+        std::string part = " " + std::to_string(k + 1) + "/" + std::to_string(kSwitchChunks);
+        int sd = gb.add(TaskKind::Send, d, "cache " + pair + part);
+        gb.tasks[sd].peer = e;
+        gb.tasks[sd].bytes = bytes;
+        gb.tasks[sd].seconds = send_s(c, d, e, bytes);
+        gb.dep(sd, prev);
+        int w = gb.add(TaskKind::CacheWrite, e, "cache in " + pair + part);
+        gb.tasks[w].bytes = bytes;
+        gb.tasks[w].seconds = bytes / c.s->devices[e].profile.storage_write_bytes_per_s;
+        gb.dep(w, sd);
+        prev = sd;
+      }
     }
-  }
-  for (int e = 0; e < c.n; e++) {
-    if (f.in[e] <= 0) continue;
-    int w = gb.add(TaskKind::CacheWrite, e, "cache in " + c.s->devices[e].id);
-    gb.tasks[w].bytes = f.in[e];
-    gb.tasks[w].seconds = f.in[e] / c.s->devices[e].profile.storage_write_bytes_per_s;
-    for (int sd : sends_to[e]) gb.dep(w, sd);
   }
   return gb.finish();
 }

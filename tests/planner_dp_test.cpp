@@ -319,7 +319,9 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
   // BART-Large/MRPC under pac: two stages of g0 and g1 devices ([2-6]). A device of stage 0
   // wrote its stage's taps (tap0 per sample) for 1/g0 of every micro-batch and trains 1/8 of the samples afterwards, so it
   // keeps N/8 * tap0 and receives N/8 * tap1 (stage 1's taps); a stage-1 device receives
-  // N/8 * tap0. What is received equals what is sent: sum of in = sum of out.
+  // N/8 * tap0. What is received equals what is sent: sum of in = sum of out. The writes
+  // are per chunk (8 per sender->receiver transfer) and add up to the above; since every
+  // device held more than 1/8 of its own stage's taps, every send crosses the stages.
   Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
   Plan p = plan_make(s, "pac");
   ASSERT_EQ(p.phases[0].stages.size(), 2u);
@@ -333,7 +335,12 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
   std::vector<double> in(8, 0), out(8, 0);
   for (const Task& t : sw.graph.tasks) {
     if (t.kind == TaskKind::CacheWrite) in[t.device] += t.bytes;
-    if (t.kind == TaskKind::Send) out[t.device] += t.bytes;
+    if (t.kind == TaskKind::Send) {
+      out[t.device] += t.bytes;
+      bool from0 = std::find(s0.devices.begin(), s0.devices.end(), t.device) != s0.devices.end();
+      bool to0 = std::find(s0.devices.begin(), s0.devices.end(), t.peer) != s0.devices.end();
+      EXPECT_NE(from0, to0) << t.label;
+    }
   }
   for (int d = 0; d < 8; d++) {
     bool first = std::find(s0.devices.begin(), s0.devices.end(), d) != s0.devices.end();
