@@ -232,8 +232,8 @@ torch::Tensor LlamaImpl::layer_forward(int i, const torch::Tensor& x, int64_t st
   torch::Tensor q = L.wq(h).view({B, T, H, hs});
   torch::Tensor k = L.wk(h).view({B, T, KV, hs});
   torch::Tensor v = L.wv(h).view({B, T, KV, hs});
-  torch::Tensor cos = rope_cos_.slice(0, start_pos, start_pos + T).to(x.dtype());
-  torch::Tensor sin = rope_sin_.slice(0, start_pos, start_pos + T).to(x.dtype());
+  torch::Tensor cos = rope_cos_.slice(0, start_pos, start_pos + T).to(x.device(), x.scalar_type());
+  torch::Tensor sin = rope_sin_.slice(0, start_pos, start_pos + T).to(x.device(), x.scalar_type());
   q = rope_apply(q, cos, sin);
   k = rope_apply(k, cos, sin);
 
