@@ -92,6 +92,11 @@ TEST(Llama2cTokenizer, BadFilesNameTheProblem) {
   std::string e = error_of([&] { tokenizer_load(cut); });
   EXPECT_NE(e.find(cut), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+  // 100 bytes end exactly after token 6 (<0x03>): parses, but lacks the byte tokens.
+  std::string boundary = path_join(dir, "boundary.bin");
+  file_write_atomic(boundary, bytes.substr(0, 100));
+  e = error_of([&] { tokenizer_load(boundary); });
+  EXPECT_NE(e.find("has 7 tokens but no byte token <0x04>"), std::string::npos) << e;
   std::string garbage = path_join(dir, "garbage.bin");
   file_write_atomic(garbage, std::string("\xff\xff\xff\x7f", 4) + "hello");
   e = error_of([&] { tokenizer_load(garbage); });

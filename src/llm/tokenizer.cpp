@@ -91,11 +91,16 @@ class Llama2cTokenizer : public Tokenizer {
     }
     if (pieces_.size() < 3) throw_input(path, "", "needs at least 3 tokens (unk, BOS, EOS), found " + std::to_string(pieces_.size()));
     for (size_t i = 0; i < pieces_.size(); i++) lookup_.emplace(pieces_[i], (int)i);
+    // Byte fallback needs all 256 byte tokens; checking them also catches a file cut
+    // exactly at an entry boundary (which parses cleanly but has too few tokens).
     for (int b = 0; b < 256; b++) {
       char name[8];
       std::snprintf(name, sizeof name, "<0x%02X>", b);
       auto it = lookup_.find(name);
-      byte_ids_[b] = it == lookup_.end() ? -1 : it->second;
+      if (it == lookup_.end())
+        throw_input(path, "", std::string("has ") + std::to_string(pieces_.size()) + " tokens but no byte token " + name +
+                                  " (a llama2.c tokenizer holds <unk>, BOS, EOS and 256 byte tokens; truncated?)");
+      byte_ids_[b] = it->second;
     }
   }
 
@@ -159,14 +164,15 @@ class Llama2cTokenizer : public Tokenizer {
 
  private:
   // A string that is in the vocabulary becomes its id; otherwise its bytes become byte
-  // tokens (run.c uses byte + 3, which is where <0x00>.. sit in LLaMA vocabularies).
+  // tokens (run.c uses byte + 3, which is where <0x00>.. sit in LLaMA vocabularies; we
+  // look the <0xNN> pieces up, so any vocabulary order works).
   void push_piece(const std::string& s, std::vector<int>* tokens) const {
     int id = find(s);
     if (id != -1) {
       tokens->push_back(id);
       return;
     }
-    for (unsigned char c : s) tokens->push_back(byte_ids_[c] >= 0 ? byte_ids_[c] : c + 3);
+    for (unsigned char c : s) tokens->push_back(byte_ids_[c]);
   }
 
   std::vector<std::string> pieces_;
