@@ -42,6 +42,12 @@ static std::string tmp_dir() {
   return d;
 }
 
+// Removes this process's temporary folder after the last test.
+struct TmpCleanup : ::testing::Environment {
+  void TearDown() override { std::system(("rm -rf /tmp/pac-profiler-test-" + std::to_string(getpid())).c_str()); }
+};
+static ::testing::Environment* const tmp_cleanup = ::testing::AddGlobalTestEnvironment(new TmpCleanup);
+
 static std::string tool() {
   const char* d = std::getenv("PAC_BIN_DIR");
   return std::string(d ? d : PAC_BINARY_DIR "/bin") + "/pac-profile";
