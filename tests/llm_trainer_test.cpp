@@ -190,6 +190,10 @@ TEST(LlmTrainer, CliBadInputExits2WithoutOutput) {
   EXPECT_EQ(run_tool(base + " --data " + src_path("data/personal/heldout.txt") + " --cache-dir " + file), 2);
   std::string held = " --data " + src_path("data/personal/heldout.txt");
   EXPECT_EQ(run_tool("--model /nonexistent.bin --tokenizer " + tok + " --out " + out + held), 2);
+  // Cut at an entry boundary: parses cleanly but lacks the byte tokens (once a crash in encode).
+  std::string short_tok = tmp_path("truncated-tok.bin");
+  file_write_atomic(short_tok, file_read(tok).substr(0, 100));
+  EXPECT_EQ(run_tool("--model " + model + " --tokenizer " + short_tok + " --out " + out + held), 2);
   EXPECT_EQ(run_tool(base + held + " --seq-len 100000"), 2);
   EXPECT_FALSE(fs::exists(out));
   // And a good run writes the file and exits 0.
