@@ -116,6 +116,11 @@ int main(int argc, char** argv) {
     }
 
     host.load_before = host_load_average();
+    // Other runnable processes steal the cores and stall multi-threaded barriers: say so
+    // (the profile records the load too).
+    if (host.load_before > hw)
+      std::fprintf(stderr, "pac-profile: warning: load average %.1f on %d cores: other processes will slow the timings\n",
+                   host.load_before, hw);
     std::vector<ProfileTiming> timings = profile_time_layers(o);
     host.load_after = host_load_average();
     json profile = profile_build(o, timings, host);
