@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "exec/pac_executor.h"
 #include "exec/worker.h"
 
 int main(int argc, char** argv) {
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     uint16_t port = 0;
     pac::address_parse(listen, "--listen", &host, &port);
     opt.device_id = device_id;
-    pac::Worker worker(opt, key);
+    pac::Worker worker(opt, key, pac::executor_create_runtime);
     worker.start();
     if (device_id.empty()) {
       // Name it after the port it actually got, so logs of several workers differ.

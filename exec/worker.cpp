@@ -256,18 +256,24 @@ void Worker::handle_control(const std::shared_ptr<Connection>& sc, const Frame& 
       if (step_thread_.joinable()) step_thread_.join();
       step_running_ = true;
       step_thread_ = std::thread([this, sc, ex, doc] {
+        // The step is over before its answer leaves: a coordinator that sends the next
+        // Start the moment it reads this Result must find the worker free.
+        json reply;
+        MsgType type = MsgType::Result;
         try {
-          json r = ex->run_step(doc, *this);
-          sc->send_json(MsgType::Result, r);
+          reply = ex->run_step(doc, *this);
         } catch (const std::exception& e) {
           std::string msg = "device " + options_.device_id + ": step failed: " + e.what();
           log(msg);
-          try {
-            sc->send_json(MsgType::Error, {{"error", msg}, {"device", options_.device_id}});
-          } catch (const std::exception&) {
-          }
+          type = MsgType::Error;
+          reply = {{"error", msg}, {"device", options_.device_id}};
         }
         step_running_ = false;
+        try {
+          sc->send_json(type, reply);
+        } catch (const std::exception& e) {
+          if (type == MsgType::Result) log("device " + options_.device_id + ": cannot send a step result: " + e.what());
+        }
       });
     }
   } catch (const WireError&) {

@@ -1,0 +1,41 @@
+// The coordinator's side of a PAC run (pac-run and the runtime tests): assign every
+// device its part of a phase, drive mini-batches through the pipeline, collect the
+// trained side network. No torch: the workers do the tensor work.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "exec/assignment.h"
+#include "exec/coordinator.h"
+#include "src/llm/dataset.h"
+
+namespace pac {
+
+// A free TCP port on `host` right now (bind to port 0, read it, close). c10d's TCPStore
+// cannot take port 0, so the coordinator picks one for each stage group's store.
+int tcp_free_port(const std::string& host);
+
+// Sends every worker (coordinator index w = scenario device w) its "pac-pipeline"
+// fragment: `settings` (model, seed, side_init, reduction_k, lr, weight_decay, threads,
+// timeout_ms; docs/runtime.md) plus its assignment and, for groups of more than one
+// device, the group's rendezvous store (hosted by the group's rank 0). Devices the
+// phase does not use are skipped. Returns the acks.
+std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>& as, const json& settings);
+
+struct PacStepResult {
+  double loss = 0;        // the mini-batch's masked mean loss (sum of the slices' parts)
+  double max_seconds = 0; // slowest device's step time
+  std::vector<json> results;
+};
+
+// One mini-batch on every assigned device: Start is sent to all of them first (the
+// pipeline needs them all running), then every Result is awaited for at most `wait`.
+PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
+                             const std::vector<const Example*>& batch, Millis wait);
+
+// Asks the first device of every stage to write its trained side tensors to
+// `dir`/side-stage<j>.safetensors; returns those paths in stage order.
+std::vector<std::string> pac_save_parts(Coordinator& c, const std::vector<Assignment>& as, const std::string& dir,
+                                        Millis wait);
+
+}  // namespace pac
