@@ -1,0 +1,298 @@
+// pac-run: the coordinator of a real PAC run (docs/runtime.md, "pac-run").
+//
+//   pac-run plan.json --data train.txt --tokenizer tok.bin [--local] [--model NAME|PATH]
+//           [--out side.safetensors] [--report report.json]
+//
+// Starts one local pac-worker per plan device on 127.0.0.1 (when the plan names no
+// addresses, or with --local), or connects to the addresses in the plan; assigns every
+// device its part of the plan's first phase (pac-pipeline executor), drives the
+// mini-batches in the trainer's data order, then writes the trained side network
+// (safetensors, loadable by pac-generate/pac-train --adapter) and a report JSON.
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include <CLI/CLI.hpp>
+
+#include "exec/pac_driver.h"
+#include "src/common/error.h"
+#include "src/common/fs.h"
+#include "src/common/progress.h"
+#include "src/llm/checkpoint.h"
+#include "src/llm/safetensors.h"
+#include "src/llm/side_network.h"
+#include "src/llm/tokenizer.h"
+#include "src/llm/trainer.h"
+
+extern char** environ;
+
+namespace {
+
+using namespace pac;
+
+// A pac-worker child on 127.0.0.1:<free port>. Its stdout is a pipe we read the
+// "listening on HOST:PORT" line from; stderr (its log) stays ours.
+struct LocalWorker {
+  pid_t pid = -1;
+  int out_fd = -1;
+  std::string id, address;
+  ~LocalWorker() {
+    if (out_fd >= 0) ::close(out_fd);
+    if (pid > 0) {
+      // Normally it exited on Shutdown; a worker still there after 3 s is killed.
+      for (int i = 0; i < 60; i++) {
+        if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+        ::usleep(50000);
+      }
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+void local_spawn(LocalWorker& w, const std::string& exe, const std::string& id) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw RuntimeError("pac-run: cannot create a pipe for worker " + id);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  std::vector<std::string> args = {exe, "--listen", "127.0.0.1:0", "--device-id", id, "--idle-exit-s", "60"};
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(fds[1]);
+  if (rc != 0) {
+    ::close(fds[0]);
+    throw RuntimeError("pac-run: cannot start " + exe + " for device " + id + ": " + std::strerror(rc));
+  }
+  w.pid = pid;
+  w.out_fd = fds[0];
+  w.id = id;
+}
+
+// Reads the child's "pac-worker ID listening on HOST:PORT" line, at most `wait`.
+void local_wait_ready(LocalWorker& w, std::chrono::milliseconds wait) {
+  std::string line;
+  auto deadline = std::chrono::steady_clock::now() + wait;
+  while (line.find('\n') == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      throw PeerError("pac-run: local worker " + w.id + " did not report its address within " +
+                          std::to_string(wait.count()) + " ms",
+                      w.id, true);
+    pollfd p{w.out_fd, POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r <= 0) continue;
+    char buf[256];
+    ssize_t n = ::read(w.out_fd, buf, sizeof buf);
+    if (n <= 0) throw PeerError("pac-run: local worker " + w.id + " exited before listening", w.id, false);
+    line.append(buf, static_cast<size_t>(n));
+  }
+  size_t at = line.find(" on ");
+  if (at == std::string::npos) throw RuntimeError("pac-run: worker " + w.id + " printed an unexpected line: " + line);
+  w.address = line.substr(at + 4, line.find('\n') - at - 4);
+}
+
+std::string exe_dir() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+std::string random_key() {
+  std::random_device rd;
+  std::string k;
+  const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 48; i++) k.push_back(hex[rd() % 16]);
+  return k;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
+  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random";
+  bool local = false, quiet = false;
+  int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0;
+  double lr = 1e-3, wd = 0, timeout_s = 60, eval_fraction = 0.1;
+  uint64_t seed = 42;
+  app.add_option("plan", plan_file, "plan.json from pac-plan")->required();
+  app.add_flag("--local", local, "start the workers here on 127.0.0.1 even when the plan names addresses");
+  app.add_option("--model", model, "checkpoint path or preset (default: the plan's model name)");
+  app.add_option("--tokenizer", tokenizer, "tokenizer.bin (llama2.c) or SentencePiece .model")->required();
+  app.add_option("--data", data, "training data: text (one sample per paragraph) or .jsonl")->required();
+  app.add_option("--eval-fraction", eval_fraction, "held out of --data")->capture_default_str();
+  app.add_option("--epochs", epochs, "default: the plan's epochs");
+  app.add_option("--batch-size", batch, "default: the plan's mini-batch");
+  app.add_option("--seq-len", seq_len, "default: the plan's sequence length");
+  app.add_option("--k", k, "side network reduction factor (default: the plan's)");
+  app.add_option("--side-init", side_init, "random | pruned")->capture_default_str();
+  app.add_option("--lr", lr)->capture_default_str();
+  app.add_option("--weight-decay", wd)->capture_default_str();
+  app.add_option("--seed", seed)->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch threads per worker")->capture_default_str();
+  app.add_option("--max-steps", max_steps, "stop after this many mini-batches (0 = all)")->capture_default_str();
+  app.add_option("--timeout-s", timeout_s, "longest wait for any device")->capture_default_str();
+  app.add_option("--out", out, "trained side network (.safetensors)");
+  app.add_option("--report", report, "report JSON (docs/report-format.md)");
+  app.add_option("--key-file", key_file, "cluster key (default with --local: a fresh random key)");
+  app.add_option("--worker-exe", worker_exe, "pac-worker binary (default: next to pac-run)");
+  app.add_flag("--quiet", quiet, "no progress lines");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  Plan plan = plan_load(plan_file);
+  const Scenario& sc = plan.scenario;
+  if (sc.method.kind != "parallel_adapters")
+    throw InputError(plan_file + ": $.scenario.method.kind: pac-run runs parallel_adapters so far, got \"" +
+                     sc.method.kind + "\"");
+  if (side_init != "random" && side_init != "pruned")
+    throw InputError("--side-init: expected random or pruned, got \"" + side_init + "\"");
+  if (model.empty()) model = sc.model.name;
+  if (epochs <= 0) epochs = sc.epochs;
+  if (batch <= 0) batch = sc.data.mini_batch;
+  if (seq_len <= 0) seq_len = sc.data.seq_len;
+  if (k <= 0) k = sc.method.reduction_k;
+  bool any_address = false;
+  for (auto& d : sc.devices) any_address = any_address || !d.address.empty();
+  local = local || !any_address;
+  std::chrono::milliseconds timeout(static_cast<int64_t>(timeout_s * 1000));
+
+  // Data, tokenized here once; the workers receive each mini-batch's tokens.
+  auto tok = tokenizer_load(tokenizer);
+  DataOptions dopt;
+  dopt.seq_len = seq_len;
+  dopt.bos_id = tok->bos_id();
+  dopt.eos_id = tok->eos_id();
+  std::vector<Example> train, heldout;
+  data_prepare(data, "", eval_fraction, *tok, dopt, seed, &train, &heldout);
+
+  ClusterKey key;
+  std::vector<std::unique_ptr<LocalWorker>> locals;
+  std::vector<WorkerAddress> addrs;
+  if (local) {
+    if (key_file.empty()) {
+      std::string kk = random_key();
+      ::setenv("PAC_CLUSTER_KEY", kk.c_str(), 1);  // the children inherit it
+      ::unsetenv("PAC_CLUSTER_KEY_FILE");
+      key = ClusterKey{kk, "a fresh key for the local workers"};
+    } else {
+      key = cluster_key_load(key_file);
+      ::setenv("PAC_CLUSTER_KEY_FILE", key_file.c_str(), 1);
+    }
+    if (worker_exe.empty()) worker_exe = exe_dir() + "/pac-worker";
+    // Start them all first (each start maps LibTorch, ~1.5 s), then read their ports.
+    for (auto& d : sc.devices) {
+      locals.push_back(std::make_unique<LocalWorker>());
+      local_spawn(*locals.back(), worker_exe, d.id);
+    }
+    for (auto& w : locals) {
+      local_wait_ready(*w, timeout);
+      addrs.push_back({w->id, w->address});
+    }
+  } else {
+    key = cluster_key_load(key_file);
+    for (auto& d : sc.devices) {
+      if (d.address.empty()) throw InputError(plan_file + ": device " + d.id + " has no address (or run with --local)");
+      addrs.push_back({d.id, d.address});
+    }
+  }
+
+  auto t0 = std::chrono::steady_clock::now();
+  Coordinator c(addrs, key, CoordinatorOptions{"pac-run", timeout, std::chrono::milliseconds(500), 50});
+  c.connect_all();
+  std::vector<Assignment> as = assignments_make(plan, 0);
+  json settings = {{"seed", seed}, {"side_init", side_init}, {"reduction_k", k}, {"lr", lr},
+                   {"weight_decay", wd}, {"threads", threads}, {"timeout_ms", timeout.count()}};
+  settings["model"] = model;
+  pac_assign_phase(c, as, settings);
+
+  int64_t n = static_cast<int64_t>(train.size());
+  int64_t nb = (n + batch - 1) / batch;
+  json epochs_json = json::array();
+  int64_t step = 0;
+  bool stop = false;
+  for (int e = 1; e <= epochs && !stop; e++) {
+    auto te = std::chrono::steady_clock::now();
+    std::vector<int64_t> order = epoch_order(n, seed, e);  // the trainer's order
+    Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
+    prog.set_quiet(quiet);
+    for (int64_t b = 0; b < nb; b++) {
+      if (max_steps > 0 && step >= max_steps) {
+        stop = true;
+        break;
+      }
+      std::vector<const Example*> mb;
+      for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
+      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr, mb, timeout);
+      step++;
+      char extra[64];
+      std::snprintf(extra, sizeof extra, "loss %.4f", r.loss);
+      prog.update(b + 1, extra);
+    }
+    epochs_json.push_back(
+        {{"epoch", e}, {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
+  }
+  double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  if (!out.empty()) {
+    // Parts from every stage (written by the workers next to --out), merged into the
+    // trainer's own format so pac-generate / pac-train --adapter load it.
+    std::string dir = std::filesystem::absolute(out).parent_path().string();
+    std::map<std::string, torch::Tensor> all;
+    std::vector<std::string> parts = pac_save_parts(c, as, dir, timeout);
+    for (const std::string& p : parts) {
+      for (auto& kv : safetensors_read(p).tensors) all[kv.first] = kv.second;
+      std::filesystem::remove(p);
+    }
+    Llama shape = llama_open(model, seed);
+    SideConfig scfg = side_config_make(shape->config(), k);
+    std::map<std::string, std::string> meta{{"format", "pac-finetune"},
+                                            {"method", "parallel_adapters"},
+                                            {"backbone.dim", std::to_string(shape->config().dim)},
+                                            {"backbone.n_layers", std::to_string(shape->config().n_layers)},
+                                            {"backbone.vocab_size", std::to_string(shape->config().vocab_size)},
+                                            {"k", std::to_string(k)},
+                                            {"init", side_init}};
+    for (auto& kv : side_config_metadata(scfg)) meta[kv.first] = kv.second;
+    safetensors_write(out, all, meta);
+  }
+  c.shutdown(true);
+
+  if (!report.empty()) {
+    std::string groups = "[";
+    for (size_t s = 0; s < plan.phases[0].stages.size(); s++)
+      groups += (s ? "-" : "") + std::to_string(plan.phases[0].stages[s].devices.size());
+    groups += "]";
+    json devs = json::array();
+    for (auto& a : as) devs.push_back({{"id", a.device_id}, {"used", a.stage >= 0}});
+    json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
+                {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", "parallel_adapters"},
+                {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
+                {"epochs", epochs_json},   {"devices", devs},        {"tasks", step},
+                {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},
+                               {"epoch_s", plan.predicted.epoch_s},
+                               {"peak_memory_bytes", plan.predicted.peak_memory_bytes}}}};
+    file_write_atomic(report, rep.dump(2) + "\n");
+  }
+  if (!quiet) std::fprintf(stderr, "pac-run: %lld steps on %d devices in %.1f s\n", static_cast<long long>(step),
+                           c.worker_count(), total_s);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return pac::run_main("pac-run", [&] { return run(argc, argv); }); }

@@ -1,0 +1,106 @@
+// pac-run end to end as processes: plan -> local pac-worker processes -> trained side
+// network, compared with the single-device trainer on the same data order (stories260K
+// and the shipped personal corpus; skipped with a message when the model is missing).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "planner/planner.h"
+#include "src/llm/checkpoint.h"
+#include "src/llm/safetensors.h"
+#include "src/llm/tokenizer.h"
+#include "src/llm/trainer.h"
+
+using namespace pac;
+
+static std::string bin_dir() {
+  const char* d = std::getenv("PAC_BIN_DIR");
+  return d ? d : std::string(PAC_BINARY_DIR) + "/bin";
+}
+
+static int run_cmd(const std::string& cmd) {
+  int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const std::string kSrc = PAC_SOURCE_DIR;
+
+TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
+  std::string model = model_path("stories260K/stories260K.bin"), tok_path = model_path("stories260K/tok512.bin");
+  if (!std::filesystem::exists(model) || !std::filesystem::exists(tok_path))
+    GTEST_SKIP() << "stories260K not found under " << model_dir() << " (set PAC_MODEL_DIR)";
+  std::string dir = testing::TempDir() + "/exec_runtime_run";
+  std::filesystem::create_directories(dir);
+  // A two-stage pipeline of the two local workers, micro-batches 2: the scenario forces
+  // 2 stages, the plan is the planner's.
+  Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json");
+  s.stages = 2;
+  Plan plan = plan_make(s, "pac");
+  ASSERT_EQ(plan.phases[0].stages.size(), 2u) << "the forced 2-stage plan";
+  plan_save(plan, dir + "/plan.json");
+  std::string data = kSrc + "/data/personal/train.txt";
+  const int steps = 3, batch = 8, seq = 32, k = 4;
+  const double lr = 2e-3;
+  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " +
+                    tok_path + " --data " + data + " --epochs 1 --max-steps 3 --batch-size 8 --seq-len 32 --k 4" +
+                    " --lr 0.002 --seed 5 --timeout-s 30 --out " + dir + "/side.safetensors --report " + dir +
+                    "/report.json 2>" + dir + "/log.txt";
+  ASSERT_EQ(run_cmd(cmd), 0) << cmd;
+
+  // The single-device trainer on the same examples, order and hyper-parameters.
+  auto tok = tokenizer_load(tok_path);
+  DataOptions d;
+  d.seq_len = seq;
+  d.bos_id = tok->bos_id();
+  d.eos_id = tok->eos_id();
+  TrainOptions o;
+  o.method = "parallel_adapters";
+  o.batch_size = batch;
+  o.seq_len = seq;
+  o.lr = lr;
+  o.seed = 5;
+  o.reduction_k = k;
+  o.side_random_init = true;
+  o.epochs = 1;
+  o.max_steps = steps;
+  o.quiet = true;
+  TrainSetup setup;
+  setup.load_backbone = [&] { return llama_load(model); };
+  data_prepare(data, "", 0.1, *tok, d, o.seed, &setup.train, &setup.heldout);
+  Trainer tr(o, setup);
+  tr.train_epoch(1, nullptr);
+
+  SafeTensors got = safetensors_read(dir + "/side.safetensors");
+  EXPECT_EQ(got.metadata["method"], "parallel_adapters");
+  auto ref = tr.side()->state();
+  ASSERT_EQ(got.tensors.size(), ref.size());
+  for (auto& kv : ref) {
+    ASSERT_TRUE(got.tensors.count(kv.first)) << kv.first;
+    double rel = (got.tensors[kv.first] - kv.second).norm().item<double>() / std::max(1e-12, kv.second.norm().item<double>());
+    EXPECT_LE(rel, 1e-4) << kv.first;
+  }
+  // The file is a valid fine-tuning result for the backbone (the trainer's loader).
+  Llama m = llama_load(model);
+  SideNetwork side{nullptr};
+  EXPECT_EQ(adapter_load(dir + "/side.safetensors", m, &side), "parallel_adapters");
+
+  json rep = json::parse(std::ifstream(dir + "/report.json"));
+  EXPECT_EQ(rep["source"], "run");
+  EXPECT_EQ(rep["status"], "ok");
+  EXPECT_EQ(rep["tasks"], steps);  // mini-batches driven
+  EXPECT_EQ(rep["groups"], "[1-1]");
+}
+
+TEST(ExecRuntimeRun, BadInputExitsTwoNamingTheProblem) {
+  std::string dir = testing::TempDir() + "/exec_runtime_run_bad";
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir + "/plan.json") << "{\"format_version\": 1}"; }
+  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --tokenizer x --data y 2>" + dir + "/err.txt";
+  EXPECT_EQ(run_cmd(cmd), 2);
+  std::ifstream f(dir + "/err.txt");
+  std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(err.find("plan.json"), std::string::npos) << err;
+}
