@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -103,4 +104,44 @@ TEST(ExecRuntimeRun, BadInputExitsTwoNamingTheProblem) {
   std::ifstream f(dir + "/err.txt");
   std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   EXPECT_NE(err.find("plan.json"), std::string::npos) << err;
+}
+
+// A worker killed mid-run: pac-run ends with exit 1 and an error naming that device,
+// within its timeout, instead of hanging. The kill comes from a wrapper around
+// pac-worker that SIGKILLs w1 once w1 has accepted the coordinator and trained a little.
+TEST(ExecRuntimeRun, WorkerKilledMidRunIsNamed) {
+  std::string model = model_path("stories260K/stories260K.bin"), tok_path = model_path("stories260K/tok512.bin");
+  if (!std::filesystem::exists(model) || !std::filesystem::exists(tok_path))
+    GTEST_SKIP() << "stories260K not found under " << model_dir() << " (set PAC_MODEL_DIR)";
+  std::string dir = testing::TempDir() + "/exec_runtime_run_kill";
+  std::filesystem::create_directories(dir);
+  Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json");
+  s.stages = 2;
+  plan_save(plan_make(s, "pac"), dir + "/plan.json");
+  std::string wrapper = dir + "/worker.sh";
+  {
+    std::ofstream w(wrapper);
+    // $4 is the device id (pac-run passes --listen A --device-id ID ...).
+    w << "#!/bin/sh\n"
+      << "if [ \"$4\" = w1 ]; then\n"
+      << "  \"" << bin_dir() << "/pac-worker\" \"$@\" 2>" << dir << "/w1.log &\n"
+      << "  p=$!\n"
+      << "  for i in $(seq 1 200); do grep -q 'accepted coordinator' " << dir << "/w1.log 2>/dev/null && break; "
+      << "sleep 0.05; done\n"
+      << "  sleep 1; kill -9 $p; wait $p; exit 0\n"
+      << "fi\n"
+      << "exec \"" << bin_dir() << "/pac-worker\" \"$@\"\n";
+  }
+  std::filesystem::permissions(wrapper, std::filesystem::perms::owner_all);
+  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " +
+                    tok_path + " --data " + kSrc + "/data/personal/train.txt --epochs 20 --batch-size 8 " +
+                    "--seq-len 32 --k 4 --timeout-s 5 --worker-exe " + wrapper + " 2>" + dir + "/err.txt";
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(run_cmd(cmd), 1) << cmd;
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::ifstream f(dir + "/err.txt");
+  std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(err.find("w1"), std::string::npos) << err;
+  // Start (~2 s) + 1 s of training + the 5 s timeout + cleanup (3 s), with slack.
+  EXPECT_LT(secs, 25.0) << err;
 }
