@@ -225,6 +225,10 @@ int run(int argc, char** argv) {
   json epochs_json = json::array();
   int64_t step = 0;
   bool stop = false;
+  // Per device (scenario order), summed over steps from the workers' own timings.
+  size_t nd = sc.devices.size();
+  std::vector<double> busy(nd, 0), bubble(nd, 0), comm(nd, 0), rss(nd, 0);
+  std::map<std::pair<std::string, std::string>, double> link_bytes;
   for (int e = 1; e <= epochs && !stop; e++) {
     auto te = std::chrono::steady_clock::now();
     std::vector<int64_t> order = epoch_order(n, seed, e);  // the trainer's order
@@ -238,6 +242,16 @@ int run(int argc, char** argv) {
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr, mb, timeout);
+      for (const json& j : r.results) {
+        int d = sc.device_index(j.value("device", std::string()));
+        if (d < 0) continue;
+        busy[d] += j.value("compute_s", 0.0);
+        bubble[d] += j.value("wait_s", 0.0);
+        comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
+        rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
+        if (j.contains("bytes_to"))
+          for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
+      }
       step++;
       char extra[64];
       std::snprintf(extra, sizeof extra, "loss %.4f", r.loss);
@@ -278,11 +292,22 @@ int run(int argc, char** argv) {
       groups += (s ? "-" : "") + std::to_string(plan.phases[0].stages[s].devices.size());
     groups += "]";
     json devs = json::array();
-    for (auto& a : as) devs.push_back({{"id", a.device_id}, {"used", a.stage >= 0}});
+    for (size_t d = 0; d < nd; d++)
+      devs.push_back({{"id", sc.devices[d].id},
+                      {"profile", sc.devices[d].profile.name},
+                      {"used", as[d].stage >= 0},
+                      {"busy_s", busy[d]},
+                      {"bubble_s", bubble[d]},
+                      {"comm_s", comm[d]},
+                      {"idle_s", std::max(0.0, total_s - busy[d] - bubble[d] - comm[d])},
+                      {"peak_memory_bytes", rss[d]},
+                      {"memory_bytes", sc.devices[d].profile.memory_bytes}});
+    json links = json::array();
+    for (auto& kv : link_bytes) links.push_back({{"src", kv.first.first}, {"dst", kv.first.second}, {"bytes", kv.second}});
     json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
                 {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", "parallel_adapters"},
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
-                {"epochs", epochs_json},   {"devices", devs},        {"tasks", step},
+                {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},
                 {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},
                                {"epoch_s", plan.predicted.epoch_s},
                                {"peak_memory_bytes", plan.predicted.peak_memory_bytes}}}};

@@ -18,6 +18,7 @@
 #include "src/llm/model.h"
 #include "src/llm/safetensors.h"
 #include "src/llm/side_network.h"
+#include "src/llm/trainer.h"
 
 namespace pac {
 
@@ -91,6 +92,10 @@ class PacExecutor : public StageExecutor {
   std::chrono::milliseconds timeout_{30000};
   std::map<int, MicroState> micro_;
   double loss_part_ = 0;
+  // Per step, for the run report: seconds waiting for slices, sending, all-reducing,
+  // and bytes sent to each device.
+  double wait_s_ = 0, send_s_ = 0, allreduce_s_ = 0;
+  std::map<std::string, double> bytes_to_;
 };
 
 json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
@@ -199,6 +204,7 @@ void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView
 // which is row order: a stage's devices split a micro-batch in device order).
 torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std::vector<PeerRows>& peers) {
   std::vector<torch::Tensor> parts;
+  auto t0 = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lk(mu_);
   for (const PeerRows& p : peers) {
     InboxKey key(static_cast<int>(type), step, static_cast<uint32_t>(m), p.id);
@@ -218,6 +224,7 @@ torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std:
                          std::to_string(p.rows.size()));
     parts.push_back(x);
   }
+  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
 }
 
@@ -230,8 +237,11 @@ void PacExecutor::send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type
   h.stage = static_cast<uint32_t>(a_.stage);
   h.tag = step;
   h.dims = part.sizes().vec();
-  ctx.peer(to.id, to.address)
-      .send_tensor(type, h, part.data_ptr<float>(), static_cast<size_t>(part.numel()) * sizeof(float));
+  size_t bytes = static_cast<size_t>(part.numel()) * sizeof(float);
+  auto t0 = std::chrono::steady_clock::now();
+  ctx.peer(to.id, to.address).send_tensor(type, h, part.data_ptr<float>(), bytes);
+  send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bytes_to_[to.id] += static_cast<double>(bytes);
 }
 
 void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inputs, const torch::Tensor& targets,
@@ -306,6 +316,7 @@ void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
 
 void PacExecutor::group_allreduce(uint32_t step) {
   if (a_.group_size() <= 1) return;
+  auto t0 = std::chrono::steady_clock::now();
   CollectiveOptions opt;
   opt.timeout = timeout_;
   opt.tag = "side grads step " + std::to_string(step) + " stage " + std::to_string(a_.stage);
@@ -332,6 +343,7 @@ void PacExecutor::group_allreduce(uint32_t step) {
     kv.second.mutable_grad().copy_(flat.narrow(0, off, k).view_as(kv.second));
     off += k;
   }
+  allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
@@ -361,6 +373,8 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
   optim_->zero_grad();
   loss_part_ = 0;
+  wait_s_ = send_s_ = allreduce_s_ = 0;
+  bytes_to_.clear();
   micro_.clear();
   auto t0 = std::chrono::steady_clock::now();
   // 1F1B: stage j of S runs min(S-1-j, M) warm-up forwards, then alternates.
@@ -374,8 +388,15 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   group_allreduce(step);
   optim_->step();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return {{"device", ctx.device_id()}, {"stage", a_.stage}, {"step", step}, {"loss_part", loss_part_},
-          {"loss_tokens", n_tokens}, {"seconds", secs}};
+  // Compute = the step minus its waits, sends and all-reduce (the rest is this
+  // device's own forward/backward/optimizer work).
+  double compute = std::max(0.0, secs - wait_s_ - send_s_ - allreduce_s_);
+  json bytes = json::object();
+  for (auto& kv : bytes_to_) bytes[kv.first] = kv.second;
+  return {{"device", ctx.device_id()}, {"stage", a_.stage},       {"step", step},
+          {"loss_part", loss_part_},   {"loss_tokens", n_tokens}, {"seconds", secs},
+          {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", send_s_},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()}};
 }
 
 json PacExecutor::save(const JsonIn& s, WorkerContext& ctx) {

@@ -93,6 +93,21 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   EXPECT_EQ(rep["status"], "ok");
   EXPECT_EQ(rep["tasks"], steps);  // mini-batches driven
   EXPECT_EQ(rep["groups"], "[1-1]");
+  // Bytes per link, closed form: forward carries b (d floats) and a (r = d/k floats)
+  // per token, backward dL/da (r floats): 3 steps x 8 rows x 32 tokens x 4 bytes.
+  const Plan& p = plan;
+  std::string first = p.scenario.devices[p.phases[0].stages[0].devices[0]].id;
+  std::string second = p.scenario.devices[p.phases[0].stages[1].devices[0]].id;
+  int dm = m->config().dim, r = dm / k;
+  double fwd = 3.0 * batch * seq * (dm + r) * 4, bwd = 3.0 * batch * seq * r * 4;
+  std::map<std::string, double> got_links;
+  for (auto& l : rep["links"]) got_links[l["src"].get<std::string>() + ">" + l["dst"].get<std::string>()] = l["bytes"];
+  EXPECT_EQ(got_links[first + ">" + second], fwd);
+  EXPECT_EQ(got_links[second + ">" + first], bwd);
+  for (auto& dv : rep["devices"]) {
+    EXPECT_GT(dv["busy_s"].get<double>(), 0) << dv.dump();
+    EXPECT_GT(dv["peak_memory_bytes"].get<double>(), 0) << dv.dump();
+  }
 }
 
 TEST(ExecRuntimeRun, BadInputExitsTwoNamingTheProblem) {
