@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
@@ -262,6 +263,7 @@ int run(int argc, char** argv) {
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
+  double eval_loss = -1, eval_tokens = 0;
   if (!out.empty()) {
     // Parts from every stage (written by the workers next to --out), merged into the
     // trainer's own format so pac-generate / pac-train --adapter load it.
@@ -283,6 +285,26 @@ int run(int argc, char** argv) {
                                             {"init", side_init}};
     for (auto& kv : side_config_metadata(scfg)) meta[kv.first] = kv.second;
     safetensors_write(out, all, meta);
+    // Held-out loss of the result, computed here on the whole model the way
+    // Trainer::evaluate does (masked mean per token over all held-out examples).
+    if (!heldout.empty()) {
+      SideNetwork side{nullptr};
+      adapter_load(out, shape, &side);
+      torch::NoGradGuard ng;
+      double sum = 0, count = 0;
+      for (size_t st = 0; st < heldout.size(); st += static_cast<size_t>(batch)) {
+        std::vector<const Example*> eb;
+        for (size_t i = st; i < std::min(heldout.size(), st + batch); i++) eb.push_back(&heldout[i]);
+        torch::Tensor inputs, targets, mask;
+        examples_to_tensors(eb, &inputs, &targets, &mask);
+        torch::Tensor logits = side->forward(torch::stack(shape->forward_taps(inputs).b, 1));
+        double nt = mask.sum().item<double>();
+        sum += masked_lm_loss(logits, targets, mask).item<double>() * nt;
+        count += nt;
+      }
+      eval_loss = count > 0 ? sum / count : 0;
+      eval_tokens = count;
+    }
   }
   c.shutdown(true);
 
@@ -307,6 +329,8 @@ int run(int argc, char** argv) {
     json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
                 {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", "parallel_adapters"},
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
+                {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens},
+                {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
                 {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},
                 {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},
                                {"epoch_s", plan.predicted.epoch_s},
@@ -315,6 +339,8 @@ int run(int argc, char** argv) {
   }
   if (!quiet) std::fprintf(stderr, "pac-run: %lld steps on %d devices in %.1f s\n", static_cast<long long>(step),
                            c.worker_count(), total_s);
+  if (eval_loss >= 0)
+    std::printf("held-out loss %.4f, perplexity %.3f (%.0f tokens)\n", eval_loss, std::exp(eval_loss), eval_tokens);
   return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,11 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   EXPECT_EQ(rep["status"], "ok");
   EXPECT_EQ(rep["tasks"], steps);  // mini-batches driven
   EXPECT_EQ(rep["groups"], "[1-1]");
+  // Held-out loss of the distributed result = the trainer's own evaluate() after its
+  // 3 steps (same held-out split; fp32 order differences only).
+  double ref_eval = tr.evaluate();
+  EXPECT_NEAR(rep["eval_loss"].get<double>(), ref_eval, 1e-4 * ref_eval);
+  EXPECT_NEAR(rep["perplexity"].get<double>(), std::exp(ref_eval), 1e-3 * std::exp(ref_eval));
   // Bytes per link, closed form: forward carries b (d floats) and a (r = d/k floats)
   // per token, backward dL/da (r floats): 3 steps x 8 rows x 32 tokens x 4 bytes.
   const Plan& p = plan;
