@@ -1,6 +1,8 @@
 // JsonIn: every error names file, JSON path and expectation (the bad-input contract).
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "src/common/json_in.h"
@@ -10,14 +12,6 @@
 
 using namespace pac;
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(JsonIn, ReadsNestedValuesWithRanges) {
   auto doc = JsonIn::from(json::parse(R"({"net":{"bw":100.5,"n":3,"kind":"shared"},"xs":[1,2]})"), "s.json");
@@ -31,23 +25,23 @@ TEST(JsonIn, ReadsNestedValuesWithRanges) {
 
 TEST(JsonIn, ErrorsNameFilePathAndExpectation) {
   auto doc = JsonIn::from(json::parse(R"({"net":{"bw":-5,"kind":"mesh"},"xs":[1,"a"]})"), "home.json");
-  EXPECT_EQ(error_of([&] { doc.at("net").number("bw", 0); }),
+  EXPECT_EQ(input_error([&] { doc.at("net").number("bw", 0); }),
             "home.json: $.net.bw: expected a number >= 0, got the number -5");
-  EXPECT_EQ(error_of([&] { doc.at("net").choice("kind", {"shared", "switched"}); }),
+  EXPECT_EQ(input_error([&] { doc.at("net").choice("kind", {"shared", "switched"}); }),
             "home.json: $.net.kind: expected one of \"shared\", \"switched\", got the string \"mesh\"");
-  EXPECT_EQ(error_of([&] { doc.at("xs").at(1).as_int(); }),
+  EXPECT_EQ(input_error([&] { doc.at("xs").at(1).as_int(); }),
             "home.json: $.xs[1]: expected an integer, got the string \"a\"");
-  EXPECT_EQ(error_of([&] { doc.at("cluster"); }), "home.json: $.cluster: missing (required)");
-  EXPECT_EQ(error_of([&] { doc.at("net").check_keys({"bw"}); }),
+  EXPECT_EQ(input_error([&] { doc.at("cluster"); }), "home.json: $.cluster: missing (required)");
+  EXPECT_EQ(input_error([&] { doc.at("net").check_keys({"bw"}); }),
             "home.json: $.net.kind: unknown field (expected one of: bw)");
 }
 
 TEST(JsonIn, ParseErrorNamesFileAndOffset) {
   std::string path = ::testing::TempDir() + "/broken.json";
   file_write_atomic(path, std::string("{\"a\": [1, 2"));
-  std::string msg = error_of([&] { JsonIn::load_file(path); });
+  std::string msg = input_error([&] { JsonIn::load_file(path); });
   EXPECT_NE(msg.find(path + ": not valid JSON at byte"), std::string::npos) << msg;
-  EXPECT_NE(error_of([&] { JsonIn::load_file(path + ".missing"); }).find("cannot open"), std::string::npos);
+  EXPECT_NE(input_error([&] { JsonIn::load_file(path + ".missing"); }).find("cannot open"), std::string::npos);
 }
 
 TEST(Fs, AtomicWriteReplacesWholeFileAndLeavesNoTemp) {

@@ -6,7 +6,7 @@
 
 #include "planner/planner.h"
 #include "src/common/error.h"
-#include "tests/core_test_util.h"
+#include "tests/test_util.h"
 #include "src/common/fs.h"
 #include "src/core/plan.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "src/common/error.h"
-#include "tests/core_test_util.h"
+#include "tests/test_util.h"
 #include "src/core/scenario.h"
 
 using namespace pac;

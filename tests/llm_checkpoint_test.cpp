@@ -2,6 +2,8 @@
 // permutation checked against HF's rotate_half RoPE, round trips, and bad inputs.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -24,14 +26,6 @@ static std::string stories_path() { return model_path("stories260K/stories260K.b
   if (!file_exists(stories_path())) GTEST_SKIP() << "shared model absent: " << stories_path() \
                                                  << " (set PAC_MODEL_DIR)"
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 class CheckpointTest : public ::testing::Test {
  protected:
@@ -209,7 +203,7 @@ TEST_F(CheckpointTest, BadSafetensorsNameFileAndTensor) {
   std::string good = safetensors_serialize({{"w", torch::ones({4, 4})}});
   auto bad_file = [&](const std::string& name, const std::string& bytes) {
     file_write_atomic(at(name), bytes);
-    return error_of([&] { safetensors_read(at(name)); });
+    return input_error([&] { safetensors_read(at(name)); });
   };
   std::string e = bad_file("trunc.safetensors", good.substr(0, good.size() - 10));
   EXPECT_NE(e.find("trunc.safetensors"), std::string::npos) << e;
@@ -234,13 +228,13 @@ TEST_F(CheckpointTest, BadCheckpointsNameFileAndProblem) {
   REQUIRE_STORIES();
   std::string bytes = file_read(stories_path());
   file_write_atomic(at("cut.bin"), bytes.substr(0, bytes.size() / 2));
-  std::string e = error_of([&] { checkpoint_read(at("cut.bin")); });
+  std::string e = input_error([&] { checkpoint_read(at("cut.bin")); });
   EXPECT_NE(e.find("cut.bin"), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
   file_write_atomic(at("text.bin"), std::string("this is a text file, not a checkpoint at all"));
-  e = error_of([&] { checkpoint_read(at("text.bin")); });
+  e = input_error([&] { checkpoint_read(at("text.bin")); });
   EXPECT_NE(e.find("implausible"), std::string::npos) << e;
-  e = error_of([&] { checkpoint_read(at("missing.bin")); });
+  e = input_error([&] { checkpoint_read(at("missing.bin")); });
   EXPECT_NE(e.find("missing.bin"), std::string::npos) << e;
 
   // HF folder with a config.json missing a required key.
@@ -248,17 +242,17 @@ TEST_F(CheckpointTest, BadCheckpointsNameFileAndProblem) {
   json cfg = JsonIn::load_file(at("hf/config.json")).raw();
   cfg.erase("num_hidden_layers");
   file_write_atomic(at("hf/config.json"), cfg.dump());
-  e = error_of([&] { checkpoint_read(at("hf")); });
+  e = input_error([&] { checkpoint_read(at("hf")); });
   EXPECT_NE(e.find("config.json"), std::string::npos) << e;
   EXPECT_NE(e.find("num_hidden_layers"), std::string::npos) << e;
   // A config that disagrees with the tensors names the tensor.
   cfg["num_hidden_layers"] = 5;
   cfg["intermediate_size"] = 100;
   file_write_atomic(at("hf/config.json"), cfg.dump());
-  e = error_of([&] { checkpoint_read(at("hf")); });
+  e = input_error([&] { checkpoint_read(at("hf")); });
   EXPECT_NE(e.find("layers.0.w1.weight"), std::string::npos) << e;
   EXPECT_NE(e.find("does not match config.json"), std::string::npos) << e;
-  e = error_of([&] { checkpoint_read(at("nowhere")); });
+  e = input_error([&] { checkpoint_read(at("nowhere")); });
   EXPECT_NE(e.find("not found"), std::string::npos) << e;
 }
 
@@ -281,7 +275,7 @@ TEST_F(CheckpointTest, MethodWeightsLoadOntoAFreshModel) {
   EXPECT_EQ(llama_load_method_weights(fresh, at("lora.safetensors")), (int)saved.size());
   EXPECT_TRUE(torch::equal(logits_of(m, {1, 2, 3, 4}), logits_of(fresh, {1, 2, 3, 4})));
   safetensors_write(at("junk.safetensors"), {{"side.0.w", torch::ones({2})}});
-  std::string e = error_of([&] { llama_load_method_weights(fresh, at("junk.safetensors")); });
+  std::string e = input_error([&] { llama_load_method_weights(fresh, at("junk.safetensors")); });
   EXPECT_NE(e.find("side.0.w"), std::string::npos) << e;
 }
 

@@ -1,6 +1,8 @@
 // Data pipeline: paragraph / JSONL parsing, loss masks, windows, packing, shuffles.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <set>
 
 #include "src/common/error.h"
@@ -15,14 +17,6 @@ static std::vector<int> char_encode(const std::string& s) {
   return out;
 }
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(LlmDataset, TextParagraphsSplitAtBlankLines) {
   auto s = dataset_read_text("first line\nsecond line\n\n  \nthird\r\n", "t.txt");
@@ -50,18 +44,18 @@ TEST(LlmDataset, JsonlTextAndInstruction) {
 }
 
 TEST(LlmDataset, BadJsonlNamesFileAndLine) {
-  std::string e = error_of([] { dataset_read_jsonl("{\"text\": \"ok\"}\n{\"text\": \"no end\n", "bad.jsonl"); });
+  std::string e = input_error([] { dataset_read_jsonl("{\"text\": \"ok\"}\n{\"text\": \"no end\n", "bad.jsonl"); });
   EXPECT_NE(e.find("bad.jsonl"), std::string::npos) << e;
   EXPECT_NE(e.find("line 2"), std::string::npos) << e;
-  e = error_of([] { dataset_read_jsonl("{\"txt\": \"typo\"}\n", "k.jsonl"); });
+  e = input_error([] { dataset_read_jsonl("{\"txt\": \"typo\"}\n", "k.jsonl"); });
   EXPECT_NE(e.find("k.jsonl: line 1"), std::string::npos) << e;
-  e = error_of([] { dataset_read_jsonl("{\"text\": 5}\n", "n.jsonl"); });
+  e = input_error([] { dataset_read_jsonl("{\"text\": 5}\n", "n.jsonl"); });
   EXPECT_NE(e.find("line 1: $.text"), std::string::npos) << e;
-  e = error_of([] { dataset_read_text(std::string("ab\0cd", 5), "bin.txt"); });
+  e = input_error([] { dataset_read_text(std::string("ab\0cd", 5), "bin.txt"); });
   EXPECT_NE(e.find("binary"), std::string::npos) << e;
-  e = error_of([] { dataset_read("/nonexistent/x.txt"); });
+  e = input_error([] { dataset_read("/nonexistent/x.txt"); });
   EXPECT_NE(e.find("/nonexistent/x.txt"), std::string::npos) << e;
-  e = error_of([] { dataset_read_text("\n\n  \n", "empty.txt"); });
+  e = input_error([] { dataset_read_text("\n\n  \n", "empty.txt"); });
   EXPECT_NE(e.find("empty.txt"), std::string::npos) << e;
 }
 

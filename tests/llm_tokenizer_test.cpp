@@ -3,6 +3,8 @@
 // next to each id), and SentencePiece models trained here from a few lines of text.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -23,14 +25,6 @@ static std::string tok512_path() { return model_path("stories260K/tok512.bin"); 
   if (!file_exists(tok512_path())) GTEST_SKIP() << "shared model files absent: " << tok512_path() \
                                                 << " (set PAC_MODEL_DIR)"
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 static std::string temp_dir(const std::string& name) {
   std::string d = (std::filesystem::temp_directory_path() / (name + "." + std::to_string(getpid()))).string();
@@ -89,19 +83,19 @@ TEST(Llama2cTokenizer, BadFilesNameTheProblem) {
   std::string bytes = file_read(tok512_path());
   std::string cut = path_join(dir, "cut.bin");
   file_write_atomic(cut, bytes.substr(0, 1000));
-  std::string e = error_of([&] { tokenizer_load(cut); });
+  std::string e = input_error([&] { tokenizer_load(cut); });
   EXPECT_NE(e.find(cut), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
   // 100 bytes end exactly after token 6 (<0x03>): parses, but lacks the byte tokens.
   std::string boundary = path_join(dir, "boundary.bin");
   file_write_atomic(boundary, bytes.substr(0, 100));
-  e = error_of([&] { tokenizer_load(boundary); });
+  e = input_error([&] { tokenizer_load(boundary); });
   EXPECT_NE(e.find("has 7 tokens but no byte token <0x04>"), std::string::npos) << e;
   std::string garbage = path_join(dir, "garbage.bin");
   file_write_atomic(garbage, std::string("\xff\xff\xff\x7f", 4) + "hello");
-  e = error_of([&] { tokenizer_load(garbage); });
+  e = input_error([&] { tokenizer_load(garbage); });
   EXPECT_NE(e.find("max_token_length"), std::string::npos) << e;
-  e = error_of([&] { tokenizer_load(path_join(dir, "missing.bin")); });
+  e = input_error([&] { tokenizer_load(path_join(dir, "missing.bin")); });
   EXPECT_NE(e.find("missing.bin"), std::string::npos) << e;
   std::filesystem::remove_all(dir);
 }
@@ -148,7 +142,7 @@ TEST_F(SentencePieceTest, EncodesDecodesAndMatchesPieces) {
 TEST_F(SentencePieceTest, BadModelIsAnInputError) {
   std::string bad = path_join(dir_, "bad.model");
   file_write_atomic(bad, "this is not a protobuf");
-  std::string e = error_of([&] { tokenizer_load(bad); });
+  std::string e = input_error([&] { tokenizer_load(bad); });
   EXPECT_NE(e.find(bad), std::string::npos) << e;
   EXPECT_NE(e.find("not a SentencePiece model"), std::string::npos) << e;
 }

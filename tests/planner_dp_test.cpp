@@ -12,7 +12,7 @@
 #include "planner/planner.h"
 #include "planner/planner_internal.h"
 #include "src/core/profile.h"
-#include "tests/core_test_util.h"
+#include "tests/test_util.h"
 
 using namespace pac;
 

@@ -1,4 +1,4 @@
-// Helpers shared by the core_* and planner_* tests.
+// Helpers shared by the tests (any folder).
 #pragma once
 #include <functional>
 #include <string>
