@@ -84,7 +84,9 @@ TEST(SimNetwork, RandomFlowSetsAreMaxMinFair) {
     for (int f : flows) {
       const NetFlow& fl = net.flow(f);
       if (fl.rate >= 1e29) continue;  // nothing limits it (no finite resource, no cap)
-      if (fl.cap > 0) ASSERT_LE(fl.rate, fl.cap * (1 + 1e-9)) << "trial " << trial;
+      if (fl.cap > 0) {
+        ASSERT_LE(fl.rate, fl.cap * (1 + 1e-9)) << "trial " << trial;
+      }
       bool bottleneck = fl.cap > 0 && fl.rate >= fl.cap * (1 - 1e-9);
       for (int k = 0; k < fl.nres; k++) {
         int r = fl.res[k];
