@@ -24,6 +24,7 @@
 #include <CLI/CLI.hpp>
 
 #include "exec/pac_driver.h"
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "src/common/progress.h"
@@ -149,12 +150,7 @@ int run(int argc, char** argv) {
   app.add_option("--key-file", key_file, "cluster key (default with --local: a fresh random key)");
   app.add_option("--worker-exe", worker_exe, "pac-worker binary (default: next to pac-run)");
   app.add_flag("--quiet", quiet, "no progress lines");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
   Plan plan = plan_load(plan_file);
   const Scenario& sc = plan.scenario;
   if (sc.method.kind != "parallel_adapters")

@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "src/common/cli.h"
 #include "exec/pac_executor.h"
 #include "exec/worker.h"
 
@@ -33,12 +34,7 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.001, 4095.0));
     app.add_option("--max-connections", max_connections, "connections served at once; more are closed")
         ->check(CLI::Range(2, 100000));
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      int rc = app.exit(e);
-      return rc == 0 ? 0 : 2;
-    }
+    if (int rc = pac::cli_parse(app, argc, argv); rc >= 0) return rc;
     pac::WorkerOptions opt;
     opt.listen = listen;
     opt.peer_timeout = pac::Millis(static_cast<long>(peer_timeout_s * 1000));

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "planner/planner.h"
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
 
@@ -79,12 +80,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"full", "lora", "adapters", "parallel_adapters"}));
     app.add_flag("--json", as_json, "print a machine-readable summary on stdout");
     app.add_flag("--compare", compare, "plan with every strategy and print one line each");
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      int rc = app.exit(e);
-      return rc == 0 ? 0 : 2;
-    }
+    if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     Scenario s = scenario_load(scenario_file, profiles_dir);
     if (!method.empty()) {
       s.method.kind = method;

@@ -17,6 +17,7 @@
 #include "sim/engine.h"
 #include "sim/report.h"
 #include "sim/study.h"
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 
@@ -63,12 +64,7 @@ static int pac_sim(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--profiles", profiles, "profiles folder (default: the repository's profiles/)");
   app.add_flag("--quiet", quiet, "no progress lines on stderr");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
   int modes = (compare ? 1 : 0) + (!sweep.empty() ? 1 : 0) + (!plan_file.empty() ? 1 : 0);
   if (modes > 1) throw InputError("--compare, --sweep and --plan exclude each other");
   if (!trace_file.empty() && (compare || !sweep.empty()))

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/llm/checkpoint.h"
 
@@ -26,12 +27,7 @@ int main(int argc, char** argv) {
                                              return s;
                                            }() + ")");
     app.add_option("--seed", seed, "seed of --preset's random init");
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      int rc = app.exit(e);
-      return rc == 0 ? 0 : 2;
-    }
+    if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (in.empty() == preset.empty()) throw InputError("give exactly one of an input checkpoint or --preset");
     // Read and validate everything first; the writers are atomic, so a failure leaves no output.
     Checkpoint ck;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "src/common/json_in.h"
@@ -56,12 +57,7 @@ int main(int argc, char** argv) {
     app.add_option("--nic-latency-s", nic_latency, "NIC added latency, s (default 1e-4)")->check(CLI::Range(0.0, 10.0));
     app.add_flag("--json", json_out, "print the raw timing table (JSON) on stdout");
     app.add_flag("--quiet", o.quiet, "no progress lines");
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      int rc = app.exit(e);
-      return rc == 0 ? 0 : 2;
-    }
+    if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
 
     // Bad input fails before any timing.
     std::string dir = profiles_dir_resolve(profiles_dir, "");

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "src/common/json_in.h"
@@ -96,12 +97,7 @@ static int body(int argc, char** argv) {
   app.add_option("--gen-steps", a.gen_steps, "generation length in tokens incl. prompt")->capture_default_str();
   app.add_option("--temperature", a.temperature, "0 = greedy")->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress lines");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
 
   if (a.model.empty() == a.model_preset.empty()) throw InputError("give exactly one of --model and --model-preset");
   if (a.side_init != "pruned" && a.side_init != "random")
