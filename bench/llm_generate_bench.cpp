@@ -8,6 +8,7 @@
 //   build/bench/llm_generate_bench --benchmark_out=bench/results/llm_generate.json
 #include <benchmark/benchmark.h>
 
+#include "src/llm/threads.h"
 #include "src/common/fs.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/generate.h"
@@ -19,7 +20,7 @@ static Llama bench_model(const std::string& name) {
 }
 
 static void BM_Decode(benchmark::State& state, const std::string& name) {
-  at::set_num_threads((int)state.range(0));
+  compute_threads_set((int)state.range(0));
   Llama m = bench_model(name);
   std::string tok_path = model_path("stories260K/tok512.bin");
   if (!file_exists(tok_path)) {
@@ -41,7 +42,7 @@ static void BM_Decode(benchmark::State& state, const std::string& name) {
 }
 
 static void BM_Prefill(benchmark::State& state, const std::string& name) {
-  at::set_num_threads((int)state.range(0));
+  compute_threads_set((int)state.range(0));
   Llama m = bench_model(name);
   torch::NoGradGuard ng;
   torch::Tensor ids = torch::randint(3, m->config().vocab_size, {1, 128}, torch::kInt64);

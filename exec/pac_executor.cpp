@@ -1,5 +1,6 @@
 // The "pac-pipeline" executor (pac_executor.h). The only torch TU of the runtime besides
 // collectives.cpp: keep the rest of exec/ free of torch headers.
+#include "src/llm/threads.h"
 #include "exec/pac_executor.h"
 
 #include <chrono>
@@ -146,7 +147,7 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   }
   double lr = f.number("lr", 0, 10), wd = f.number_or("weight_decay", 0, 0, 10);
   int threads = static_cast<int>(f.integer_or("threads", 0, 0, 1024));
-  if (threads > 0) at::set_num_threads(threads);
+  if (threads > 0) compute_threads_set(threads);
   std::string host;
   int port = 0;
   if (auto g = f.find("group_store")) {

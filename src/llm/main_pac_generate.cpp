@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "src/llm/threads.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
     app.add_flag("--no-stop-at-eos", [&](int64_t) { opt.stop_at_eos = false; }, "keep going after EOS");
     app.add_flag("--json", json_out, "print one JSON object (text, tokens, tok/s) instead of streaming text");
     if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
-    at::set_num_threads(threads);
+    compute_threads_set(threads);
     if (model_file.empty()) model_file = model_path("stories260K/stories260K.bin");
     if (tokenizer_file.empty()) tokenizer_file = model_path("stories260K/tok512.bin");
 

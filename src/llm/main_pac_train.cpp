@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "src/llm/threads.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -108,7 +109,7 @@ static int body(int argc, char** argv) {
     throw InputError("--adapter loads a saved result for generation; it cannot be combined with --data");
   if (a.adapter.empty() && a.data.empty()) throw InputError("--data is required (or --adapter to only generate)");
   if (a.tokenizer.empty()) throw InputError("--tokenizer is required");
-  if (o.threads > 0) at::set_num_threads(o.threads);
+  if (o.threads > 0) compute_threads_set(o.threads);
   torch_memory_tracking_enable();
 
   auto tok = tokenizer_load(a.tokenizer);

@@ -1,3 +1,4 @@
+#include "src/llm/threads.h"
 #include "src/llm/profiler.h"
 
 #include <fcntl.h>
@@ -169,7 +170,7 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
   progress.set_quiet(o.quiet);
   long done = 0;
   for (int threads : o.threads) {
-    at::set_num_threads(threads);
+    compute_threads_set(threads);
     for (int mb : o.micro_batches) {
       torch::Tensor x = torch::randn({mb, T, d});
       torch::Tensor xg = x.clone().requires_grad_(true);  // a stage input: its gradient goes upstream

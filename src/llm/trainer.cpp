@@ -1,3 +1,4 @@
+#include "src/llm/threads.h"
 #include "src/llm/trainer.h"
 
 #include <c10/core/CPUAllocator.h>
@@ -99,7 +100,7 @@ static int64_t numel_sum(const std::vector<torch::Tensor>& ts) {
 
 Trainer::Trainer(const TrainOptions& opt, TrainSetup setup) : opt_(opt), setup_(std::move(setup)) {
   train_options_validate(opt_);
-  if (opt_.threads > 0) at::set_num_threads(opt_.threads);
+  if (opt_.threads > 0) compute_threads_set(opt_.threads);
   // LoRA's kaiming init draws from the global generator: seed it for reproducible runs.
   torch::manual_seed(opt_.seed);
   ensure_backbone();

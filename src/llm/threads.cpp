@@ -1,0 +1,27 @@
+#include "src/llm/threads.h"
+
+#include <dlfcn.h>
+
+#include <ATen/Parallel.h>
+
+namespace pac {
+
+// Looked up at run time: LibTorch reaches OpenBLAS through libblas.so.3, which may be
+// another BLAS on other machines; then there is no second pool to set.
+static void* openblas_symbol(const char* name) { return dlsym(RTLD_DEFAULT, name); }
+
+void compute_threads_set(int n) {
+  if (n <= 0) return;
+  at::set_num_threads(n);
+  using SetFn = void (*)(int);
+  static SetFn set = reinterpret_cast<SetFn>(openblas_symbol("openblas_set_num_threads"));
+  if (set) set(n);
+}
+
+int openblas_threads() {
+  using GetFn = int (*)();
+  static GetFn get = reinterpret_cast<GetFn>(openblas_symbol("openblas_get_num_threads"));
+  return get ? get() : -1;
+}
+
+}  // namespace pac
