@@ -10,7 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "src/common/cli.h"
-#include "exec/pac_executor.h"
+#include "exec/executors.h"
 #include "exec/worker.h"
 
 int main(int argc, char** argv) {

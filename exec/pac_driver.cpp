@@ -57,7 +57,7 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
   for (int w = 0; w < c.worker_count(); w++) {
     if (as[w].stage < 0) continue;
     json f = settings;
-    f["executor"] = "pac-pipeline";
+    if (!f.contains("executor")) f["executor"] = "pac-pipeline";
     f["assignment"] = assignment_to_json(as[w]);
     // The workers reach each other at the addresses the coordinator connected to.
     for (auto& st : f["assignment"]["stages"]) {

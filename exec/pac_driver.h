@@ -19,7 +19,8 @@ int tcp_free_port(const std::string& host);
 // fragment: `settings` (model, seed, side_init, reduction_k, lr, weight_decay, threads,
 // timeout_ms; docs/runtime.md) plus its assignment and, for groups of more than one
 // device, the group's rendezvous store (hosted by the group's rank 0). Devices the
-// phase does not use are skipped. Returns the acks.
+// phase does not use are skipped. settings["executor"] names the executor (default
+// "pac-pipeline"; the baselines' executors take the same fragment). Returns the acks.
 std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>& as, const json& settings);
 
 struct PacStepResult {

@@ -12,7 +12,6 @@
 
 #include <torch/torch.h>
 
-#include "exec/affine_executor.h"
 #include "exec/assignment.h"
 #include "exec/collectives.h"
 #include "src/llm/checkpoint.h"
@@ -424,11 +423,5 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
 }  // namespace
 
 std::unique_ptr<StageExecutor> pac_executor_create() { return std::make_unique<PacExecutor>(); }
-
-std::unique_ptr<StageExecutor> executor_create_runtime(const std::string& name) {
-  if (name == "pac-pipeline") return pac_executor_create();
-  if (name == "affine") return executor_create_builtin(name);
-  throw InputError("unknown executor \"" + name + "\" (known: affine, pac-pipeline)");
-}
 
 }  // namespace pac

@@ -22,8 +22,6 @@
 
 namespace pac {
 
-// The factory pac-worker uses: "affine" and "pac-pipeline".
-std::unique_ptr<StageExecutor> executor_create_runtime(const std::string& name);
 std::unique_ptr<StageExecutor> pac_executor_create();
 
 }  // namespace pac

@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "exec/pac_driver.h"
-#include "exec/pac_executor.h"
+#include "exec/executors.h"
 #include "exec/worker.h"
 #include "src/llm/safetensors.h"
 #include "src/llm/trainer.h"
