@@ -140,8 +140,15 @@ QualityVerdict quality_check(const std::vector<QualityEntry>& now, const Quality
                         seconds_text(to).c_str(), opt->groups.c_str(), o.strategy.c_str(), seconds_text(t).c_str(),
                         o.groups.c_str(), gap.c_str());
         const QualityExcuse* x = excuse_find(base, sc, o.strategy);
-        if (x) v.notes.push_back(std::string("excused: ") + buf + " -- " + x->reason);
-        else v.failures.push_back(buf);
+        if (x && to <= t * (1 + x->max_gap)) {
+          v.notes.push_back(std::string("excused: ") + buf + " -- " + x->reason);
+        } else if (x) {
+          char lim[64];
+          std::snprintf(lim, sizeof lim, " (excused only up to +%.2f%%)", 100 * x->max_gap);
+          v.failures.push_back(buf + std::string(lim));
+        } else {
+          v.failures.push_back(buf);
+        }
       }
     }
     // Baseline strategies are not gated (they are the yardstick), but drift is shown.
@@ -178,8 +185,8 @@ QualityBaseline quality_baseline_from_json(const JsonIn& doc) {
   b.reason = doc.string("reason");
   if (auto ex = doc.find("excused")) {
     for (const JsonIn& x : ex->items()) {
-      x.check_keys({"scenario", "strategy", "reason"});
-      b.excused.push_back({x.string("scenario"), x.string("strategy"), x.string("reason")});
+      x.check_keys({"scenario", "strategy", "reason", "max_gap"});
+      b.excused.push_back({x.string("scenario"), x.string("strategy"), x.string("reason"), x.number("max_gap", 0, 10)});
     }
   }
   JsonIn scs = doc.at("scenarios");
@@ -222,7 +229,7 @@ json quality_baseline_to_json(const QualityBaseline& b) {
   }
   json ex = json::array();
   for (const QualityExcuse& x : b.excused)
-    ex.push_back({{"scenario", x.scenario}, {"strategy", x.strategy}, {"reason", x.reason}});
+    ex.push_back({{"scenario", x.scenario}, {"strategy", x.strategy}, {"max_gap", x.max_gap}, {"reason", x.reason}});
   return json{{"format", "pac-quality-baseline"}, {"format_version", 1}, {"tolerance", b.tolerance},
               {"reason", b.reason}, {"excused", ex}, {"scenarios", scs}};
 }

@@ -4,7 +4,8 @@
 // (tests/quality/baseline.json). The gate fails when
 //   - pac or pac-opt is slower than its baseline by more than the tolerance (1%), or
 //   - pac-opt is slower than pac or any other strategy on the same scenario (today's
-//     numbers), unless that pair is listed, with a reason, under "excused".
+//     numbers), unless that pair is listed under "excused" with a reason and a largest
+//     allowed gap (then it is printed on every run and fails only beyond that gap).
 // A strategy that cannot run (planner finds no placement, simulated OOM, not applicable)
 // counts as infinitely slow. Improvements pass and are printed, so the baseline gets
 // updated in the same commit with a reason (PAC_QUALITY_UPDATE=1 or pac-quality --update).
@@ -31,9 +32,12 @@ struct QualityEntry {
   std::vector<double> epoch_s;    // simulated, per epoch
 };
 
-// A (scenario, strategy) pair where pac-opt may be slower than `strategy` today, with why.
+// A (scenario, strategy) pair where pac-opt may be slower than `strategy`, with why, but
+// by at most `max_gap` (a fraction: 0.09 = pac-opt at most 9% slower): an excuse is a
+// known, bounded weakness, not a blank cheque.
 struct QualityExcuse {
   std::string scenario, strategy, reason;
+  double max_gap = 0;
 };
 
 struct QualityBaseline {
