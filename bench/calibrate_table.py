@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Markdown tables of the testbed profiles (profiles/devices/testbed-*.json) for
+docs/profiling.md, and bench/results/calibration/summary.json. Run by
+bench/calibrate_testbed.sh; stdlib only."""
+import glob
+import json
+import os
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+KINDS = ["layer", "layer_bwd", "side", "side_bwd"]
+MBS = [1, 2, 4, 8]
+
+
+def g(v):
+    return "%.1f" % (v / 1e9)
+
+
+def main():
+    files = sorted(glob.glob(os.path.join(ROOT, "profiles/devices/testbed-q*.json")))
+    if not files:
+        print("calibrate_table: no profiles/devices/testbed-q*.json", file=sys.stderr)
+        return 2
+    rows = []
+    for f in files:
+        p = json.load(open(f))
+        c = p["calibration"]
+        longest = {}
+        for chk in c.get("quota_check", []):
+            if chk["kind"] == "layer":
+                longest[chk["micro_batch"]] = chk["measured_over_ref"]
+        rows.append({"name": p["name"], "model": c["model"], "cpu_quota": c["cpu_quota"],
+                     "load_before": c["load_average_before"], "load_after": c["load_average_after"],
+                     "date": c["date"], "rates": p["eff_flops_by_kind"],
+                     "layer_raw_over_ref": longest,
+                     "storage_write_bytes_per_s": p["storage_write_bytes_per_s"],
+                     "storage_read_bytes_per_s": p["storage_read_bytes_per_s"]})
+    out = os.path.join(ROOT, "bench/results/calibration/summary.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w") as fh:
+        json.dump({"format": "pac-calibration-summary", "profiles": rows}, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    os.replace(out + ".tmp", out)
+
+    print("Sustained rates, GFLOP/s at micro-batch 1 / 2 / 4 / 8 (1 thread):\n")
+    print("| profile | quota | " + " | ".join(KINDS) + " | layer under quota / no quota, mb 1 / 8 | load |")
+    print("|---|---|" + "---|" * len(KINDS) + "---|---|")
+    for r in rows:
+        cells = []
+        for k in KINDS:
+            cells.append(" / ".join(g(r["rates"].get("%s@%d" % (k, mb), 0)) for mb in MBS))
+        chk = r["layer_raw_over_ref"]
+        ratio = "%.2f / %.2f" % (chk.get(1, 0), chk.get(8, 0)) if chk else "-"
+        print("| %s | %.2f | %s | %s | %.1f-%.1f |" % (r["name"], r["cpu_quota"], " | ".join(cells), ratio,
+                                                      r["load_before"], r["load_after"]))
+    # The no-quota reference runs, 1 against 2 threads.
+    refs = sorted(glob.glob(os.path.join(ROOT, "bench/results/calibration/ref-*.profile.json")))
+    if refs:
+        print("\nNo-quota reference, layer forward GFLOP/s at micro-batch 1 / 2 / 4 / 8:\n")
+        print("| model | 1 thread | 2 threads | load |")
+        print("|---|---|---|---|")
+        for f in refs:
+            c = json.load(open(f))["calibration"]
+            by = {}
+            for t in c["timings"]:
+                if t["kind"] == "layer":
+                    by[(t["threads"], t["micro_batch"])] = t["flops_per_s"]
+            cols = [" / ".join(g(by.get((th, mb), 0)) for mb in MBS) for th in (1, 2)]
+            print("| %s | %s | %s | %.1f-%.1f |" % (c["model"], cols[0], cols[1], c["load_average_before"],
+                                                   c["load_average_after"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
