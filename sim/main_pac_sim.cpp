@@ -5,10 +5,13 @@
 //   pac-sim scenario.json --plan plan.json     replay a given plan on the scenario's cluster
 //   pac-sim scenario.json --compare            every strategy x method (the paper's Table 2)
 //   pac-sim scenario.json --sweep bandwidth_mbps=100,300,1000
+//   pac-sim --validate measured-report.json [--plan plan.json] [--max-error PCT]
+//                                              a measured run against the simulation of its plan
 //   --json report.json   --trace trace.json   --strategy pac-opt   --quiet
 //
 // Exit: 0 ok; 2 bad input; 1 when the simulated run fails (out of memory, a device
-// fails) or the planner finds no placement.
+// fails) or the planner finds no placement; 3 with --validate --max-error when the
+// epoch-time error exceeds the limit (docs/fidelity.md).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -17,6 +20,7 @@
 #include "sim/engine.h"
 #include "sim/report.h"
 #include "sim/study.h"
+#include "sim/validate.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -50,7 +54,9 @@ static int pac_sim(int argc, char** argv) {
   CLI::App app{"pac-sim: simulate a PAC plan on a cluster of edge devices (docs/simulator.md)"};
   std::string scenario_file, plan_file, json_file, trace_file, strategy, sweep, profiles;
   bool compare = false, quiet = false;
-  app.add_option("scenario", scenario_file, "scenario.json")->required();
+  std::string validate_file;
+  double max_error = -1;
+  app.add_option("scenario", scenario_file, "scenario.json (not with --validate: the plan carries it)");
   app.add_option("--plan", plan_file, "replay this plan instead of planning (its devices must match)");
   app.add_option("--strategy", strategy, "planner strategy (default: the scenario's)");
   app.add_flag("--compare", compare, "every strategy x fine-tuning method, one table (the paper's Table 2)");
@@ -63,8 +69,20 @@ static int pac_sim(int argc, char** argv) {
   app.add_option("--trace-iterations", trace_iterations, "trace only the first N iterations of each segment")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--profiles", profiles, "profiles folder (default: the repository's profiles/)");
+  app.add_option("--validate", validate_file,
+                 "compare a measured run report (pac-run --report) with the simulation of its plan");
+  app.add_option("--max-error", max_error, "with --validate: exit 3 when the epoch-time MAPE exceeds PCT percent")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--quiet", quiet, "no progress lines on stderr");
   if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
+  if (!validate_file.empty()) {
+    if (!scenario_file.empty() || compare || !sweep.empty() || !strategy.empty())
+      throw InputError("--validate takes the measured report and optionally --plan, no scenario / --compare / "
+                       "--sweep / --strategy (the plan carries the scenario)");
+    return validate_main({validate_file, plan_file, json_file, trace_file, max_error, !quiet});
+  }
+  if (max_error >= 0) throw InputError("--max-error needs --validate");
+  if (scenario_file.empty()) throw InputError("scenario.json is required (or --validate report.json)");
   int modes = (compare ? 1 : 0) + (!sweep.empty() ? 1 : 0) + (!plan_file.empty() ? 1 : 0);
   if (modes > 1) throw InputError("--compare, --sweep and --plan exclude each other");
   if (!trace_file.empty() && (compare || !sweep.empty()))

@@ -1,0 +1,235 @@
+// pac-sim --validate: a measured report against the simulation of its plan. The
+// "measured" reports here are pac-sim's own report with known perturbations, so every
+// expected error is a closed form. Error = (predicted - measured) / measured.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <sys/wait.h>
+
+#include "planner/planner.h"
+#include "sim/engine.h"
+#include "sim/report.h"
+#include "sim/validate.h"
+#include "src/common/fs.h"
+#include "tests/test_util.h"
+
+using namespace pac;
+
+static const std::string kSrc = PAC_SOURCE_DIR;
+
+// Three 0.5-core testbed devices, llama-d512-l8, a shared 100 Mbit/s medium: a pipeline
+// with links that carry data, 2 epochs (the second reads the activation cache).
+static Scenario scenario_small() {
+  json doc = {{"name", "validate-small"},
+              {"model", "llama-d512-l8"},
+              {"method", {{"kind", "parallel_adapters"}, {"reduction_k", 8}, {"cache", true}}},
+              {"data", {{"task", "tinystories"}, {"samples", 64}, {"seq_len", 128}, {"mini_batch", 8},
+                        {"micro_batches", 4}}},
+              {"epochs", 2},
+              {"cluster", {{"devices", {{{"id", "w"}, {"profile", "testbed-q050-d512"}, {"count", 3}}}}}},
+              {"network", {{"kind", "shared"}, {"bandwidth_mbps", 100}, {"latency_ms", 1}}},
+              {"strategy", "pac"},
+              {"stages", 3}};
+  return scenario_from_json(JsonIn::from(doc, "validate-small.json"), kSrc + "/profiles");
+}
+
+struct Fixture {
+  Plan plan;
+  json report;  // pac-sim's report of the plan
+};
+
+static const Fixture& fixture() {
+  static Fixture f = [] {
+    Fixture x;
+    x.plan = plan_make(scenario_small(), "pac");
+    SimResult r = sim_run(x.plan);
+    EXPECT_TRUE(r.ok) << r.failure.message;
+    x.report = report_to_json(x.plan, r);
+    return x;
+  }();
+  return f;
+}
+
+static Validation validate(const json& measured) {
+  const Fixture& f = fixture();
+  return validate_reports(JsonIn::from(measured, "measured.json"), JsonIn::from(f.report, "<sim>"), f.plan,
+                          "plan.json");
+}
+
+TEST(SimValidate, FixtureIsAPipelineWithTraffic) {
+  const Fixture& f = fixture();
+  ASSERT_EQ(f.report["epochs"].size(), 2u);
+  ASSERT_GE(f.report["links"].size(), 2u);  // stages talk to each other
+  EXPECT_EQ(plan_groups_text(f.plan), "[1-1-1]");
+}
+
+TEST(SimValidate, OwnReportHasZeroError) {
+  // A second, independent simulation of the same plan is the "measurement": the
+  // engine is deterministic, so every error is 0 (up to the report's 9-digit rounding).
+  const Fixture& f = fixture();
+  json again = report_to_json(f.plan, sim_run(f.plan));
+  Validation v = validate(again);
+  EXPECT_NEAR(v.epoch_mape_pct, 0.0, 1e-6);
+  EXPECT_NEAR(v.epoch_max_error_pct, 0.0, 1e-6);
+  ASSERT_EQ(v.busy.size(), 3u);
+  for (const ValidateItem& d : v.busy) EXPECT_NEAR(d.error_pct(), 0.0, 1e-6) << d.name;
+  for (const ValidateItem& d : v.peak_memory) EXPECT_NEAR(d.error_pct(), 0.0, 1e-6) << d.name;
+  ASSERT_FALSE(v.links.empty());
+  for (const ValidateItem& l : v.links) EXPECT_NEAR(l.error_pct(), 0.0, 1e-6) << l.name;
+}
+
+TEST(SimValidate, EpochTimesScaledGiveClosedFormErrors) {
+  const Fixture& f = fixture();
+  json m = f.report;
+  for (json& e : m["epochs"]) e["time_s"] = e["time_s"].get<double>() * 1.1;
+  Validation v = validate(m);
+  // measured = 1.1 x predicted: error = (1/1.1 - 1) x 100 = -9.0909...% every epoch.
+  ASSERT_EQ(v.epochs.size(), 2u);
+  for (const ValidateItem& e : v.epochs) EXPECT_NEAR(e.error_pct(), (1 / 1.1 - 1) * 100, 1e-6);
+  EXPECT_NEAR(v.epoch_mape_pct, (1 - 1 / 1.1) * 100, 1e-6);
+
+  // measured = predicted / 0.9: error = (0.9 - 1) x 100 = -10% exactly.
+  m = f.report;
+  for (json& e : m["epochs"]) e["time_s"] = e["time_s"].get<double>() / 0.9;
+  EXPECT_NEAR(validate(m).epoch_mape_pct, 10.0, 1e-6);
+
+  // One epoch 20% slower, the other exact: errors -16.67% and 0, MAPE 8.33%.
+  m = f.report;
+  m["epochs"][1]["time_s"] = m["epochs"][1]["time_s"].get<double>() * 1.2;
+  v = validate(m);
+  EXPECT_NEAR(v.epochs[0].error_pct(), 0.0, 1e-6);
+  EXPECT_NEAR(v.epochs[1].error_pct(), (1 / 1.2 - 1) * 100, 1e-6);
+  EXPECT_NEAR(v.epoch_mape_pct, (1 - 1 / 1.2) * 100 / 2, 1e-6);
+  EXPECT_NEAR(v.epoch_max_error_pct, (1 - 1 / 1.2) * 100, 1e-6);
+}
+
+TEST(SimValidate, BusyMemoryAndLinkErrors) {
+  const Fixture& f = fixture();
+  json m = f.report;
+  for (json& d : m["devices"]) {
+    d["busy_s"] = d["busy_s"].get<double>() * 2;                        // predicted = measured / 2: -50%
+    d["peak_memory_bytes"] = d["peak_memory_bytes"].get<double>() * 4;  // -75%
+  }
+  for (json& l : m["links"]) l["bytes"] = l["bytes"].get<double>() * 0.8;  // predicted = measured / 0.8: +25%
+  Validation v = validate(m);
+  for (const ValidateItem& d : v.busy) EXPECT_NEAR(d.error_pct(), -50.0, 1e-6) << d.name;
+  for (const ValidateItem& d : v.peak_memory) EXPECT_NEAR(d.error_pct(), -75.0, 1e-6) << d.name;
+  for (const ValidateItem& l : v.links) EXPECT_NEAR(l.error_pct(), 25.0, 1e-6) << l.name;
+  EXPECT_NEAR(v.epoch_mape_pct, 0.0, 1e-6);
+
+  // A link the measurement left out (reports omit 0-byte pairs) is compared as 0
+  // measured bytes: the predicted bytes stay, the relative error is undefined.
+  m = f.report;
+  std::string name = m["links"][0]["src"].get<std::string>() + "->" + m["links"][0]["dst"].get<std::string>();
+  double bytes = m["links"][0]["bytes"];
+  m["links"].erase(0);
+  v = validate(m);
+  bool found = false;
+  for (const ValidateItem& l : v.links)
+    if (l.name == name) {
+      found = true;
+      EXPECT_EQ(l.measured, 0.0);
+      EXPECT_EQ(l.predicted, bytes);
+      EXPECT_FALSE(l.has_error());
+    }
+  EXPECT_TRUE(found) << name;
+}
+
+TEST(SimValidate, BadMeasuredReportsNameTheField) {
+  const Fixture& f = fixture();
+  auto msg = [&](const std::function<void(json&)>& change) {
+    json m = f.report;
+    change(m);
+    return input_error([&] { validate(m); });
+  };
+  std::string e = msg([](json& m) { m["devices"][0].erase("busy_s"); });
+  EXPECT_NE(e.find("measured.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("$.devices[0].busy_s"), std::string::npos) << e;
+  e = msg([](json& m) { m.erase("epochs"); });
+  EXPECT_NE(e.find("$.epochs"), std::string::npos) << e;
+  e = msg([](json& m) { m["epochs"][0]["time_s"] = 0; });
+  EXPECT_NE(e.find("$.epochs[0].time_s"), std::string::npos) << e;
+  e = msg([](json& m) { m["epochs"].erase(1); });
+  EXPECT_NE(e.find("the run has 1 epoch(s)"), std::string::npos) << e;
+  e = msg([](json& m) { m["status"] = "oom"; });
+  EXPECT_NE(e.find("$.status"), std::string::npos) << e;
+  e = msg([](json& m) { m["scenario"] = "other"; });
+  EXPECT_NE(e.find("$.scenario"), std::string::npos) << e;
+  e = msg([](json& m) { m["strategy"] = "eddl"; });
+  EXPECT_NE(e.find("$.strategy"), std::string::npos) << e;
+  e = msg([](json& m) { m["devices"][1]["id"] = "nano9"; });
+  EXPECT_NE(e.find("$.devices[1].id"), std::string::npos) << e;
+  e = msg([](json& m) { m["devices"].erase(2); });
+  EXPECT_NE(e.find("\"w2\""), std::string::npos) << e;
+  e = msg([](json& m) { m["run"] = {{"epochs", 1}}; });
+  EXPECT_NE(e.find("$.run.epochs"), std::string::npos) << e;
+  e = msg([](json& m) { m["run"] = {{"epochs", 2}, {"max_steps", 3}}; });
+  EXPECT_NE(e.find("$.run.max_steps"), std::string::npos) << e;
+  // Settings that match the plan are accepted.
+  EXPECT_EQ(msg([](json& m) { m["run"] = {{"epochs", 2}, {"mini_batch", 8}, {"seq_len", 128}, {"max_steps", 0}}; }),
+            "");
+}
+
+TEST(SimValidate, PlanFileFromTheReport) {
+  json m = {{"format", "pac-report"}, {"plan_file", "plan.json"}};
+  EXPECT_EQ(validate_plan_file(JsonIn::from(m, "/runs/a/report.json"), ""), "/runs/a/plan.json");
+  EXPECT_EQ(validate_plan_file(JsonIn::from(m, "/runs/a/report.json"), "x/p.json"), "x/p.json");
+  m["plan_file"] = "/abs/plan.json";
+  EXPECT_EQ(validate_plan_file(JsonIn::from(m, "/runs/a/report.json"), ""), "/abs/plan.json");
+  m.erase("plan_file");
+  std::string e = input_error([&] { validate_plan_file(JsonIn::from(m, "r.json"), ""); });
+  EXPECT_NE(e.find("r.json: $.plan_file"), std::string::npos) << e;
+}
+
+// --- the CLI: exit codes 0 / 3 / 2 and the --json file ---
+
+static std::string sim_exe() {
+  const char* bin = std::getenv("PAC_BIN_DIR");
+  return std::string(bin ? bin : PAC_BINARY_DIR "/bin") + "/pac-sim";
+}
+
+static int run(const std::string& args, std::string* out) {
+  FILE* f = popen((sim_exe() + " " + args + " --quiet 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  out->clear();
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
+  int st = pclose(f);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(SimValidateCli, ExitCodesAndJson) {
+  if (!file_exists(sim_exe())) GTEST_SKIP() << "pac-sim not built at " << sim_exe();
+  const Fixture& f = fixture();
+  std::string dir = ::testing::TempDir() + "/sim_validate_cli";
+  dir_create(dir);
+  plan_save(f.plan, dir + "/plan.json");
+  json m = f.report;
+  m["source"] = "run";
+  m["plan_file"] = "plan.json";  // relative to the report's folder
+  file_write_atomic(dir + "/same.json", m.dump());
+  for (json& e : m["epochs"]) e["time_s"] = e["time_s"].get<double>() * 1.1;
+  file_write_atomic(dir + "/slow.json", m.dump());
+  m["devices"][0].erase("peak_memory_bytes");
+  file_write_atomic(dir + "/broken.json", m.dump());
+
+  std::string out;
+  EXPECT_EQ(run("--validate " + dir + "/same.json", &out), 0) << out;
+  EXPECT_NE(out.find("epoch time MAPE 0.00%"), std::string::npos) << out;
+  // MAPE 9.09% (closed form above): over a 5% limit -> 3, under a 10% limit -> 0.
+  std::remove((dir + "/v.json").c_str());
+  EXPECT_EQ(run("--validate " + dir + "/slow.json --max-error 5 --json " + dir + "/v.json", &out), 3) << out;
+  EXPECT_NE(out.find("exceeds --max-error"), std::string::npos) << out;
+  json v = json::parse(file_read(dir + "/v.json"));
+  EXPECT_EQ(v["format"], "pac-validation");
+  EXPECT_NEAR(v["epoch_mape_pct"].get<double>(), (1 - 1 / 1.1) * 100, 1e-6);
+  EXPECT_EQ(v["pass"], false);
+  EXPECT_EQ(run("--validate " + dir + "/slow.json --plan " + dir + "/plan.json --max-error 10", &out), 0) << out;
+  // Bad input: exit 2 naming file and field.
+  EXPECT_EQ(run("--validate " + dir + "/broken.json", &out), 2) << out;
+  EXPECT_NE(out.find("broken.json: $.devices[0].peak_memory_bytes"), std::string::npos) << out;
+  EXPECT_EQ(run("--validate " + dir + "/missing.json", &out), 2) << out;
+  EXPECT_NE(out.find("missing.json"), std::string::npos) << out;
+  EXPECT_EQ(run("--max-error 5 " + kSrc + "/scenarios/local-stories260k.json", &out), 2) << out;
+}
