@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Fidelity harness (issue 6): for every testbed scenario in bench/fidelity/*.json and
+every strategy, plan it (pac-plan), simulate the plan (pac-sim --plan), run the same
+plan on the emulated testbed (pac-run --testbed) when that exists, and compare the
+two (pac-sim --validate). Writes bench/results/fidelity.json, a markdown table
+(bench/results/fidelity.md, and into docs/fidelity.md with --update-docs) and a PNG
+plot of simulated against measured epoch times. docs/fidelity.md describes it.
+
+Works without pac-run --testbed: measured columns are then "n/a", every row says
+"skipped: <why>", and the plot puts the simulated epoch times against the planner's own
+prediction (labelled so) until measurements exist.
+
+    BUILD_DIR=build-val python3 bench/fidelity.py
+    python3 bench/fidelity.py --scenarios bench/fidelity/fid-d512-4x050-switched1000-cache.json \\
+        --strategies pac,eddl --model-map llama-d512-l8=/path/to/d512-checkpoint --update-docs
+
+Python 3 standard library only (the PNG is written with zlib + struct).
+"""
+import argparse
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+STRATEGIES = "pac,pac-opt,standalone,eddl,ecofl,asteroid"
+# Issue 6 targets: MAPE of epoch time over the suite and in every scenario, ranking.
+TARGET_MEAN_PCT = 10.0
+TARGET_SCENARIO_PCT = 15.0
+DOC_BEGIN = "<!-- fidelity-table begin (bench/fidelity.py --update-docs) -->"
+DOC_END = "<!-- fidelity-table end -->"
+
+
+def log(msg):
+    print("fidelity: " + msg, file=sys.stderr, flush=True)
+
+
+def run_cmd(cmd, timeout_s):
+    """(rc, stdout, stderr); rc None when it ran past timeout_s, -1 when it could not start."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        return None, e.stdout or "", "timed out after %d s" % timeout_s
+    except OSError as e:
+        return -1, "", str(e)
+
+
+def last_line(text):
+    lines = [l.strip() for l in (text or "").splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------- pac-run capability
+
+def run_capability(bin_dir, timeout_s):
+    """"" when pac-run --testbed can be tried, else why not (the skip reason)."""
+    exe = os.path.join(bin_dir, "pac-run")
+    if not os.path.exists(exe):
+        return "pac-run not built (%s)" % exe
+    rc, out, err = run_cmd([exe, "--help"], timeout_s)
+    if rc != 0:
+        return "pac-run --help failed: " + last_line(err or out)
+    if "--testbed" not in out:
+        return "pac-run has no --testbed option yet"
+    return ""
+
+
+def run_skip_reason(rc, err):
+    """A pac-run failure that means 'cannot measure here' rather than 'the run broke'."""
+    text = err.lower()
+    if "--testbed" in text and ("not expected" in text or "unknown option" in text):
+        return "pac-run has no --testbed option (%s)" % last_line(err)
+    if "testbed" in text and any(k in text for k in ("not root", "namespace", "unavailable", "not available",
+                                                     "cgroup", "capability")):
+        return "testbed unavailable: " + last_line(err)
+    return ""
+
+
+# ---------------------------------------------------------------- one scenario x strategy
+
+def write_train_data(path, samples, source):
+    """`samples` paragraphs (cycling through `source`), so pac-run's epoch has exactly the
+    scenario's sample count (it runs with --eval-fraction 0)."""
+    paras = [p.strip() for p in open(source).read().split("\n\n") if p.strip()]
+    if not paras:
+        raise SystemExit("fidelity: %s has no paragraphs" % source)
+    with open(path, "w") as f:
+        for i in range(samples):
+            f.write(paras[i % len(paras)] + "\n\n")
+
+
+def epochs_of(report):
+    return [e["time_s"] for e in report.get("epochs", [])]
+
+
+def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
+    bin_dir = a.bin_dir
+    name = scen["name"]
+    d = os.path.join(work, name, strategy)
+    os.makedirs(d, exist_ok=True)
+    plan = os.path.join(d, "plan.json")
+    row = {"scenario": name, "strategy": strategy, "groups": None, "sim_epoch_s": None, "sim_total_s": None,
+           "planner_epoch_s": None, "measured_epoch_s": None, "measured_total_s": None,
+           "epoch_mape_pct": None, "epoch_max_error_pct": None, "status": "ok", "measured": None}
+    rc, out, err = run_cmd([os.path.join(bin_dir, "pac-plan"), scen_file, "--strategy", strategy,
+                            "--profiles", a.profiles, "-o", plan], a.timeout)
+    if rc != 0:
+        row["status"] = "no plan: " + last_line(err or out)
+        return row
+    sim = os.path.join(d, "sim.json")
+    cmd = [os.path.join(bin_dir, "pac-sim"), scen_file, "--plan", plan, "--profiles", a.profiles,
+           "--json", sim, "--quiet"]
+    if trace_this:
+        cmd += ["--trace", os.path.join(a.trace_dir, "fidelity-%s-%s.sim.trace.json" % (name, strategy))]
+    rc, out, err = run_cmd(cmd, a.timeout)
+    if rc not in (0, 1) or not os.path.exists(sim):
+        row["status"] = "sim failed: " + last_line(err or out)
+        return row
+    rep = json.load(open(sim))
+    row["groups"] = rep.get("groups")
+    if rep.get("status") != "ok":
+        row["status"] = "sim: " + rep.get("status", "?") + " " + rep.get("failure", {}).get("message", "")
+        return row
+    row["sim_epoch_s"] = epochs_of(rep)
+    row["sim_total_s"] = rep["total_s"]
+    row["planner_epoch_s"] = rep.get("predicted", {}).get("epoch_s")
+
+    if run_reason:
+        row["measured"] = "skipped: " + run_reason
+        return row
+    data = os.path.join(work, name, "train.txt")
+    if not os.path.exists(data):
+        write_train_data(data, scen["data"]["samples"], a.data)
+    report = os.path.join(d, "run.json")
+    cmd = [os.path.join(bin_dir, "pac-run"), plan, "--testbed", "--tokenizer", a.tokenizer, "--data", data,
+           "--eval-fraction", "0", "--report", report, "--quiet"]
+    if scen["model"] in a.model_map:
+        cmd += ["--model", a.model_map[scen["model"]]]
+    if trace_this and a.run_has_trace:
+        cmd += ["--trace", os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))]
+    cmd += a.run_args
+    log("%s / %s: pac-run --testbed" % (name, strategy))
+    t0 = time.time()
+    rc, out, err = run_cmd(cmd, a.run_timeout)
+    if rc != 0:
+        why = run_skip_reason(rc, err)
+        if why:
+            row["measured"] = "skipped: " + why
+        else:
+            row["measured"] = "failed (exit %s after %.0f s): %s" % (rc, time.time() - t0, last_line(err or out))
+        return row
+    val = os.path.join(d, "validate.json")
+    rc, out, err = run_cmd([os.path.join(bin_dir, "pac-sim"), "--validate", report, "--plan", plan,
+                            "--json", val, "--quiet"], a.timeout)
+    if rc != 0 or not os.path.exists(val):
+        row["measured"] = "validate failed (exit %s): %s" % (rc, last_line(err or out))
+        return row
+    v = json.load(open(val))
+    row["measured"] = "ok"
+    row["measured_epoch_s"] = [e["measured_s"] for e in v["epochs"]]
+    row["measured_total_s"] = v["total"]["measured_s"]
+    row["epoch_mape_pct"] = v["epoch_mape_pct"]
+    row["epoch_max_error_pct"] = v["epoch_max_error_pct"]
+    row["validation"] = v
+    return row
+
+
+# ---------------------------------------------------------------- summary
+
+def order(rows, key):
+    ok = [r for r in rows if r.get(key) is not None]
+    return [r["strategy"] for r in sorted(ok, key=lambda r: r[key])]
+
+
+def summarize(rows):
+    by_scen = {}
+    for r in rows:
+        by_scen.setdefault(r["scenario"], []).append(r)
+    scen_out = []
+    measured_mapes = []
+    for name, rs in by_scen.items():
+        sim_order = order(rs, "sim_total_s")
+        meas = [r for r in rs if r["epoch_mape_pct"] is not None]
+        s = {"scenario": name, "sim_order": sim_order, "measured_order": None, "ranking_agrees": None,
+             "epoch_mape_pct": None}
+        if meas:
+            s["epoch_mape_pct"] = sum(r["epoch_mape_pct"] for r in meas) / len(meas)
+            measured_mapes.append(s["epoch_mape_pct"])
+            s["measured_order"] = order(rs, "measured_total_s")
+            # Compared on the strategies both sides have.
+            common = [x for x in sim_order if x in s["measured_order"]]
+            s["ranking_agrees"] = common == [x for x in s["measured_order"] if x in common]
+        scen_out.append(s)
+    summary = {"rows": len(rows), "rows_measured": sum(1 for r in rows if r["epoch_mape_pct"] is not None),
+               "scenarios": scen_out, "target_mean_pct": TARGET_MEAN_PCT,
+               "target_scenario_pct": TARGET_SCENARIO_PCT}
+    if measured_mapes:
+        summary["epoch_mape_mean_pct"] = sum(measured_mapes) / len(measured_mapes)
+        summary["epoch_mape_worst_scenario_pct"] = max(measured_mapes)
+        summary["targets_met"] = (summary["epoch_mape_mean_pct"] <= TARGET_MEAN_PCT and
+                                  summary["epoch_mape_worst_scenario_pct"] <= TARGET_SCENARIO_PCT and
+                                  all(s["ranking_agrees"] is not False for s in scen_out))
+    else:
+        summary["epoch_mape_mean_pct"] = None
+        summary["targets_met"] = None
+    return summary
+
+
+def fmt_list(xs, f="%.2f"):
+    return "n/a" if not xs else " / ".join(f % x for x in xs)
+
+
+def markdown(rows, summary):
+    out = ["| scenario | strategy | groups | simulated epoch s | planner epoch s | measured epoch s | "
+           "epoch MAPE | measured |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        status = r["status"] if r["status"] != "ok" else (r["measured"] or "")
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["scenario"], r["strategy"], r["groups"] or "-", fmt_list(r["sim_epoch_s"]),
+            fmt_list(r["planner_epoch_s"]), fmt_list(r["measured_epoch_s"]),
+            "n/a" if r["epoch_mape_pct"] is None else "%.1f%%" % r["epoch_mape_pct"], status.replace("|", "/")))
+    out.append("")
+    out.append("| scenario | simulated order (fastest first) | measured order | same ranking | scenario MAPE |")
+    out.append("|---|---|---|---|---|")
+    for s in summary["scenarios"]:
+        out.append("| %s | %s | %s | %s | %s |" % (
+            s["scenario"], " < ".join(s["sim_order"]) or "-",
+            " < ".join(s["measured_order"]) if s["measured_order"] else "n/a",
+            "n/a" if s["ranking_agrees"] is None else ("yes" if s["ranking_agrees"] else "**no**"),
+            "n/a" if s["epoch_mape_pct"] is None else "%.1f%%" % s["epoch_mape_pct"]))
+    out.append("")
+    if summary["epoch_mape_mean_pct"] is None:
+        out.append("Measured: none (%d rows simulated; pac-run --testbed not available)." % summary["rows"])
+    else:
+        out.append("Epoch-time MAPE over %d measured rows: mean of scenarios %.1f%% (target <= %.0f%%), worst "
+                   "scenario %.1f%% (target <= %.0f%%); targets met: %s." % (
+                       summary["rows_measured"], summary["epoch_mape_mean_pct"], TARGET_MEAN_PCT,
+                       summary["epoch_mape_worst_scenario_pct"], TARGET_SCENARIO_PCT,
+                       "yes" if summary["targets_met"] else "no"))
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- PNG scatter plot
+
+# 3x5 glyphs, rows top to bottom, 3 bits each (MSB = left).
+FONT = {
+    "0": [7, 5, 5, 5, 7], "1": [2, 6, 2, 2, 7], "2": [7, 1, 7, 4, 7], "3": [7, 1, 7, 1, 7], "4": [5, 5, 7, 1, 1],
+    "5": [7, 4, 7, 1, 7], "6": [7, 4, 7, 5, 7], "7": [7, 1, 1, 2, 2], "8": [7, 5, 7, 5, 7], "9": [7, 5, 7, 1, 7],
+    ".": [0, 0, 0, 0, 2], " ": [0, 0, 0, 0, 0], "-": [0, 0, 7, 0, 0], "%": [5, 1, 2, 4, 5], "(": [1, 2, 2, 2, 1],
+    ")": [4, 2, 2, 2, 4], "/": [1, 1, 2, 4, 4], "=": [0, 7, 0, 7, 0], "+": [0, 2, 7, 2, 0], ":": [0, 2, 0, 2, 0],
+    "A": [2, 5, 7, 5, 5], "B": [6, 5, 6, 5, 6], "C": [7, 4, 4, 4, 7], "D": [6, 5, 5, 5, 6], "E": [7, 4, 6, 4, 7],
+    "F": [7, 4, 6, 4, 4], "G": [7, 4, 5, 5, 7], "H": [5, 5, 7, 5, 5], "I": [7, 2, 2, 2, 7], "K": [5, 5, 6, 5, 5],
+    "L": [4, 4, 4, 4, 7], "M": [5, 7, 7, 5, 5], "N": [6, 5, 5, 5, 5], "O": [7, 5, 5, 5, 7], "P": [7, 5, 7, 4, 4],
+    "R": [6, 5, 6, 5, 5], "S": [7, 4, 7, 1, 7], "T": [7, 2, 2, 2, 2], "U": [5, 5, 5, 5, 7], "V": [5, 5, 5, 5, 2],
+    "W": [5, 5, 7, 7, 5], "X": [5, 5, 2, 5, 5], "Y": [5, 5, 2, 2, 2],
+}
+
+
+class Canvas:
+    def __init__(self, w, h):
+        self.w, self.h = w, h
+        self.px = bytearray(b"\xff" * (w * h * 3))
+
+    def dot(self, x, y, c):
+        if 0 <= x < self.w and 0 <= y < self.h:
+            i = (y * self.w + x) * 3
+            self.px[i:i + 3] = bytes(c)
+
+    def line(self, x0, y0, x1, y1, c, dash=0):
+        n = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for k in range(n + 1):
+            if dash and (k // dash) % 2:
+                continue
+            self.dot(round(x0 + (x1 - x0) * k / n), round(y0 + (y1 - y0) * k / n), c)
+
+    def text(self, x, y, s, c=(0, 0, 0), scale=2):
+        for ch in s.upper():
+            rows = FONT.get(ch, FONT[" "])
+            for ry, bits in enumerate(rows):
+                for rx in range(3):
+                    if bits & (4 >> rx):
+                        for dy in range(scale):
+                            for dx in range(scale):
+                                self.dot(x + rx * scale + dx, y + ry * scale + dy, c)
+            x += 4 * scale
+
+    def png(self):
+        raw = b"".join(b"\x00" + bytes(self.px[y * self.w * 3:(y + 1) * self.w * 3]) for y in range(self.h))
+
+        def chunk(tag, data):
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xffffffff)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def plot(points, x_label, path):
+    """Scatter of (x, y) epoch times with y = x and +-10% lines; returns the PNG bytes."""
+    W, H, L, B, R, T = 640, 480, 70, 60, 20, 40
+    c = Canvas(W, H)
+    # Axis to a round number: ticks every 1, 2 or 5 x 10^k, about 5 of them.
+    hi = max([max(x, y) for x, y in points] + [1e-3]) * 1.05
+    step = 10 ** int(f"{hi / 5:e}".split("e")[1])
+    for m in (1, 2, 5, 10):
+        if hi / (m * step) <= 6:
+            step *= m
+            break
+    ticks = int(-(-hi // step))
+    top = ticks * step
+    sx = lambda v: round(L + v / top * (W - L - R))
+    sy = lambda v: round(H - B - v / top * (H - B - T))
+    c.line(L, H - B, W - R, H - B, (0, 0, 0))
+    c.line(L, H - B, L, T, (0, 0, 0))
+    for k in range(ticks + 1):
+        v = step * k
+        c.line(sx(v), H - B, sx(v), H - B + 5, (0, 0, 0))
+        c.line(L - 5, sy(v), L, sy(v), (0, 0, 0))
+        label = "%g" % round(v, 6)
+        c.text(sx(v) - 4 * len(label), H - B + 10, label)
+        c.text(L - 10 - 8 * len(label), sy(v) - 5, label)
+    c.line(sx(0), sy(0), sx(top), sy(top), (120, 120, 120))
+    c.line(sx(0), sy(0), sx(top / 1.1), sy(top), (200, 160, 160), dash=4)
+    c.line(sx(0), sy(0), sx(top), sy(top / 1.1), (200, 160, 160), dash=4)
+    for x, y in points:
+        for dx in range(-3, 4):
+            for dy in range(-3, 4):
+                if dx * dx + dy * dy <= 9:
+                    c.dot(sx(x) + dx, sy(y) + dy, (30, 90, 200))
+    c.text(L + 80, H - 22, x_label + " EPOCH S")
+    c.text(8, 12, "SIMULATED EPOCH S (Y) - LINES: Y=X AND +-10%")
+    data = c.png()
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return data
+
+
+# ---------------------------------------------------------------- main
+
+def write_atomic(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def update_docs(doc, table):
+    text = open(doc).read()
+    block = DOC_BEGIN + "\n" + table + DOC_END
+    if DOC_BEGIN in text and DOC_END in text:
+        i, j = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(doc, text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", "build"))
+    ap.add_argument("--scenarios", nargs="*", default=None, help="scenario files (default bench/fidelity/*.json)")
+    ap.add_argument("--strategies", default=STRATEGIES)
+    ap.add_argument("--profiles", default=os.path.join(ROOT, "profiles"))
+    ap.add_argument("--work", default="/tmp/pac-fidelity", help="plans, reports and run data go here")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/fidelity.json"))
+    ap.add_argument("--table", default=os.path.join(ROOT, "bench/results/fidelity.md"))
+    ap.add_argument("--plot", default=os.path.join(ROOT, "docs/fidelity.png"))
+    ap.add_argument("--trace-dir", default=os.path.join(ROOT, "bench/results"))
+    ap.add_argument("--trace", default="", help="SCENARIO/STRATEGY whose trace pair is written "
+                    "(default: the first scenario with its own strategy)")
+    ap.add_argument("--update-docs", action="store_true", help="put the table into docs/fidelity.md")
+    ap.add_argument("--no-run", action="store_true", help="simulate only (measured columns n/a)")
+    model_dir = os.environ.get("PAC_MODEL_DIR", os.path.join(ROOT, "..", "shared", "models"))
+    ap.add_argument("--tokenizer", default=os.path.join(model_dir, "stories260K", "tok512.bin"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "data/personal/train.txt"),
+                    help="paragraphs the run's training set is cut from")
+    ap.add_argument("--model-map", action="append", default=[], help="MODEL=PATH: checkpoint pac-run loads for a "
+                    "scenario model that is not a preset (llama-d512-l8)")
+    ap.add_argument("--run-args", default="", help="extra pac-run arguments (split on spaces)")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
+    ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
+    a = ap.parse_args()
+    a.bin_dir = os.path.join(a.build_dir if os.path.isabs(a.build_dir) else os.path.join(ROOT, a.build_dir), "bin")
+    for tool in ("pac-plan", "pac-sim"):
+        if not os.path.exists(os.path.join(a.bin_dir, tool)):
+            print("fidelity: %s not built in %s (set BUILD_DIR or --build-dir)" % (tool, a.bin_dir), file=sys.stderr)
+            return 2
+    raw_map, a.model_map = a.model_map, {}
+    for m in raw_map:
+        if "=" not in m:
+            print("fidelity: --model-map expects MODEL=PATH, got %r" % m, file=sys.stderr)
+            return 2
+        k, v = m.split("=", 1)
+        a.model_map[k] = v
+    a.run_args = a.run_args.split() if a.run_args else []
+    files = a.scenarios if a.scenarios else sorted(glob.glob(os.path.join(ROOT, "bench/fidelity/*.json")))
+    if not files:
+        print("fidelity: no scenarios", file=sys.stderr)
+        return 2
+    strategies = [s for s in a.strategies.split(",") if s]
+    run_reason = "--no-run" if a.no_run else run_capability(a.bin_dir, a.timeout)
+    a.run_has_trace = False
+    if not run_reason:
+        rc, out, _ = run_cmd([os.path.join(a.bin_dir, "pac-run"), "--help"], a.timeout)
+        a.run_has_trace = "--trace" in out
+    if run_reason:
+        log("measured columns n/a: " + run_reason)
+
+    rows = []
+    t0 = time.time()
+    for i, f in enumerate(files):
+        try:
+            scen = json.load(open(f))
+        except (OSError, ValueError) as e:
+            print("fidelity: %s: %s" % (f, e), file=sys.stderr)
+            return 2
+        for s in strategies:
+            trace_this = (a.trace == "%s/%s" % (scen["name"], s)) if a.trace else (i == 0 and s == scen.get("strategy"))
+            row = one_row(a, f, scen, s, a.work, run_reason, trace_this)
+            rows.append(row)
+            log("[%d/%d] %s / %s: sim %s, measured %s%s" % (
+                i + 1, len(files), scen["name"], s, fmt_list(row["sim_epoch_s"]), fmt_list(row["measured_epoch_s"]),
+                "" if row["status"] == "ok" else " (" + row["status"] + ")"))
+    summary = summarize(rows)
+    measured = [(x, y) for r in rows if r["measured_epoch_s"] for x, y in zip(r["measured_epoch_s"], r["sim_epoch_s"])]
+    if measured:
+        points, x_label = measured, "MEASURED"
+    else:
+        points = [(x, y) for r in rows if r["planner_epoch_s"] and r["sim_epoch_s"]
+                  for x, y in zip(r["planner_epoch_s"], r["sim_epoch_s"])]
+        x_label = "NO MEASUREMENTS YET - X: PLANNER PREDICTED"
+    if a.plot:
+        plot(points, x_label, a.plot)
+    doc = {"format": "pac-fidelity", "format_version": 1, "measured_available": not run_reason,
+           "measured_skip_reason": run_reason or None, "plot_x": x_label.split(" - X: ")[-1].lower(),
+           "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
+    write_atomic(a.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    table = markdown(rows, summary)
+    if a.table:
+        write_atomic(a.table, table)
+    if a.update_docs:
+        update_docs(os.path.join(ROOT, "docs/fidelity.md"), table)
+    sys.stdout.write(table)
+    log("%d rows in %.1f s -> %s" % (len(rows), time.time() - t0, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
