@@ -77,11 +77,12 @@ class TrainExecutor : public StageExecutor {
 };
 
 json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
-  // The pac-pipeline keys (reduction_k, side_init, side_seed) are accepted and unused so
-  // that one settings object can drive either executor.
+  // The pac-pipeline keys (reduction_k, side_init, side_seed, cache*) are accepted and
+  // unused so that one settings object can drive either executor (baselines never use
+  // the activation cache).
   f.check_keys({"executor", "assignment", "model", "seed", "method", "lora_rank", "lora_alpha", "lora_mlp",
                 "adapter_bottleneck", "lr", "weight_decay", "threads", "timeout_ms", "group_store", "tie_store",
-                "reduction_k", "side_init", "side_seed"});
+                "bind_host", "reduction_k", "side_init", "side_seed", "cache", "cache_dtype", "cache_dir"});
   Assignment a = assignment_from_json(f.at("assignment"));
   if (a.device_id != ctx.device_id())
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
@@ -184,6 +185,9 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   std::string my_address = a.my_stage().addresses.size() > static_cast<size_t>(a.group_rank)
                                ? a.my_stage().addresses[a.group_rank]
                                : "";
+  // Gloo binds its pairs to this device's own address: the coordinator's "bind_host",
+  // else the host of the address the plan gives this device.
+  std::string my_host = f.string_or("bind_host", my_address.empty() ? "127.0.0.1" : address_host(my_address));
 
   std::lock_guard<std::mutex> lk(mu_);
   a_ = a;
@@ -193,7 +197,7 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   params_ = params;
   tied_ = tied;
   optim_ = std::make_unique<torch::optim::AdamW>(plist, torch::optim::AdamWOptions(lr).weight_decay(wd));
-  my_host_ = my_address.empty() ? "127.0.0.1" : address_host(my_address);
+  my_host_ = my_host;
   group_store_ = group_store;
   tie_store_ = tie_store;
   group_.reset();
@@ -307,7 +311,7 @@ void TrainExecutor::allreduce(uint32_t step) {
 }
 
 json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "step", "lr", "tokens", "mask"});
+  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples"});  // samples: pac-pipeline's cache ids, unused
   uint32_t step = static_cast<uint32_t>(s.integer("step", 0, UINT32_MAX));
   double lr = s.number("lr", 0, 10);
   StepBatch batch = step_batch_parse(s, model_->config().vocab_size);

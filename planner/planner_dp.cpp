@@ -299,6 +299,48 @@ static double stage_cut_s(const PlanCtx& c, const Layout& lay, int j, double bet
   return t + lat;
 }
 
+// Period per micro-batch that a 1F1B pipeline's dependency cycles force. Stage j holds
+// k_j = min(S - j, M) micro-batches in flight, so between its forward of micro-batch m
+// and that of m + k_j, m has to travel down to the last stage and its gradient back up:
+//   k_j x period >= sum_{i>=j} (F_i + B_i) + sum_{j<=i<S-1} (Cf_i + Cb_i).
+// With slow links this, not the busiest device or NIC, sets the pace: on
+// tests/quality/q09 (3 Orins, 200 Mbit/s) pac-opt predicted 40.2 s without it and 53.7 s
+// with it; the simulator gives 53.7 s. On a shared medium a message also shares the
+// channel with the other cuts' traffic: processor sharing at utilisation
+// rho = medium / period stretches it by 1 / (1 - rho), so the period is the least
+// fixed point above `lo`, found by bisection (the need falls as the period grows).
+static double cycle_need_s(const std::vector<double>& comp, const std::vector<double>& msg, int M, double slow) {
+  const int S = (int)comp.size();
+  double w = 0;
+  for (int j = 0; j < S; j++) w = std::max(w, (comp[j] + msg[j] * slow) / std::min(S - j, M));
+  return w;
+}
+
+static double medium_slowdown(double medium, double period) {
+  if (period <= 0) return 1;
+  return 1 / std::max(0.05, 1 - medium / period);  // at most 20x
+}
+
+static double cycle_period_s(const std::vector<double>& F, const std::vector<double>& B,
+                             const std::vector<double>& Cf, const std::vector<double>& Cb, int M, bool shared,
+                             double medium, double lo) {
+  const int S = (int)F.size();
+  std::vector<double> comp(S, 0), msg(S, 0);  // suffix sums from stage j to the last
+  for (int j = S - 1; j >= 0; j--) {
+    comp[j] = F[j] + B[j] + (j + 1 < S ? comp[j + 1] : 0);
+    msg[j] = j + 1 < S ? Cf[j] + Cb[j] + msg[j + 1] : 0;
+  }
+  if (!shared) return std::max(lo, cycle_need_s(comp, msg, M, 1));
+  double hi = cycle_need_s(comp, msg, M, medium_slowdown(medium, lo));
+  if (hi <= lo) return lo;
+  for (int it = 0; it < 50; it++) {
+    double mid = 0.5 * (lo + hi);
+    if (cycle_need_s(comp, msg, M, medium_slowdown(medium, mid)) > mid) lo = mid;
+    else hi = mid;
+  }
+  return hi;
+}
+
 PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_model) {
   const int S = (int)lay.stages.size();
   const double beta = lay.batch / lay.micro_batches;
@@ -338,6 +380,9 @@ PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_mod
     bottleneck = std::max(bottleneck, b);
     r.tail = std::max(r.tail, tail_local[j]);
   }
+  if (!paper_model)
+    bottleneck = cycle_period_s(F, B, Cf, Cb, lay.micro_batches, c.shared_medium, medium,
+                                std::max(bottleneck, c.shared_medium ? medium : 0.0));
   r.steady = lay.micro_batches * bottleneck;
   if (!paper_model && c.shared_medium) r.steady = std::max(r.steady, lay.micro_batches * medium);
   return r;
