@@ -87,14 +87,8 @@ TEST_P(ExecRuntimeBaselines, SameWeightsAsSingleDeviceTrainer) {
   std::unique_ptr<Trainer> tr = reference(c, ex, dir, &ref_loss);
 
   std::vector<Assignment> as = assignments_make(runtime_plan(cfg.n_layers, c.workers, c.micro_batches, c.stages), 0);
-  std::vector<std::unique_ptr<InProcWorker>> workers;
-  std::vector<WorkerAddress> addrs;
-  for (int d = 0; d < c.workers; d++) {
-    workers.push_back(std::make_unique<InProcWorker>("w" + std::to_string(d)));
-    addrs.push_back({"w" + std::to_string(d), workers.back()->worker->address()});
-  }
-  Coordinator coord(addrs, runtime_test_key(), CoordinatorOptions{"coord", Millis(20000), Millis(500), 20});
-  coord.connect_all();
+  InProcCluster cluster(c.workers);
+  Coordinator& coord = *cluster.coord;
   json settings = {{"executor", "pipeline-train"},
                    {"model", runtime_config_json(cfg)},
                    {"seed", kSeed},
@@ -158,14 +152,8 @@ TEST_P(ExecRuntimeBaselines, SameWeightsAsSingleDeviceTrainer) {
 static std::string assign_error(const json& extra, const Case& c) {
   LlamaConfig cfg = case_config(c);
   std::vector<Assignment> as = assignments_make(runtime_plan(cfg.n_layers, c.workers, c.micro_batches, c.stages), 0);
-  std::vector<std::unique_ptr<InProcWorker>> workers;
-  std::vector<WorkerAddress> addrs;
-  for (int d = 0; d < c.workers; d++) {
-    workers.push_back(std::make_unique<InProcWorker>("w" + std::to_string(d)));
-    addrs.push_back({"w" + std::to_string(d), workers.back()->worker->address()});
-  }
-  Coordinator coord(addrs, runtime_test_key(), CoordinatorOptions{"coord", Millis(20000), Millis(500), 20});
-  coord.connect_all();
+  InProcCluster cluster(c.workers);
+  Coordinator& coord = *cluster.coord;
   json settings = {{"executor", "pipeline-train"}, {"model", runtime_config_json(cfg)}, {"seed", kSeed},
                    {"lr", kLr}};
   settings.update(extra);

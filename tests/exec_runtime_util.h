@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "exec/coordinator.h"
 #include "exec/executors.h"
 #include "exec/worker.h"
 #include "src/core/plan.h"
@@ -41,6 +42,22 @@ struct InProcWorker {
   ~InProcWorker() {
     worker->stop();
     thread.join();
+  }
+};
+
+// Workers w0..w<n-1> as threads and a coordinator connected to them.
+struct InProcCluster {
+  std::vector<std::unique_ptr<InProcWorker>> workers;
+  std::unique_ptr<Coordinator> coord;
+  explicit InProcCluster(int n) {
+    std::vector<WorkerAddress> addrs;
+    for (int d = 0; d < n; d++) {
+      workers.push_back(std::make_unique<InProcWorker>("w" + std::to_string(d)));
+      addrs.push_back({"w" + std::to_string(d), workers.back()->worker->address()});
+    }
+    coord = std::make_unique<Coordinator>(addrs, runtime_test_key(),
+                                          CoordinatorOptions{"coord", Millis(20000), Millis(500), 20});
+    coord->connect_all();
   }
 };
 
