@@ -40,6 +40,7 @@ std::vector<QualityEntry> quality_run_scenario(const Scenario& s, const std::str
       if (r.status == "ok") {
         e.total_s = r.total_s;
         e.epoch_s = r.epoch_s;
+        e.predicted_s = r.predicted_s;
       }
     } catch (const InputError& err) {
       // The strategy cannot express this scenario: not applicable, infinitely slow.

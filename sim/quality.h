@@ -30,6 +30,7 @@ struct QualityEntry {
   std::string groups;             // the plan's shape, "[1-3]"
   double total_s = 0;             // simulated
   std::vector<double> epoch_s;    // simulated, per epoch
+  double predicted_s = 0;         // the planner's own prediction (not kept in the baseline)
 };
 
 // A (scenario, strategy) pair where pac-opt may be slower than `strategy`, with why, but
