@@ -142,9 +142,4 @@ void grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor
   }
 }
 
-std::string address_host(const std::string& address) {
-  size_t colon = address.rfind(':');
-  return colon == std::string::npos ? address : address.substr(0, colon);
-}
-
 }  // namespace pac

@@ -88,7 +88,4 @@ void stage_send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint3
 void grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor>& params,
                          const CollectiveOptions& opt);
 
-// "host" of "host:port".
-std::string address_host(const std::string& address);
-
 }  // namespace pac

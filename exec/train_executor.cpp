@@ -12,6 +12,7 @@
 #include "exec/assignment.h"
 #include "exec/collectives.h"
 #include "exec/stage_io.h"
+#include "exec/train_driver.h"
 #include "src/common/error.h"
 #include "src/llm/model.h"
 #include "src/llm/safetensors.h"

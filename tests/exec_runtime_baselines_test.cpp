@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "exec/pac_driver.h"
+#include "exec/train_driver.h"
 #include "exec/train_executor.h"
 #include "src/llm/safetensors.h"
 #include "src/llm/trainer.h"
@@ -89,17 +90,15 @@ TEST_P(ExecRuntimeBaselines, SameWeightsAsSingleDeviceTrainer) {
   std::vector<Assignment> as = assignments_make(runtime_plan(cfg.n_layers, c.workers, c.micro_batches, c.stages), 0);
   InProcCluster cluster(c.workers);
   Coordinator& coord = *cluster.coord;
-  json settings = {{"executor", "pipeline-train"},
-                   {"model", runtime_config_json(cfg)},
-                   {"seed", kSeed},
-                   {"method", c.method},
-                   {"lora_rank", kLoraRank},
-                   {"lora_alpha", kLoraAlpha},
-                   {"adapter_bottleneck", kBottleneck},
-                   {"lr", kLr},
-                   {"weight_decay", kWd},
-                   {"timeout_ms", 20000},
-                   {"tie_store", {{"host", "127.0.0.1"}, {"port", tcp_free_port("127.0.0.1")}}}};
+  // The coordinator's settings as pac-run builds them: common keys + train_settings.
+  MethodSpec method;
+  method.kind = c.method;
+  method.lora_rank = kLoraRank;
+  method.lora_alpha = kLoraAlpha;
+  method.adapter_bottleneck = kBottleneck;
+  json settings = {{"model", runtime_config_json(cfg)}, {"seed", kSeed},          {"lr", kLr},
+                   {"weight_decay", kWd},               {"timeout_ms", 20000}};
+  settings.update(train_settings(method, coord, as));
   std::vector<json> acks = pac_assign_phase(coord, as, settings);
   // The stages' trainable tensors add up to the trainer's (each group member holds its
   // stage's); a tied embedding trained over several stages is counted on the first and
@@ -177,6 +176,35 @@ TEST(ExecRuntimeBaselinesInput, BadFragmentsNameTheField) {
   EXPECT_NE(e.find("tie_store"), std::string::npos) << e;
   e = assign_error({{"method", "lora"}, {"lora_rank", 0}}, two);
   EXPECT_NE(e.find("lora_rank"), std::string::npos) << e;
+}
+
+// train_settings maps the scenario's method one to one, and adds the tie group's store
+// only where full fine-tuning spans several stages.
+TEST(ExecRuntimeBaselinesInput, TrainSettingsFromTheScenarioMethod) {
+  InProcCluster cluster(2);
+  std::vector<Assignment> one = assignments_make(runtime_plan(4, 2, 1, {runtime_stage(0, 4, {0, 1}, {0.5, 0.5})}), 0);
+  std::vector<Assignment> two = assignments_make(
+      runtime_plan(4, 2, 1, {runtime_stage(0, 2, {0}, {1.0}), runtime_stage(2, 4, {1}, {1.0})}), 0);
+  MethodSpec m;
+  m.kind = "lora";
+  m.lora_rank = 3;
+  m.lora_alpha = 6;
+  m.lora_mlp = true;
+  json s = train_settings(m, *cluster.coord, two);
+  EXPECT_EQ(s["executor"], "pipeline-train");
+  EXPECT_EQ(s["method"], "lora");
+  EXPECT_EQ(s["lora_rank"], 3);
+  EXPECT_EQ(s["lora_alpha"], 6.0);
+  EXPECT_EQ(s["lora_mlp"], true);
+  EXPECT_FALSE(s.contains("tie_store"));  // LoRA never trains the embedding
+  m.kind = "full";
+  EXPECT_FALSE(train_settings(m, *cluster.coord, one).contains("tie_store"));  // one stage: one copy
+  s = train_settings(m, *cluster.coord, two);
+  ASSERT_TRUE(s.contains("tie_store"));
+  EXPECT_EQ(s["tie_store"]["host"], "127.0.0.1");
+  m.kind = "parallel_adapters";
+  EXPECT_THROW(train_settings(m, *cluster.coord, two), InputError);
+  cluster.coord->shutdown(false);
 }
 
 // Shapes of the planner's baselines on 1-4 devices (4 layers).
