@@ -123,7 +123,7 @@ std::string random_key() {
 
 int run(int argc, char** argv) {
   CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
-  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random";
+  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir;
   bool local = false, quiet = false;
   int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0;
   double lr = 1e-3, wd = 0, timeout_s = 60, eval_fraction = 0.1;
@@ -145,6 +145,8 @@ int run(int argc, char** argv) {
   app.add_option("--threads", threads, "LibTorch threads per worker")->capture_default_str();
   app.add_option("--max-steps", max_steps, "stop after this many mini-batches (0 = all)")->capture_default_str();
   app.add_option("--timeout-s", timeout_s, "longest wait for any device")->capture_default_str();
+  app.add_option("--cache-dir", cache_dir,
+                 "activation cache folder on each worker (<dir>/<device id>; default: a private temp folder)");
   app.add_option("--out", out, "trained side network (.safetensors)");
   app.add_option("--report", report, "report JSON (docs/report-format.md)");
   app.add_option("--key-file", key_file, "cluster key (default with --local: a fresh random key)");
@@ -213,9 +215,20 @@ int run(int argc, char** argv) {
   c.connect_all();
   std::vector<Assignment> as = assignments_make(plan, 0);
   json settings = {{"seed", seed}, {"side_init", side_init}, {"reduction_k", k}, {"lr", lr},
-                   {"weight_decay", wd}, {"threads", threads}, {"timeout_ms", timeout.count()}};
+                   {"weight_decay", wd}, {"threads", threads}, {"timeout_ms", timeout.count()},
+                   {"cache", sc.method.cache}, {"cache_dtype", sc.method.cache_dtype}};
   settings["model"] = model;
+  if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
   pac_assign_phase(c, as, settings);
+  // Phase 2 (data parallel from the activation cache) when the plan has one: the
+  // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
+  int p2 = -1;
+  if (sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
+  std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
+  const std::vector<Assignment> as1 = as;
+  CacheHolders holders;
+  double switch_s = -1;
+  bool in_dp = false;
 
   int64_t n = static_cast<int64_t>(train.size());
   int64_t nb = (n + batch - 1) / batch;
@@ -227,6 +240,27 @@ int run(int argc, char** argv) {
   std::vector<double> busy(nd, 0), bubble(nd, 0), comm(nd, 0), rss(nd, 0);
   std::map<std::pair<std::string, std::string>, double> link_bytes;
   for (int e = 1; e <= epochs && !stop; e++) {
+    if (p2 >= 0 && e == plan.phases[p2].epoch_first && e > 1) {
+      std::vector<const Example*> all;
+      for (const Example& x : train) all.push_back(&x);
+      if (!quiet) std::fprintf(stderr, "switch: moving cached activations and the side network to %zu devices\n",
+                               plan.phases[p2].stages[0].devices.size());
+      SwitchResult sw = pac_switch(c, as, as2, all, holders, timeout);
+      for (size_t i = 0; i < sw.results.size(); i++) {
+        const json& j = sw.results[i];
+        int d = sw.workers[i];
+        comm[d] += j.value("send_s", 0.0);
+        bubble[d] += j.value("wait_s", 0.0);
+        rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
+        if (j.contains("bytes_to"))
+          for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
+      }
+      switch_s = sw.seconds;
+      if (!quiet) std::fprintf(stderr, "switch: done in %.2f s; epochs %d-%d run data parallel from the cache\n",
+                               sw.seconds, e, epochs);
+      as = as2;
+      in_dp = true;
+    }
     auto te = std::chrono::steady_clock::now();
     std::vector<int64_t> order = epoch_order(n, seed, e);  // the trainer's order
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
@@ -239,10 +273,11 @@ int run(int argc, char** argv) {
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr, mb, timeout);
+      if (p2 >= 0) pac_note_cached(r, &holders);
       for (const json& j : r.results) {
         int d = sc.device_index(j.value("device", std::string()));
         if (d < 0) continue;
-        busy[d] += j.value("compute_s", 0.0);
+        busy[d] += j.value("compute_s", 0.0) + j.value("cache_read_s", 0.0);
         bubble[d] += j.value("wait_s", 0.0);
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
@@ -254,8 +289,9 @@ int run(int argc, char** argv) {
       std::snprintf(extra, sizeof extra, "loss %.4f", r.loss);
       prog.update(b + 1, extra);
     }
-    epochs_json.push_back(
-        {{"epoch", e}, {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
+    epochs_json.push_back({{"epoch", e},
+                           {"phase", in_dp ? "data_parallel" : "pipeline"},
+                           {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -313,7 +349,7 @@ int run(int argc, char** argv) {
     for (size_t d = 0; d < nd; d++)
       devs.push_back({{"id", sc.devices[d].id},
                       {"profile", sc.devices[d].profile.name},
-                      {"used", as[d].stage >= 0},
+                      {"used", as1[d].stage >= 0 || (in_dp && as2[d].stage >= 0)},
                       {"busy_s", busy[d]},
                       {"bubble_s", bubble[d]},
                       {"comm_s", comm[d]},
@@ -327,6 +363,7 @@ int run(int argc, char** argv) {
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
                 {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
+                {"switch_s", switch_s},
                 {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},
                 {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},
                                {"epoch_s", plan.predicted.epoch_s},

@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "src/common/error.h"
+#include "src/common/hash.h"
 
 namespace pac {
 
@@ -66,6 +68,7 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
       st["addresses"] = addrs;
     }
     if (!stores[as[w].stage].is_null()) f["group_store"] = stores[as[w].stage];
+    f["bind_host"] = host_of(c.worker(w).address);  // Gloo binds its pairs to this device's address
     acks.push_back(c.assign(w, f));
   }
   return acks;
@@ -80,7 +83,9 @@ PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, 
     for (uint8_t v : e->mask) m.push_back(static_cast<int>(v));
     mask.push_back(m);
   }
-  json start = {{"op", "train"}, {"step", step}, {"lr", lr}, {"tokens", tokens}, {"mask", mask}};
+  json ids = json::array();
+  for (const Example* e : batch) ids.push_back(e->id);
+  json start = {{"op", "train"}, {"step", step}, {"lr", lr}, {"tokens", tokens}, {"mask", mask}, {"samples", ids}};
   for (int w = 0; w < c.worker_count(); w++)
     if (as[w].stage >= 0) c.connection(w).send_json(MsgType::Start, start);
   PacStepResult r;
@@ -93,7 +98,98 @@ PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, 
     r.loss += j.value("loss_part", 0.0);
     r.max_seconds = std::max(r.max_seconds, j.value("seconds", 0.0));
     r.results.push_back(j);
+    r.workers.push_back(w);
   }
+  return r;
+}
+
+void pac_note_cached(const PacStepResult& r, CacheHolders* holders) {
+  for (size_t i = 0; i < r.results.size(); i++) {
+    auto it = r.results[i].find("cached");
+    if (it == r.results[i].end() || !it->is_array()) continue;
+    for (const json& id : *it)
+      if (id.is_number_integer()) (*holders)[id.get<int64_t>()].push_back(r.workers[i]);
+  }
+}
+
+std::vector<int> switch_owners(const std::vector<int64_t>& samples, const CacheHolders& holders,
+                               const std::vector<int>& dp_devices, const std::vector<double>& dp_shares,
+                               const std::vector<int>& taps) {
+  int n = static_cast<int>(samples.size()), G = static_cast<int>(dp_devices.size());
+  std::vector<int> cap(G), owner(n, -1);
+  for (int g = 0; g < G; g++) cap[g] = share_rows(RowRange{0, n}, dp_shares, g).size();
+  // DP ranks in order of the taps their phase-1 records hold, most first: keeping a
+  // sample on the device that holds most of it saves the most bytes.
+  std::vector<int> order(G);
+  for (int g = 0; g < G; g++) order[g] = g;
+  auto taps_of = [&](int g) { return dp_devices[g] < static_cast<int>(taps.size()) ? taps[dp_devices[g]] : 0; };
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return taps_of(x) > taps_of(y); });
+  for (int g : order) {
+    for (int i = 0; i < n && cap[g] > 0; i++) {
+      if (owner[i] >= 0) continue;
+      auto it = holders.find(samples[i]);
+      if (it == holders.end()) continue;
+      if (std::find(it->second.begin(), it->second.end(), dp_devices[g]) == it->second.end()) continue;
+      owner[i] = g;
+      cap[g]--;
+    }
+  }
+  // The rest go wherever capacity is left, in rank order.
+  int g = 0;
+  for (int i = 0; i < n; i++) {
+    if (owner[i] >= 0) continue;
+    while (cap[g] == 0) g++;
+    owner[i] = g;
+    cap[g]--;
+  }
+  return owner;
+}
+
+SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const std::vector<Assignment>& p2,
+                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (p2.empty() || p2[0].stages.size() != 1)
+    throw InputError("plan: the phase after the switch must be one data-parallel stage, got " +
+                     std::to_string(p2.empty() ? 0 : p2[0].stages.size()) + " stages");
+  const StageInfo& dp = p2[0].stages[0];
+  std::vector<int> taps(c.worker_count(), 0);
+  for (int w = 0; w < c.worker_count(); w++) {
+    if (p2[w].stage >= 0 && p1[w].stage < 0)
+      throw InputError("plan: device " + c.worker(w).id +
+                       " joins only after the switch; pac-run needs every data-parallel device in phase 1");
+    if (p1[w].stage >= 0) taps[w] = p1[w].layer_end() + 1 - (p1[w].layer_begin() == 0 ? 0 : p1[w].layer_begin() + 1);
+  }
+  std::vector<int64_t> ids;
+  json hashes = json::array(), dps = json::array();
+  for (const Example* e : samples) {
+    ids.push_back(e->id);
+    hashes.push_back(hash_hex(tokens_hash(e->tokens)));
+  }
+  std::vector<int> owner = switch_owners(ids, holders, dp.devices, dp.shares, taps);
+  for (int d : dp.devices) dps.push_back({{"id", c.worker(d).id}, {"address", c.worker(d).address}});
+  json start = {{"op", "switch"}, {"samples", ids}, {"hashes", hashes}, {"owners", owner}, {"dp_devices", dps}};
+  if (dp.devices.size() > 1) {
+    std::string host = host_of(c.worker(dp.devices[0]).address);
+    start["dp_store"] = {{"host", host}, {"port", tcp_free_port(host)}};
+  }
+  std::vector<int> involved;
+  for (int w = 0; w < c.worker_count(); w++) {
+    if (p1[w].stage < 0 && p2[w].stage < 0) continue;
+    json f = start;
+    f["dp_rank"] = p2[w].stage >= 0 ? p2[w].group_rank : -1;
+    c.connection(w).send_json(MsgType::Start, f);
+    involved.push_back(w);
+  }
+  SwitchResult r;
+  for (int w : involved) {
+    Frame f = c.wait_from(w, MsgType::Result, wait);
+    json j = json::parse(f.payload, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      throw RuntimeError("device " + c.worker(w).id + " sent a Result that is not a JSON object");
+    r.results.push_back(j);
+    r.workers.push_back(w);
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
 

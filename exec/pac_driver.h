@@ -2,6 +2,7 @@
 // device its part of a phase, drive mini-batches through the pipeline, collect the
 // trained side network. No torch: the workers do the tensor work.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,12 +28,40 @@ struct PacStepResult {
   double loss = 0;        // the mini-batch's masked mean loss (sum of the slices' parts)
   double max_seconds = 0; // slowest device's step time
   std::vector<json> results;
+  std::vector<int> workers;  // coordinator index of each result's device
 };
 
 // One mini-batch on every assigned device: Start is sent to all of them first (the
 // pipeline needs them all running), then every Result is awaited for at most `wait`.
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
                              const std::vector<const Example*>& batch, Millis wait);
+
+// Which devices hold cached taps of which samples after phase 1, from the step results
+// "cached" lists (sample id -> coordinator indices of the devices that wrote its taps).
+using CacheHolders = std::map<int64_t, std::vector<int>>;
+void pac_note_cached(const PacStepResult& r, CacheHolders* holders);
+
+// The owner (data-parallel rank) of every sample in `samples` for phase 2. Rank g owns
+// exactly its share of the samples (share_rows over [0, n)); a device keeps the samples
+// it already holds taps of where it can, those with the most taps first, so the
+// switch moves as few bytes as it must (the planner's switch model assumes the same).
+// taps[w] = number of taps device w's phase-1 records hold.
+std::vector<int> switch_owners(const std::vector<int64_t>& samples, const CacheHolders& holders,
+                               const std::vector<int>& dp_devices, const std::vector<double>& dp_shares,
+                               const std::vector<int>& taps);
+
+struct SwitchResult {
+  double seconds = 0;
+  std::vector<json> results;
+  std::vector<int> workers;
+};
+
+// The phase switch: every device of `phase1` ships its cached taps to their owners and
+// its stage's side tensors (with AdamW state) to every device of `phase2` (one
+// data-parallel stage); returns when all of them are done. Devices of phase 2 must have
+// been in phase 1 (they hold the side network's shape and the head).
+SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& phase1, const std::vector<Assignment>& phase2,
+                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait);
 
 // Asks the first device of every stage to write its trained side tensors to
 // `dir`/side-stage<j>.safetensors; returns those paths in stage order.

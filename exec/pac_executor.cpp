@@ -9,11 +9,16 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <unistd.h>
+#include <filesystem>
+#include <set>
 
 #include <torch/torch.h>
 
 #include "exec/assignment.h"
 #include "exec/collectives.h"
+#include "src/common/hash.h"
+#include "src/llm/act_cache.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/model.h"
 #include "src/llm/safetensors.h"
@@ -64,7 +69,14 @@ class PacExecutor : public StageExecutor {
 
  private:
   json train_step(const JsonIn& step, WorkerContext& ctx);
+  json dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask, double n_tokens,
+                     const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes);
+  json switch_phase(const JsonIn& step, WorkerContext& ctx);
   json save(const JsonIn& step, WorkerContext& ctx);
+  void cache_open(int T);
+  torch::Tensor side_input(const torch::Tensor& b) const;
+  void send_tensor_to(WorkerContext& ctx, const std::string& id, const std::string& address, MsgType type,
+                      const TensorHeader& h, const torch::Tensor& t, uint32_t flags);
   void forward(int m, uint32_t step, int n, const torch::Tensor& inputs, const torch::Tensor& targets,
                const torch::Tensor& mask, double n_tokens, WorkerContext& ctx);
   void backward(int m, uint32_t step, int n, WorkerContext& ctx);
@@ -72,6 +84,7 @@ class PacExecutor : public StageExecutor {
   void send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint32_t step, int m, const RowRange& mine,
                  const torch::Tensor& t);
   void group_allreduce(uint32_t step);
+  void grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt);
 
   // Guards the inbox only; everything else is touched by run_step's thread alone.
   std::mutex mu_;
@@ -88,10 +101,50 @@ class PacExecutor : public StageExecutor {
   std::unique_ptr<torch::optim::AdamW> optim_;
   std::string store_host_;
   int store_port_ = 0;
+  std::string bind_host_ = "127.0.0.1";  // this device's address for Gloo's pairs
+  int dim_ = 0;                          // backbone width
   std::unique_ptr<CollectiveGroup> group_;
   std::chrono::milliseconds timeout_{30000};
   std::map<int, MicroState> micro_;
   double loss_part_ = 0;
+  // The mini-batch being run: sample ids and token hashes of its rows (cache records).
+  std::vector<int64_t> ids_;
+  std::vector<uint64_t> hashes_;
+
+  // Activation cache (docs/runtime.md, "Activation cache and switch"). Phase 1 writes
+  // this device's taps of its rows (p1/); the switch moves them to their owners, which
+  // write whole records (dp/); phase 2 reads those.
+  bool cache_on_ = false;
+  CacheDtype cache_dtype_ = CacheDtype::F32;
+  std::string cache_root_;
+  bool cache_root_owned_ = false;  // a temporary folder of ours: removed with the executor
+  std::string model_desc_;         // what the backbone is (cache key)
+  int tap_begin_ = 0, tap_end_ = 0;
+  int cache_T_ = 0;                  // sequence length of the records  // this stage's taps [begin, end) of 0..L
+  std::unique_ptr<ActCache> cache_p1_, cache_dp_;
+  std::map<int64_t, uint64_t> cached_;  // sample id -> tokens hash of the records in p1/
+  std::vector<int64_t> new_cached_;     // written during this step (reported to the coordinator)
+
+  // Phase 2 (after the switch): the whole side network, data parallel from dp/.
+  bool dp_ = false;
+  int dp_rank_ = -1, dp_size_ = 0;
+  std::map<int64_t, int> owner_;  // sample id -> DP rank that holds its record
+  std::string dp_store_host_;
+  int dp_store_port_ = 0;
+  std::unique_ptr<CollectiveGroup> dp_group_;
+  double read_s_ = 0;
+  // Switch inbox (guarded by mu_): record pieces (sample, first tap) and side tensors
+  // (parameter index -> AdamW step, [3, numel] = value, exp_avg, exp_avg_sq).
+  std::map<std::pair<int64_t, int>, torch::Tensor> sw_taps_;
+  std::map<int, std::pair<int64_t, torch::Tensor>> sw_params_;
+
+ public:
+  ~PacExecutor() override {
+    std::error_code ec;
+    if (cache_root_owned_ && !cache_root_.empty()) std::filesystem::remove_all(cache_root_, ec);
+  }
+
+ private:
   // Per step, for the run report: seconds waiting for slices, sending, all-reducing,
   // and bytes sent to each device.
   double wait_s_ = 0, send_s_ = 0, allreduce_s_ = 0;
@@ -100,7 +153,7 @@ class PacExecutor : public StageExecutor {
 
 json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   f.check_keys({"executor", "assignment", "model", "seed", "side_init", "side_seed", "reduction_k", "lr",
-                "weight_decay", "threads", "timeout_ms", "group_store"});
+                "weight_decay", "threads", "timeout_ms", "group_store", "cache", "cache_dtype", "cache_dir", "bind_host"});
   Assignment a = assignment_from_json(f.at("assignment"));
   if (a.device_id != ctx.device_id())
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
@@ -157,6 +210,25 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
     f.fail_at("group_store", "expected {\"host\", \"port\"}: stage " + std::to_string(a.stage) + " has " +
                                  std::to_string(a.group_size()) + " devices to all-reduce");
   }
+  bool cache_on = f.boolean_or("cache", false);
+  CacheDtype cache_dtype = CacheDtype::F32;
+  if (auto cd = f.find("cache_dtype")) {
+    std::string name = cd->as_string();
+    if (name != "fp32" && name != "fp16" && name != "bf16") f.fail_at("cache_dtype", "expected fp32, fp16 or bf16");
+    cache_dtype = cache_dtype_parse(name);
+  }
+  // One folder per device below "cache_dir" (local workers may share a disk).
+  std::string cache_root = f.string_or("cache_dir", "");
+  if (!cache_root.empty()) cache_root += "/" + ctx.device_id();
+  std::string bind_host = f.string_or("bind_host", "127.0.0.1");
+  bool cache_owned = false;
+  if (cache_on && cache_root.empty()) {
+    // No folder given: a private one under the temp dir, removed with the executor.
+    cache_root = (std::filesystem::temp_directory_path() /
+                  ("pac-cache-" + ctx.device_id() + "-" + std::to_string(::getpid())))
+                     .string();
+    cache_owned = true;
+  }
   LlamaConfig side_rope;  // rope_tables() on the side's head size (same run.c formula)
   side_rope.dim = side->config().width;
   side_rope.n_heads = side->config().n_heads;
@@ -175,9 +247,30 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   optim_ = std::make_unique<torch::optim::AdamW>(plist, torch::optim::AdamWOptions(lr).weight_decay(wd));
   store_host_ = host;
   store_port_ = port;
+  bind_host_ = bind_host;
+  dim_ = cfg.dim;
   group_.reset();
   timeout_ = std::chrono::milliseconds(f.integer_or("timeout_ms", 30000, 1, 86400000));
   inbox_.clear();
+  sw_taps_.clear();
+  sw_params_.clear();
+  cache_on_ = cache_on;
+  cache_dtype_ = cache_dtype;
+  if (cache_root_owned_ && cache_root_ != cache_root) {
+    std::error_code ec;
+    std::filesystem::remove_all(cache_root_, ec);
+  }
+  cache_root_ = cache_root;
+  cache_root_owned_ = cache_owned;
+  model_desc_ = (mj.is_string() ? mj.as_string() : mj.raw().dump()) + " seed " + std::to_string(seed);
+  tap_begin_ = a.layer_begin() == 0 ? 0 : a.layer_begin() + 1;
+  tap_end_ = a.layer_end() + 1;
+  cache_p1_.reset();
+  cache_dp_.reset();
+  cached_.clear();
+  dp_ = false;
+  dp_group_.reset();
+  owner_.clear();
   assigned_ = true;
   int64_t n_params = 0;
   for (auto& p : plist) n_params += p.numel();
@@ -185,7 +278,7 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
           {"layers", {a.layer_begin(), a.layer_end()}}, {"trainable_params", n_params}};
 }
 
-void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView& t, uint32_t, WorkerContext&) {
+void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView& t, uint32_t flags, WorkerContext&) {
   if (type != MsgType::Activation && type != MsgType::SideState && type != MsgType::Gradient)
     throw InputError(std::string("pac-pipeline executor: unexpected ") + msg_type_name(type) + " from " + from.str());
   if (t.header.dtype != TensorDtype::F32)
@@ -196,7 +289,14 @@ void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView
   std::memcpy(x.data_ptr<float>(), t.data, static_cast<size_t>(t.header.numel()) * sizeof(float));
   std::lock_guard<std::mutex> lk(mu_);
   if (!assigned_) throw InputError("pac-pipeline executor got a tensor from " + from.str() + " before its assignment");
-  inbox_[InboxKey(static_cast<int>(type), t.header.tag, t.header.micro_batch, from.id)] = x;
+  if (flags & kFlagRedistribute) {
+    if (type == MsgType::Activation) sw_taps_[{static_cast<int64_t>(t.header.tag), static_cast<int>(t.header.stage)}] = x;
+    else if (type == MsgType::SideState) sw_params_[static_cast<int>(t.header.tag)] = {t.header.micro_batch, x};
+    else throw InputError("pac-pipeline executor: a redistributed " + std::string(msg_type_name(type)) + " from " +
+                          from.str());
+  } else {
+    inbox_[InboxKey(static_cast<int>(type), t.header.tag, t.header.micro_batch, from.id)] = x;
+  }
   cv_.notify_all();
 }
 
@@ -253,13 +353,21 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     return;
   }
   int64_t T = inputs.size(1);
+  // Taps of this stage for the cache, only the first time a sample comes by (epoch 1).
+  bool record = cache_on_ && !dp_;
+  if (record) {
+    record = false;
+    for (int r = st.rows.begin; r < st.rows.end; r++) record = record || !cached_.count(ids_[r]);
+  }
+  std::vector<torch::Tensor> taps;
   torch::Tensor b, a;
   if (a_.has_embedding()) {
     {
       torch::NoGradGuard ng;
       b = model_->embed(inputs.narrow(0, st.rows.begin, st.rows.size()));
     }
-    a = side_->down0(b);
+    if (record) taps.push_back(b);
+    a = side_->down0(side_input(b));
   } else {
     std::vector<PeerRows> up = assignment_up_peers(a_, n, m);
     b = gather(MsgType::Activation, step, m, up);
@@ -272,11 +380,22 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
       torch::NoGradGuard ng;  // the backbone is frozen: no autograd state for it
       b = model_->layer_forward(l, b);
     }
+    if (record) taps.push_back(b);
     SideBlock& blk = side_->blocks[l];  // side block l+1 consumes b_{l+1}
-    a = blk->forward(a + blk->down(b), cos, sin);
+    a = blk->forward(a + blk->down(side_input(b)), cos, sin);
+  }
+  if (record) {
+    // One record per new sample: this stage's taps [tap_begin_, tap_end_) of that row.
+    torch::Tensor all = torch::stack(taps, 1);  // [rows, n_taps, T, d]
+    for (int r = st.rows.begin; r < st.rows.end; r++) {
+      if (cached_.count(ids_[r])) continue;
+      cache_p1_->cache_write_sample("p1", ids_[r], hashes_[r], all[r - st.rows.begin]);
+      cached_[ids_[r]] = hashes_[r];
+      new_cached_.push_back(ids_[r]);
+    }
   }
   if (a_.has_head()) {
-    torch::Tensor out = side_->final_hidden(b) + side_->gate * side_->up(side_->norm(a));
+    torch::Tensor out = side_->final_hidden(side_input(b)) + side_->gate * side_->up(side_->norm(a));
     torch::Tensor logits = torch::matmul(out, classifier_.t());
     int64_t V = logits.size(-1);
     torch::Tensor per_token = torch::nn::functional::cross_entropy(
@@ -314,6 +433,25 @@ void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
   micro_.erase(m);
 }
 
+// Sums the trainable tensors' gradients over `g` in place. One flat all-reduce per
+// mini-batch: per-call latency, not bytes, dominates for side-network gradients
+// (docs/runtime.md, measured Gloo all-reduce).
+void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt) {
+  std::vector<torch::Tensor> grads;
+  for (auto& kv : params_) {
+    if (!kv.second.grad().defined()) kv.second.mutable_grad() = torch::zeros_like(kv.second);
+    grads.push_back(kv.second.grad().reshape({-1}));
+  }
+  torch::Tensor flat = torch::cat(grads);
+  g.allreduce(flat, ReduceKind::Sum, opt);
+  int64_t off = 0;
+  for (auto& kv : params_) {
+    int64_t k = kv.second.numel();
+    kv.second.mutable_grad().copy_(flat.narrow(0, off, k).view_as(kv.second));
+    off += k;
+  }
+}
+
 void PacExecutor::group_allreduce(uint32_t step) {
   if (a_.group_size() <= 1) return;
   auto t0 = std::chrono::steady_clock::now();
@@ -326,28 +464,14 @@ void PacExecutor::group_allreduce(uint32_t step) {
     CollectiveStore store = CollectiveStore::tcp(store_host_, static_cast<uint16_t>(store_port_), a_.group_rank == 0,
                                                  a_.group_size(), timeout_);
     group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
-                                               a_.group_size(), opt, store_host_);
+                                               a_.group_size(), opt, bind_host_);
   }
-  // One flat all-reduce per mini-batch: per-call latency, not bytes, dominates for
-  // side-network gradients (docs/runtime.md, measured Gloo all-reduce).
-  std::vector<torch::Tensor> grads;
-  for (auto& kv : params_) {
-    if (!kv.second.grad().defined()) kv.second.mutable_grad() = torch::zeros_like(kv.second);
-    grads.push_back(kv.second.grad().reshape({-1}));
-  }
-  torch::Tensor flat = torch::cat(grads);
-  group_->allreduce(flat, ReduceKind::Sum, opt);
-  int64_t off = 0;
-  for (auto& kv : params_) {
-    int64_t k = kv.second.numel();
-    kv.second.mutable_grad().copy_(flat.narrow(0, off, k).view_as(kv.second));
-    off += k;
-  }
+  grads_allreduce(*group_, opt);
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "step", "lr", "tokens", "mask"});
+  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples"});
   uint32_t step = static_cast<uint32_t>(s.integer("step", 0, UINT32_MAX));
   double lr = s.number("lr", 0, 10);
   // Every device gets the whole mini-batch's tokens and mask (tiny next to activations):
@@ -357,25 +481,45 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   int n = static_cast<int>(rows.size());
   if (n < 1 || mrows.size() != rows.size()) s.fail_at("mask", "expected as many mask rows as token rows (>= 1)");
   int64_t T = static_cast<int64_t>(mrows[0].size());
+  int vocab = side_->config().vocab_size;
   torch::Tensor inputs = torch::empty({n, T}, torch::kLong), targets = torch::empty({n, T}, torch::kLong);
   torch::Tensor mask = torch::empty({n, T}, torch::kFloat);
+  ids_.assign(n, -1);
+  hashes_.assign(n, 0);
+  if (auto sm = s.find("samples")) {
+    std::vector<JsonIn> sid = sm->items();
+    if (static_cast<int>(sid.size()) != n) s.fail_at("samples", "expected one sample id per token row");
+    for (int i = 0; i < n; i++) ids_[i] = sid[i].as_int(0, INT32_MAX);
+  } else if (cache_on_) {
+    s.fail_at("samples", "expected the rows' sample ids (the activation cache is on)");
+  }
   for (int i = 0; i < n; i++) {
     std::vector<JsonIn> tk = rows[i].items(), mk = mrows[i].items();
     if (static_cast<int64_t>(tk.size()) != T + 1 || static_cast<int64_t>(mk.size()) != T)
       rows[i].fail("expected " + std::to_string(T + 1) + " tokens and " + std::to_string(T) + " mask entries");
+    std::vector<int32_t> toks(T + 1);
+    for (int64_t t = 0; t <= T; t++) toks[t] = static_cast<int32_t>(tk[t].as_int(0, vocab - 1));
     for (int64_t t = 0; t < T; t++) {
-      inputs[i][t] = tk[t].as_int(0, model_->config().vocab_size - 1);
-      targets[i][t] = tk[t + 1].as_int(0, model_->config().vocab_size - 1);
+      inputs[i][t] = toks[t];
+      targets[i][t] = toks[t + 1];
       mask[i][t] = static_cast<float>(mk[t].as_number(0, 1));
     }
+    hashes_[i] = tokens_hash(toks);
   }
   double n_tokens = mask.sum().item<double>();
+  if (cache_on_) cache_open(static_cast<int>(T));
+  if (!dp_ && !model_) s.fail("device " + ctx.device_id() + " is not in the data-parallel phase after the switch");
+  if (dp_) {
+    for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    return dp_train_step(step, targets, mask, n_tokens, ids_, hashes_);
+  }
   for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
   optim_->zero_grad();
   loss_part_ = 0;
   wait_s_ = send_s_ = allreduce_s_ = 0;
   bytes_to_.clear();
   micro_.clear();
+  new_cached_.clear();
   auto t0 = std::chrono::steady_clock::now();
   // 1F1B: stage j of S runs min(S-1-j, M) warm-up forwards, then alternates.
   int M = a_.micro_batches, S = static_cast<int>(a_.stages.size());
@@ -396,7 +540,313 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()}, {"stage", a_.stage},       {"step", step},
           {"loss_part", loss_part_},   {"loss_tokens", n_tokens}, {"seconds", secs},
           {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", send_s_},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()}};
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()},
+          {"cached", new_cached_}};
+}
+
+torch::Tensor PacExecutor::side_input(const torch::Tensor& b) const {
+  // With a cache the side network trains on the taps as the cache stores them, in epoch
+  // 1 as well (Trainer does the same), so every epoch sees the same values.
+  return cache_on_ ? cache_round_trip(b, cache_dtype_) : b;
+}
+
+void PacExecutor::cache_open(int T) {
+  if (dp_ || cache_p1_) return;
+  cache_T_ = T;
+  // The folder is private to this run of this device; the key still ties the records
+  // to the backbone, the layer range and the shapes, so a reused --cache-dir never
+  // hands out another run's taps.
+  CacheKey k;
+  k.weights_sha256 = model_desc_ + " taps " + std::to_string(tap_begin_) + "-" + std::to_string(tap_end_);
+  k.tokenizer_sha256 = "coordinator token ids";
+  k.seq_len = T;
+  k.dtype = cache_dtype_;
+  k.dim = dim_;
+  k.n_taps = tap_end_ - tap_begin_;
+  cache_p1_ = std::make_unique<ActCache>(cache_root_ + "/p1", k);
+}
+
+void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, const std::string& address, MsgType type,
+                                 const TensorHeader& h0, const torch::Tensor& t, uint32_t flags) {
+  torch::Tensor c = t.contiguous().to(torch::kFloat);
+  TensorHeader h = h0;
+  h.dtype = TensorDtype::F32;
+  h.dims = c.sizes().vec();
+  size_t bytes = static_cast<size_t>(c.numel()) * sizeof(float);
+  auto t0 = std::chrono::steady_clock::now();
+  ctx.peer(id, address).send_tensor(type, h, c.data_ptr<float>(), bytes, flags);
+  send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bytes_to_[id] += static_cast<double>(bytes);
+}
+
+// The switch (docs/runtime.md, "Activation cache and switch"): every device ships its
+// cached taps to each sample's owner and the first device of every stage ships its side
+// tensors with their AdamW moments to every data-parallel device; the data-parallel
+// devices assemble whole records into their own cache and the whole side network with
+// its optimizer state; everyone drops the backbone.
+json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
+  s.check_keys({"op", "samples", "hashes", "owners", "dp_devices", "dp_rank", "dp_store"});
+  auto t0 = std::chrono::steady_clock::now();
+  wait_s_ = send_s_ = allreduce_s_ = 0;
+  bytes_to_.clear();
+  std::vector<JsonIn> sj = s.at("samples").items(), hj = s.at("hashes").items(), oj = s.at("owners").items();
+  if (hj.size() != sj.size() || oj.size() != sj.size()) s.fail_at("owners", "expected one hash and one owner per sample");
+  std::vector<std::pair<std::string, std::string>> dps;  // id, address
+  for (const JsonIn& d : s.at("dp_devices").items()) {
+    d.check_keys({"id", "address"});
+    dps.emplace_back(d.string("id"), d.string("address"));
+  }
+  if (dps.empty()) s.fail_at("dp_devices", "expected at least one data-parallel device");
+  int rank = static_cast<int>(s.integer("dp_rank", -1, static_cast<int64_t>(dps.size()) - 1));
+  std::map<int64_t, uint64_t> hash_of;
+  owner_.clear();
+  for (size_t i = 0; i < sj.size(); i++) {
+    int64_t id = sj[i].as_int(0, INT32_MAX);
+    uint64_t h = 0;
+    if (!hash_parse(hj[i].as_string(), &h)) hj[i].fail("expected 16 hex digits");
+    hash_of[id] = h;
+    owner_[id] = static_cast<int>(oj[i].as_int(0, static_cast<int64_t>(dps.size()) - 1));
+  }
+  if (rank >= 0 && dps[rank].first != ctx.device_id())
+    s.at("dp_devices").fail("entry " + std::to_string(rank) + " is " + dps[rank].first + ", expected this device " +
+                            ctx.device_id());
+  const int L = a_.n_layers;
+  const auto named = side_->named_parameters();
+  int n_records_sent = 0, n_params_sent = 0;
+
+  // 1. My cached taps to their owners (kept in place when I am the owner).
+  for (auto& kv : cached_) {
+    auto it = owner_.find(kv.first);
+    if (it == owner_.end())
+      throw RuntimeError("device " + ctx.device_id() + " holds cached taps of sample " + std::to_string(kv.first) +
+                         ", which the switch does not list");
+    CacheRead rd = cache_p1_->cache_read_sample("p1", kv.first, kv.second);
+    if (rd.status != CacheStatus::Hit)
+      throw RuntimeError("device " + ctx.device_id() + ": cached taps of sample " + std::to_string(kv.first) + " are " +
+                         (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
+                         "; recomputing them needs the backbone the switch is about to drop");
+    if (it->second == rank) {
+      std::lock_guard<std::mutex> lk(mu_);
+      sw_taps_[{kv.first, tap_begin_}] = rd.taps;
+      continue;
+    }
+    TensorHeader h;
+    h.tag = static_cast<uint32_t>(kv.first);
+    h.stage = static_cast<uint32_t>(tap_begin_);
+    send_tensor_to(ctx, dps[it->second].first, dps[it->second].second, MsgType::Activation, h, rd.taps,
+                   kFlagRedistribute);
+    n_records_sent++;
+  }
+  // 2. The stage's side tensors and AdamW moments, from its first device to every DP device.
+  if (a_.group_rank == 0) {
+    std::map<std::string, int> index;
+    for (size_t i = 0; i < named.size(); i++) index[named[i].key()] = static_cast<int>(i);
+    auto& states = optim_->state();
+    for (auto& kv : params_) {
+      torch::Tensor p = kv.second.detach();
+      torch::Tensor m1 = torch::zeros_like(p), m2 = torch::zeros_like(p);
+      int64_t step = 0;
+      auto st = states.find(c10::guts::to_string(kv.second.unsafeGetTensorImpl()));
+      if (st != states.end()) {
+        auto& as = static_cast<torch::optim::AdamWParamState&>(*st->second);
+        step = as.step();
+        m1 = as.exp_avg();
+        m2 = as.exp_avg_sq();
+      }
+      torch::Tensor pack = torch::stack({p.reshape({-1}), m1.reshape({-1}), m2.reshape({-1})});
+      for (int g = 0; g < static_cast<int>(dps.size()); g++) {
+        if (g == rank) {
+          std::lock_guard<std::mutex> lk(mu_);
+          sw_params_[index[kv.first]] = {step, pack.clone()};
+          continue;
+        }
+        TensorHeader h;
+        h.tag = static_cast<uint32_t>(index[kv.first]);
+        h.micro_batch = static_cast<uint32_t>(step);
+        send_tensor_to(ctx, dps[g].first, dps[g].second, MsgType::SideState, h, pack, kFlagRedistribute);
+        n_params_sent++;
+      }
+    }
+  }
+  int n_records = 0;
+  if (rank >= 0) {
+    // 3. Whole records of my samples into my phase-2 cache, as their pieces arrive.
+    std::set<int64_t> todo;
+    for (auto& kv : owner_)
+      if (kv.second == rank) todo.insert(kv.first);
+    CacheKey k;
+    k.weights_sha256 = model_desc_ + " taps 0-" + std::to_string(L + 1);
+    k.tokenizer_sha256 = "coordinator token ids";
+    k.seq_len = cache_T_;
+    k.dtype = cache_dtype_;
+    k.dim = dim_;
+    k.n_taps = L + 1;
+    cache_dp_ = std::make_unique<ActCache>(cache_root_ + "/dp", k);
+    auto w0 = std::chrono::steady_clock::now();
+    auto deadline = w0 + timeout_;
+    while (!todo.empty() || static_cast<int>(sw_params_.size()) < static_cast<int>(named.size())) {
+      std::vector<std::pair<int64_t, std::vector<torch::Tensor>>> ready;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        for (auto it = todo.begin(); it != todo.end();) {
+          // Pieces are keyed (sample, first tap): in tap order; complete when they tile 0..L.
+          std::vector<torch::Tensor> parts;
+          int next = 0;
+          for (auto p = sw_taps_.lower_bound({*it, 0}); p != sw_taps_.end() && p->first.first == *it; ++p) {
+            if (p->first.second != next) break;
+            next += static_cast<int>(p->second.size(0));
+            parts.push_back(p->second);
+          }
+          if (next == L + 1) {
+            sw_taps_.erase(sw_taps_.lower_bound({*it, 0}), sw_taps_.lower_bound({*it + 1, 0}));
+            ready.emplace_back(*it, parts);
+            it = todo.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        if (ready.empty() && (!todo.empty() || static_cast<int>(sw_params_.size()) < static_cast<int>(named.size()))) {
+          if (cv_.wait_until(lk, deadline) == std::cv_status::timeout) {
+            std::string what;
+            if (!todo.empty()) {
+              int64_t id = *todo.begin();
+              int have = 0;
+              for (auto p = sw_taps_.lower_bound({id, 0}); p != sw_taps_.end() && p->first.first == id; ++p)
+                have += static_cast<int>(p->second.size(0));
+              what = std::to_string(todo.size()) + " samples' cached taps (sample " + std::to_string(id) + ": " +
+                     std::to_string(have) + " of " + std::to_string(L + 1) + " taps)";
+            } else {
+              what = std::to_string(named.size() - sw_params_.size()) + " side-network tensors";
+            }
+            std::string from;
+            for (const StageInfo& st : a_.stages) from += (from.empty() ? "" : ", ") + st.device_ids[0];
+            throw PeerError("device " + ctx.device_id() + " timed out after " + std::to_string(timeout_.count()) +
+                                " ms at the switch waiting for " + what + " (senders: " + from + ")",
+                            a_.stages[0].device_ids[0], true);
+          }
+        }
+      }
+      for (auto& r : ready) {
+        torch::Tensor taps = torch::cat(r.second, 0);
+        cache_dp_->cache_write_sample("dp", r.first, hash_of[r.first], taps);
+        n_records++;
+      }
+    }
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    // 4. The whole side network with its optimizer state.
+    std::vector<torch::Tensor> all;
+    params_.clear();
+    auto opts = static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[0].options());
+    {
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < named.size(); i++) {
+        torch::Tensor p = named[i].value();
+        p.copy_(sw_params_[static_cast<int>(i)].second[0].view_as(p));
+        p.set_requires_grad(true);
+        params_.emplace_back(named[i].key(), p);
+        all.push_back(p);
+      }
+    }
+    auto optim = std::make_unique<torch::optim::AdamW>(all, opts);
+    for (size_t i = 0; i < named.size(); i++) {
+      auto& in = sw_params_[static_cast<int>(i)];
+      if (in.first == 0) continue;  // never stepped: AdamW creates the state itself
+      auto st = std::make_unique<torch::optim::AdamWParamState>();
+      st->step(in.first);
+      st->exp_avg(in.second[1].view_as(all[i]).clone());
+      st->exp_avg_sq(in.second[2].view_as(all[i]).clone());
+      optim->state()[c10::guts::to_string(all[i].unsafeGetTensorImpl())] = std::move(st);
+    }
+    optim_ = std::move(optim);
+    sw_params_.clear();
+    if (auto g = s.find("dp_store")) {
+      g->check_keys({"host", "port"});
+      dp_store_host_ = g->string("host");
+      dp_store_port_ = static_cast<int>(g->integer("port", 1, 65535));
+    } else if (dps.size() > 1) {
+      s.fail_at("dp_store", "expected {\"host\", \"port\"}: " + std::to_string(dps.size()) + " data-parallel devices");
+    }
+  }
+  // 5. The backbone is not needed any more (its head lives on in the side network).
+  model_ = nullptr;
+  micro_.clear();
+  group_.reset();
+  cache_p1_.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(cache_root_ + "/p1", ec);
+  cached_.clear();
+  dp_ = rank >= 0;
+  dp_rank_ = rank;
+  dp_size_ = static_cast<int>(dps.size());
+  dp_group_.reset();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  json bytes = json::object();
+  for (auto& kv : bytes_to_) bytes[kv.first] = kv.second;
+  return {{"device", ctx.device_id()}, {"dp_rank", rank},           {"seconds", secs},
+          {"wait_s", wait_s_},         {"send_s", send_s_},         {"records_sent", n_records_sent},
+          {"tensors_sent", n_params_sent}, {"records_written", n_records}, {"bytes_to", bytes},
+          {"rss_peak_bytes", rss_peak_bytes()}};
+}
+
+// Phase 2: this device's rows of the mini-batch (the samples it owns) from its cache,
+// the whole side network, gradients summed over the data-parallel group.
+json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask,
+                                double n_tokens, const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes) {
+  optim_->zero_grad();
+  loss_part_ = 0;
+  wait_s_ = send_s_ = allreduce_s_ = read_s_ = 0;
+  bytes_to_.clear();
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < static_cast<int64_t>(ids.size()); i++) {
+    auto it = owner_.find(ids[i]);
+    if (it == owner_.end())
+      throw RuntimeError("device " + a_.device_id + ": sample " + std::to_string(ids[i]) +
+                         " was not in the switch's sample list, so no device has its cached taps");
+    if (it->second == dp_rank_) rows.push_back(i);
+  }
+  if (!rows.empty()) {
+    std::vector<torch::Tensor> taps;
+    auto r0 = std::chrono::steady_clock::now();
+    for (int64_t i : rows) {
+      CacheRead rd = cache_dp_->cache_read_sample("dp", ids[i], hashes[i]);
+      if (rd.status != CacheStatus::Hit)
+        throw RuntimeError("device " + a_.device_id + ": cached taps of sample " + std::to_string(ids[i]) + " are " +
+                           (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
+                           " and the backbone is not loaded in phase 2");
+      taps.push_back(rd.taps);
+    }
+    read_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+    torch::Tensor idx = torch::tensor(rows, torch::kLong);
+    torch::Tensor logits = side_->forward(torch::stack(taps, 0));
+    int64_t V = logits.size(-1);
+    torch::Tensor per_token = torch::nn::functional::cross_entropy(
+        logits.reshape({-1, V}), targets.index_select(0, idx).reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    torch::Tensor loss = (per_token * mask.index_select(0, idx).reshape({-1})).sum() / std::max(1.0, n_tokens);
+    loss.backward();
+    loss_part_ = loss.item<double>();
+  }
+  if (dp_size_ > 1) {
+    auto a0 = std::chrono::steady_clock::now();
+    CollectiveOptions opt;
+    opt.timeout = timeout_;
+    opt.tag = "side grads step " + std::to_string(step) + " data parallel";
+    if (!dp_group_) {
+      CollectiveStore store = CollectiveStore::tcp(dp_store_host_, static_cast<uint16_t>(dp_store_port_), dp_rank_ == 0,
+                                                   dp_size_, timeout_);
+      dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
+    }
+    grads_allreduce(*dp_group_, opt);
+    allreduce_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
+  }
+  optim_->step();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double compute = std::max(0.0, secs - allreduce_s_ - read_s_);
+  return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
+          {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
+          {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", json::object()}, {"rss_peak_bytes", rss_peak_bytes()}};
 }
 
 json PacExecutor::save(const JsonIn& s, WorkerContext& ctx) {
@@ -415,8 +865,9 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!assigned_) s.fail("pac-pipeline executor: Start before Assign");
   }
-  std::string op = s.choice("op", {"train", "save"});
+  std::string op = s.choice("op", {"train", "switch", "save"});
   if (op == "train") return train_step(s, ctx);
+  if (op == "switch") return switch_phase(s, ctx);
   return save(s, ctx);
 }
 

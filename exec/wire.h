@@ -56,9 +56,13 @@ enum class MsgType : uint16_t {
   Gradient = 42,
 };
 
-// Flags: the only defined bit marks the last frame of a tensor stream.
+// Flags. EndOfStream marks the last frame of a tensor stream. Redistribute marks a
+// tensor of the phase switch (docs/runtime.md, "Switch"): a cached-activation record
+// (Activation: tag = sample id, stage = first tap) or a side-network tensor with its
+// optimizer state (SideState: tag = parameter index, micro_batch = AdamW step).
 constexpr uint32_t kFlagEndOfStream = 1u << 0;
-constexpr uint32_t kFlagsKnown = kFlagEndOfStream;
+constexpr uint32_t kFlagRedistribute = 1u << 1;
+constexpr uint32_t kFlagsKnown = kFlagEndOfStream | kFlagRedistribute;
 
 const char* msg_type_name(MsgType t);
 bool msg_type_known(uint16_t t);

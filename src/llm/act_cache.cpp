@@ -79,17 +79,6 @@ std::string backbone_checksum(Llama& model) {
   return hex(d, 32);
 }
 
-uint64_t tokens_hash(const std::vector<int32_t>& tokens) {
-  uint64_t h = 1469598103934665603ull;
-  for (int32_t t : tokens) {
-    uint32_t u = static_cast<uint32_t>(t);
-    for (int b = 0; b < 4; b++) {
-      h ^= (u >> (8 * b)) & 0xff;
-      h *= 1099511628211ull;
-    }
-  }
-  return h;
-}
 
 // --- key -------------------------------------------------------------------
 

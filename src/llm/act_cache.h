@@ -21,6 +21,7 @@
 
 #include <torch/torch.h>
 
+#include "src/common/hash.h"  // tokens_hash
 #include "src/llm/model.h"
 
 namespace pac {
@@ -46,8 +47,6 @@ struct CacheKey {
 
 // SHA-256 (hex) over every backbone weight: name, shape and fp32 bytes.
 std::string backbone_checksum(Llama& model);
-// FNV-1a over the token ids: ties a record to the exact sample it was made from.
-uint64_t tokens_hash(const std::vector<int32_t>& tokens);
 
 enum class CacheStatus { Hit, Missing, Corrupt };
 
