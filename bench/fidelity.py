@@ -57,15 +57,15 @@ def last_line(text):
 
 # ---------------------------------------------------------------- pac-run capability
 
-def run_capability(bin_dir, timeout_s):
-    """"" when pac-run --testbed can be tried, else why not (the skip reason)."""
+def run_capability(bin_dir, timeout_s, mode):
+    """"" when pac-run (--testbed in testbed mode) can be tried, else why not (the skip reason)."""
     exe = os.path.join(bin_dir, "pac-run")
     if not os.path.exists(exe):
         return "pac-run not built (%s)" % exe
     rc, out, err = run_cmd([exe, "--help"], timeout_s)
     if rc != 0:
         return "pac-run --help failed: " + last_line(err or out)
-    if "--testbed" not in out:
+    if mode == "testbed" and "--testbed" not in out:
         return "pac-run has no --testbed option yet"
     return ""
 
@@ -82,6 +82,18 @@ def run_skip_reason(rc, err):
 
 
 # ---------------------------------------------------------------- one scenario x strategy
+
+def local_mode_reason(scen):
+    """--run-mode local runs the workers on loopback without quotas or tc: only a scenario
+    of 1-core devices (no more than this machine has) on >= 1 Gbit/s links describes it."""
+    devs = scen["cluster"]["devices"]
+    n = sum(d.get("count", 1) for d in devs)
+    if any(d.get("cpu_quota", 0) != 1.0 for d in devs) or n > (os.cpu_count() or 1):
+        return "local mode needs devices of cpu_quota 1.0, at most %d of them" % (os.cpu_count() or 1)
+    if scen["network"].get("bandwidth_mbps", 0) < 1000:
+        return "local mode needs >= 1000 Mbit/s links (loopback has no tc)"
+    return ""
+
 
 def write_train_data(path, samples, source):
     """`samples` paragraphs (cycling through `source`), so pac-run's epoch has exactly the
@@ -130,6 +142,8 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     row["sim_total_s"] = rep["total_s"]
     row["planner_epoch_s"] = rep.get("predicted", {}).get("epoch_s")
 
+    if not run_reason and a.run_mode == "local":
+        run_reason = local_mode_reason(scen)
     if run_reason:
         row["measured"] = "skipped: " + run_reason
         return row
@@ -137,16 +151,19 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     if not os.path.exists(data):
         write_train_data(data, scen["data"]["samples"], a.data)
     report = os.path.join(d, "run.json")
-    cmd = [os.path.join(bin_dir, "pac-run"), plan, "--testbed", "--tokenizer", a.tokenizer, "--data", data,
+    cmd = [os.path.join(bin_dir, "pac-run"), plan, "--" + a.run_mode, "--tokenizer", a.tokenizer, "--data", data,
            "--eval-fraction", "0", "--report", report, "--quiet"]
     if scen["model"] in a.model_map:
         cmd += ["--model", a.model_map[scen["model"]]]
     if trace_this and a.run_has_trace:
         cmd += ["--trace", os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))]
     cmd += a.run_args
-    log("%s / %s: pac-run --testbed" % (name, strategy))
+    log("%s / %s: pac-run --%s" % (name, strategy, a.run_mode))
     t0 = time.time()
+    load_before = os.getloadavg()[0]
     rc, out, err = run_cmd(cmd, a.run_timeout)
+    # Other work on this machine slows the measured side only: keep the load with the row.
+    row["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     if rc != 0:
         why = run_skip_reason(rc, err)
         if why:
@@ -235,7 +252,7 @@ def markdown(rows, summary):
             "n/a" if s["epoch_mape_pct"] is None else "%.1f%%" % s["epoch_mape_pct"]))
     out.append("")
     if summary["epoch_mape_mean_pct"] is None:
-        out.append("Measured: none (%d rows simulated; pac-run --testbed not available)." % summary["rows"])
+        out.append("Measured: none (%d rows simulated; the last column says why)." % summary["rows"])
     else:
         out.append("Epoch-time MAPE over %d measured rows: mean of scenarios %.1f%% (target <= %.0f%%), worst "
                    "scenario %.1f%% (target <= %.0f%%); targets met: %s." % (
@@ -376,6 +393,9 @@ def main():
                     "(default: the first scenario with its own strategy)")
     ap.add_argument("--update-docs", action="store_true", help="put the table into docs/fidelity.md")
     ap.add_argument("--no-run", action="store_true", help="simulate only (measured columns n/a)")
+    ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
+                    help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
+                    "scenarios of 1-core devices on >= 1 Gbit/s links")
     model_dir = os.environ.get("PAC_MODEL_DIR", os.path.join(ROOT, "..", "shared", "models"))
     ap.add_argument("--tokenizer", default=os.path.join(model_dir, "stories260K", "tok512.bin"))
     ap.add_argument("--data", default=os.path.join(ROOT, "data/personal/train.txt"),
@@ -404,7 +424,7 @@ def main():
         print("fidelity: no scenarios", file=sys.stderr)
         return 2
     strategies = [s for s in a.strategies.split(",") if s]
-    run_reason = "--no-run" if a.no_run else run_capability(a.bin_dir, a.timeout)
+    run_reason = "--no-run" if a.no_run else run_capability(a.bin_dir, a.timeout, a.run_mode)
     a.run_has_trace = False
     if not run_reason:
         rc, out, _ = run_cmd([os.path.join(a.bin_dir, "pac-run"), "--help"], a.timeout)
@@ -438,6 +458,7 @@ def main():
     if a.plot:
         plot(points, x_label, a.plot)
     doc = {"format": "pac-fidelity", "format_version": 1, "measured_available": not run_reason,
+           "run_mode": a.run_mode,
            "measured_skip_reason": run_reason or None, "plot_x": x_label.split(" - X: ")[-1].lower(),
            "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     write_atomic(a.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -1,6 +1,7 @@
 // pac-sim --validate: a measured report against the simulation of its plan. The
 // "measured" reports here are pac-sim's own report with known perturbations, so every
-// expected error is a closed form. Error = (predicted - measured) / measured.
+// expected error is a closed form. Error = (predicted - measured) / measured. At the end:
+// bench/fidelity.py end to end and the committed testbed profiles.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include "sim/report.h"
 #include "sim/validate.h"
 #include "src/common/fs.h"
+#include "src/core/profile.h"
 #include "tests/test_util.h"
 
 using namespace pac;
@@ -184,13 +186,16 @@ TEST(SimValidate, PlanFileFromTheReport) {
 
 // --- the CLI: exit codes 0 / 3 / 2 and the --json file ---
 
-static std::string sim_exe() {
+static std::string bin_dir() {
   const char* bin = std::getenv("PAC_BIN_DIR");
-  return std::string(bin ? bin : PAC_BINARY_DIR "/bin") + "/pac-sim";
+  return bin ? bin : PAC_BINARY_DIR "/bin";
 }
 
-static int run(const std::string& args, std::string* out) {
-  FILE* f = popen((sim_exe() + " " + args + " --quiet 2>&1").c_str(), "r");
+static std::string sim_exe() { return bin_dir() + "/pac-sim"; }
+
+// Runs a shell command; its exit code, stdout and stderr together in `out`.
+static int sh(const std::string& cmd, std::string* out) {
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
   char buf[4096];
   size_t n;
   out->clear();
@@ -198,6 +203,8 @@ static int run(const std::string& args, std::string* out) {
   int st = pclose(f);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+static int run(const std::string& args, std::string* out) { return sh(sim_exe() + " " + args + " --quiet", out); }
 
 TEST(SimValidateCli, ExitCodesAndJson) {
   if (!file_exists(sim_exe())) GTEST_SKIP() << "pac-sim not built at " << sim_exe();
@@ -232,4 +239,99 @@ TEST(SimValidateCli, ExitCodesAndJson) {
   EXPECT_EQ(run("--validate " + dir + "/missing.json", &out), 2) << out;
   EXPECT_NE(out.find("missing.json"), std::string::npos) << out;
   EXPECT_EQ(run("--max-error 5 " + kSrc + "/scenarios/local-stories260k.json", &out), 2) << out;
+}
+
+// --- bench/fidelity.py end to end with pac-sim alone: its simulated epoch times equal an
+// independent in-process plan + simulation of the same scenario, the measured side says
+// why it was skipped (never a crash), and the PNG is a well-formed image.
+
+TEST(SimFidelityHarness, SimulatesEveryStrategyAndSaysWhyNothingWasMeasured) {
+  if (!file_exists(bin_dir() + "/pac-plan") || !file_exists(bin_dir() + "/pac-sim"))
+    GTEST_SKIP() << "pac-plan / pac-sim not built in " << bin_dir();
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/sim_fidelity";
+  dir_create(dir);
+  std::string scen = kSrc + "/bench/fidelity/fid-s260k-4x050-switched200-cache.json";
+  std::string build = bin_dir() + "/..";
+  int rc = sh("python3 " + kSrc + "/bench/fidelity.py --build-dir " + build + " --scenarios " + scen +
+                  " --strategies pac,eddl --work " + dir + "/work --out " + dir + "/f.json --table " + dir +
+                  "/f.md --plot " + dir + "/f.png --trace-dir " + dir,
+              &out);
+  ASSERT_EQ(rc, 0) << out;
+  json doc = json::parse(file_read(dir + "/f.json"));
+  ASSERT_EQ(doc["rows"].size(), 2u);
+
+  // An independent computation: plan + simulate the same scenario in-process.
+  Scenario sc = scenario_load(scen, kSrc + "/profiles");
+  for (const json& row : doc["rows"]) {
+    std::string strategy = row["strategy"];
+    SimResult r = sim_run(plan_make(sc, strategy));
+    ASSERT_TRUE(r.ok);
+    ASSERT_EQ(row["sim_epoch_s"].size(), r.epoch_s.size()) << strategy;
+    for (size_t e = 0; e < r.epoch_s.size(); e++)
+      EXPECT_NEAR(row["sim_epoch_s"][e].get<double>(), r.epoch_s[e], 1e-6 * r.epoch_s[e]) << strategy;
+    // Measured: skipped with a reason that depends on what pac-run can do here.
+    std::string m = row["measured"];
+    EXPECT_EQ(m.rfind("skipped: ", 0), 0u) << m;
+    if (!file_exists(bin_dir() + "/pac-run")) {
+      EXPECT_NE(m.find("pac-run not built"), std::string::npos) << m;
+    }
+    EXPECT_TRUE(row["measured_epoch_s"].is_null());
+  }
+  // Ranking: the faster simulated total first.
+  const json& s0 = doc["summary"]["scenarios"][0];
+  double pac_total = doc["rows"][0]["sim_total_s"], eddl_total = doc["rows"][1]["sim_total_s"];
+  EXPECT_EQ(s0["sim_order"][0], pac_total <= eddl_total ? "pac" : "eddl");
+  EXPECT_TRUE(doc["summary"]["epoch_mape_mean_pct"].is_null());
+
+  // PNG: signature, then IHDR of 640 x 480, 8-bit RGB.
+  std::string png = file_read(dir + "/f.png");
+  ASSERT_GT(png.size(), 33u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_EQ(png.substr(12, 4), "IHDR");
+  auto be32 = [&](size_t i) {
+    return (static_cast<uint32_t>(static_cast<unsigned char>(png[i])) << 24) |
+           (static_cast<uint32_t>(static_cast<unsigned char>(png[i + 1])) << 16) |
+           (static_cast<uint32_t>(static_cast<unsigned char>(png[i + 2])) << 8) |
+           static_cast<uint32_t>(static_cast<unsigned char>(png[i + 3]));
+  };
+  EXPECT_EQ(be32(16), 640u);
+  EXPECT_EQ(be32(20), 480u);
+  EXPECT_EQ(png[24], 8);  // bit depth
+  EXPECT_EQ(png[25], 2);  // RGB
+  EXPECT_NE(file_read(dir + "/f.md").find("| fid-s260k-4x050-switched200-cache | pac |"), std::string::npos);
+}
+
+// The committed testbed profiles (bench/calibrate_testbed.sh): each loads as a device
+// profile, and each calibrated rate is the no-quota 1-thread rate of its kind and
+// micro-batch (recomputed here from the reference timing table) x min(1, quota).
+TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
+  int checked = 0;
+  for (const char* q : {"q025", "q050", "q075", "q100"})
+    for (const char* m : {"s260k", "d512"}) {
+      std::string file = kSrc + "/profiles/devices/testbed-" + q + "-" + m + ".json";
+      JsonIn j = JsonIn::load_file(file);
+      DeviceProfile p = device_profile_from_json(j);
+      const json& c = j.raw()["calibration"];
+      double quota = c["cpu_quota"];
+      EXPECT_NEAR(quota, std::atoi(q + 1) / 100.0, 1e-9) << file;
+      EXPECT_NEAR(c["sustained_factor"].get<double>(), std::min(1.0, quota), 1e-12) << file;
+      int largest_mb = 0;
+      for (const json& mb : c["micro_batches"]) largest_mb = std::max(largest_mb, mb.get<int>());
+      for (const auto& kv : p.eff_flops_by_kind) {
+        std::string kind = kv.first.substr(0, kv.first.find('@'));
+        int mb = kv.first.find('@') == std::string::npos ? largest_mb : std::atoi(kv.first.c_str() + kind.size() + 1);
+        double ref = 0;
+        for (const json& t : c["reference_timings"])
+          if (t["kind"] == kind && t["micro_batch"] == mb && t["threads"] == 1)
+            ref = t["flops"].get<double>() / t["median_s"].get<double>();
+        ASSERT_GT(ref, 0) << file << " " << kv.first;
+        // rate = flops / median_s of the reference row x min(1, quota)
+        EXPECT_NEAR(kv.second, ref * std::min(1.0, quota), 1e-9 * kv.second) << file << " " << kv.first;
+        checked++;
+      }
+      EXPECT_EQ(p.memory_bytes, 4e9) << file;
+    }
+  EXPECT_EQ(checked, 8 * 20);  // 4 kinds x (4 micro-batches + the plain key) per profile
 }
