@@ -126,7 +126,7 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   std::vector<std::pair<std::string, torch::Tensor>> params;
   std::vector<torch::Tensor> plist;
   torch::Tensor tied;
-  int64_t n_params = 0;
+  int64_t n_params = 0, n_held = 0;
   for (auto& kv : model->named_parameters(true)) {
     const std::string& n = kv.key();
     torch::Tensor p = kv.value();
@@ -142,6 +142,7 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
       p.set_data(torch::empty({0}, p.options()));
       continue;
     }
+    n_held += p.numel();
     if (!trains) continue;
     plist.push_back(p);
     n_params += p.numel();
@@ -208,7 +209,7 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   assigned_ = true;
   return {{"device", ctx.device_id()}, {"executor", name()},        {"method", method},
           {"stage", a.stage},          {"group_rank", a.group_rank}, {"layers", {a.layer_begin(), a.layer_end()}},
-          {"trainable_params", n_params}};
+          {"trainable_params", n_params}, {"held_params", n_held}};
 }
 
 void TrainExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView& t, uint32_t, WorkerContext&) {

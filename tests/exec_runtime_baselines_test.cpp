@@ -103,11 +103,20 @@ TEST_P(ExecRuntimeBaselines, SameWeightsAsSingleDeviceTrainer) {
   // The stages' trainable tensors add up to the trainer's (each group member holds its
   // stage's); a tied embedding trained over several stages is counted on the first and
   // the last stage (V x d twice).
-  int64_t trainable = 0;
+  int64_t trainable = 0, held = 0;
   for (const json& a : acks)
-    if (a["group_rank"] == 0) trainable += a["trainable_params"].get<int64_t>();
+    if (a["group_rank"] == 0) {
+      trainable += a["trainable_params"].get<int64_t>();
+      held += a["held_params"].get<int64_t>();
+    }
+  int64_t vd = int64_t(cfg.vocab_size) * cfg.dim;
   bool tie_copy = c.method == "full" && c.tied && c.stages.size() > 1;
-  EXPECT_EQ(trainable, tr->trainable_params() + (tie_copy ? int64_t(cfg.vocab_size) * cfg.dim : 0)) << c.name;
+  EXPECT_EQ(trainable, tr->trainable_params() + (tie_copy ? vd : 0)) << c.name;
+  // Each stage keeps only what it computes with: over the stages, the backbone
+  // (llama_param_count) plus the method's tensors once, plus the second copy of a tied
+  // embedding (first stage: lookup, last stage: classifier).
+  int64_t method_params = c.method == "full" ? 0 : tr->trainable_params();
+  EXPECT_EQ(held, llama_param_count(cfg) + method_params + (c.tied && c.stages.size() > 1 ? vd : 0)) << c.name;
   for (int s = 0; s < kSteps; s++) {
     PacStepResult r = pac_train_step(coord, as, s, kLr, step_batch(ex, s), Millis(30000));
     // The slices' loss parts add up to the trainer's masked-mean loss.
