@@ -95,6 +95,28 @@ def local_mode_reason(scen):
     return ""
 
 
+def quota_mismatches(scen_file, scen, profiles_dir):
+    """Devices whose cpu_quota differs from the quota their calibrated profile was taken
+    under: the simulation would describe another device than the testbed emulates."""
+    bad = []
+    for i, d in enumerate(scen["cluster"]["devices"]):
+        ref = d.get("profile")
+        if not isinstance(ref, str):
+            continue
+        path = ref if ref.endswith(".json") else os.path.join(profiles_dir, "devices", ref + ".json")
+        if not os.path.isabs(path) and ref.endswith(".json"):
+            path = os.path.join(os.path.dirname(scen_file), ref)
+        try:
+            cal = json.load(open(path)).get("calibration", {})
+        except (OSError, ValueError):
+            continue  # pac-plan reports a missing or broken profile itself
+        q = cal.get("cpu_quota")
+        if q and abs(q - d.get("cpu_quota", 0)) > 1e-9:
+            bad.append("%s: $.cluster.devices[%d].cpu_quota: expected %g (the quota %s was calibrated under), got %g"
+                       % (scen_file, i, q, ref, d.get("cpu_quota", 0)))
+    return bad
+
+
 def write_train_data(path, samples, source):
     """`samples` paragraphs (cycling through `source`), so pac-run's epoch has exactly the
     scenario's sample count (it runs with --eval-fraction 0)."""
@@ -439,6 +461,10 @@ def main():
             scen = json.load(open(f))
         except (OSError, ValueError) as e:
             print("fidelity: %s: %s" % (f, e), file=sys.stderr)
+            return 2
+        bad = quota_mismatches(f, scen, a.profiles)
+        if bad:
+            print("fidelity: " + "\n".join(bad), file=sys.stderr)
             return 2
         for s in strategies:
             trace_this = (a.trace == "%s/%s" % (scen["name"], s)) if a.trace else (i == 0 and s == scen.get("strategy"))

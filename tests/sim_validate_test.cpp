@@ -301,6 +301,16 @@ TEST(SimFidelityHarness, SimulatesEveryStrategyAndSaysWhyNothingWasMeasured) {
   EXPECT_EQ(png[24], 8);  // bit depth
   EXPECT_EQ(png[25], 2);  // RGB
   EXPECT_NE(file_read(dir + "/f.md").find("| fid-s260k-4x050-switched200-cache | pac |"), std::string::npos);
+
+  // A device whose quota is not the one its profile was calibrated under: exit 2 naming it.
+  json bad = json::parse(file_read(scen));
+  bad["cluster"]["devices"][2]["cpu_quota"] = 1.0;
+  file_write_atomic(dir + "/bad.json", bad.dump());
+  rc = sh("python3 " + kSrc + "/bench/fidelity.py --build-dir " + build + " --no-run --scenarios " + dir +
+              "/bad.json --out " + dir + "/g.json --table '' --plot ''",
+          &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("bad.json: $.cluster.devices[2].cpu_quota: expected 0.5"), std::string::npos) << out;
 }
 
 // The committed testbed profiles (bench/calibrate_testbed.sh): each loads as a device
