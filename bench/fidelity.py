@@ -425,6 +425,8 @@ def main():
     ap.add_argument("--model-map", action="append", default=[], help="MODEL=PATH: checkpoint pac-run loads for a "
                     "scenario model that is not a preset (llama-d512-l8)")
     ap.add_argument("--run-args", default="", help="extra pac-run arguments (split on spaces)")
+    ap.add_argument("--max-error", type=float, default=None, help="exit 3 when a measured row's epoch-time MAPE "
+                    "exceeds PCT (the CI fidelity gate; rows without a measurement do not fail it)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
     ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
     a = ap.parse_args()
@@ -495,6 +497,13 @@ def main():
         update_docs(os.path.join(ROOT, "docs/fidelity.md"), table)
     sys.stdout.write(table)
     log("%d rows in %.1f s -> %s" % (len(rows), time.time() - t0, a.out))
+    if a.max_error is not None:
+        over = [r for r in rows if r["epoch_mape_pct"] is not None and r["epoch_mape_pct"] > a.max_error]
+        for r in over:
+            print("FAIL: %s / %s: epoch time MAPE %.1f%% exceeds --max-error %g%%" % (
+                r["scenario"], r["strategy"], r["epoch_mape_pct"], a.max_error))
+        if over:
+            return 3
     return 0
 
 
