@@ -16,7 +16,9 @@
 //   pac-testbed probe-send --connect ADDR --mib M --count N [--reps R] [--pings P]
 //       P heartbeat round trips, then R bursts of N tensors of M MiB
 //       (Connection::send_tensor), each timed until the receiver's answer; prints
-//       {"bytes":<per burst>,"seconds":<last>,"burst_s":[..],"rtt_s":[..]} on stdout
+//       {"bytes":<per burst>,"seconds":<last>,"burst_s":[..],"rtt_s":[..],"mono_start":..,
+//       "mono_end":..} on stdout (CLOCK_MONOTONIC s). --go-file F: print "connected", wait
+//       for F to exist, then send (lines up concurrent senders)
 //   pac-testbed busy --seconds S   spins S wall seconds, prints the loop's CPU and wall
 //                                  seconds {"cpu_s":..,"wall_s":..}
 #include <signal.h>
@@ -115,7 +117,15 @@ int cmd_probe_recv(const std::string& listen) {
   return 0;
 }
 
-int cmd_probe_send(const std::string& addr, double mib, int count, int pings, int reps) {
+// CLOCK_MONOTONIC is one clock for the whole machine (namespaces share it), so probes in
+// different devices can be lined up.
+double mono_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int cmd_probe_send(const std::string& addr, double mib, int count, int pings, int reps, const std::string& go_file) {
   pac::ConnOptions o;
   o.tag = "probe";
   o.timeout = pac::Millis(120000);
@@ -134,7 +144,18 @@ int cmd_probe_send(const std::string& addr, double mib, int count, int pings, in
   std::vector<float> data(floats, 1.0f);
   pac::TensorHeader h;
   h.dims = {(int64_t)floats};
+  if (!go_file.empty()) {
+    // Connected: say so, then wait for the go (several senders start together).
+    std::printf("connected\n");
+    std::fflush(stdout);
+    auto t0 = Clock::now();
+    while (!pac::file_exists(go_file)) {
+      if (seconds_since(t0) > 60) throw pac::RuntimeError("probe-send: no " + go_file + " within 60 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
   std::vector<double> burst_s;
+  double mono_start = mono_s();
   for (int r = 0; r < reps; r++) {
     auto t0 = Clock::now();
     for (int i = 0; i < count; i++)
@@ -147,6 +168,8 @@ int cmd_probe_send(const std::string& addr, double mib, int count, int pings, in
   j["bytes"] = (double)floats * 4 * count;  // per burst
   j["seconds"] = burst_s.back();
   j["burst_s"] = burst_s;
+  j["mono_start"] = mono_start;
+  j["mono_end"] = mono_s();
   j["rtt_s"] = rtt;
   std::printf("%s\n", j.dump().c_str());
   return 0;
@@ -180,7 +203,7 @@ int main(int argc, char** argv) {
     CLI::App app{"PAC emulated edge testbed: network namespaces, tc shaping, cgroups, pac-worker per device"};
     app.require_subcommand(1);
     pac::TestbedOptions opt;
-    std::string input, out_file, tag, addr;
+    std::string input, out_file, tag, addr, go_file;
     bool no_mem = false;
     double mib = 4, seconds = 1;
     int count = 8, pings = 0, reps = 1;
@@ -207,6 +230,7 @@ int main(int argc, char** argv) {
     send->add_option("--count", count, "tensors")->check(CLI::Range(1, 100000));
     send->add_option("--reps", reps, "bursts of --count tensors, each timed")->check(CLI::Range(1, 1000));
     send->add_option("--pings", pings, "heartbeat round trips measured first")->check(CLI::Range(0, 100000));
+    send->add_option("--go-file", go_file, "after connecting, print \"connected\" and wait for this file");
     CLI::App* busy = app.add_subcommand("busy", "spin, print CPU seconds used");
     busy->add_option("--seconds", seconds, "wall seconds")->check(CLI::PositiveNumber);
     if (int rc = pac::cli_parse(app, argc, argv); rc >= 0) return rc;
@@ -240,7 +264,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (recv->parsed()) return cmd_probe_recv(addr);
-    if (send->parsed()) return cmd_probe_send(addr, mib, count, pings, reps);
+    if (send->parsed()) return cmd_probe_send(addr, mib, count, pings, reps, go_file);
     if (busy->parsed()) return cmd_busy(seconds);
     return 2;
   });

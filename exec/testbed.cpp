@@ -271,6 +271,12 @@ Testbed::Testbed(const Scenario& scenario, const TestbedOptions& options) : opti
     throw InputError(error_where(scenario.file, "$.cluster.devices", "the testbed takes at most 250 devices"));
   if (std::string why = testbed_unavailable_reason(); !why.empty())
     throw RuntimeError("testbed unavailable: " + why);
+  // Objects of another run with this tag would be taken over and then deleted by our
+  // teardown: refuse instead.
+  if (std::vector<std::string> in_use = testbed_list(tag_); !in_use.empty())
+    throw RuntimeError("testbed: tag " + tag_ + " is in use (" + in_use[0] +
+                       ", ...): choose another tag or run `pac-testbed down " +
+                       tag_.substr(std::strlen(kTestbedPrefix)) + "`");
   try {
     build(scenario);
   } catch (...) {

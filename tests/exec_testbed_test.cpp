@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -80,17 +81,30 @@ struct Transfer {
   std::string send_log;
 };
 
-static Transfer transfer_start(Testbed& tb, int from, int to, double mib, int count, int pings, int port) {
+static Transfer transfer_start(Testbed& tb, int from, int to, double mib, int count, int pings, int port,
+                               const std::string& go_file = "") {
   Transfer t;
   std::string exe = bin_dir() + "/pac-testbed";
   std::string addr = tb.device_ip(to) + ":" + std::to_string(port);
   t.recv = tb.spawn(to, {exe, "probe-recv", "--listen", addr}, log_path("recv" + std::to_string(to)));
   t.send_log = log_path("send" + std::to_string(from));
-  t.send = tb.spawn(from,
-                    {exe, "probe-send", "--connect", addr, "--mib", std::to_string(mib), "--count",
-                     std::to_string(count), "--pings", std::to_string(pings)},
-                    t.send_log);
+  std::vector<std::string> argv = {exe, "probe-send", "--connect", addr, "--mib", std::to_string(mib), "--count",
+                                   std::to_string(count), "--pings", std::to_string(pings)};
+  if (!go_file.empty()) {
+    argv.push_back("--go-file");
+    argv.push_back(go_file);
+  }
+  t.send = tb.spawn(from, argv, t.send_log);
   return t;
+}
+
+// Waits (bounded) until a --go-file sender printed "connected".
+static void transfer_wait_connected(const Transfer& t) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (file_text(t.send_log).find("connected") == std::string::npos) {
+    if (std::chrono::steady_clock::now() > deadline) throw RuntimeError("sender never connected: " + t.send_log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 static json transfer_finish(Testbed& tb, const Transfer& t) {
@@ -143,11 +157,20 @@ TEST(Testbed, SharedMediumSplitsItsCapacity) {
   // together 8 MiB, so the later one ends after >= 8 * 2^20 * 8 / 50e6 = 1.34 s and
   // the sum of both rates stays <= the capacity (on a switched network each would get
   // 50 Mbit/s, 2x the capacity in total).
-  Transfer a = transfer_start(tb, 0, 1, 2, 2, 0, 9120);
-  Transfer b = transfer_start(tb, 2, 3, 2, 2, 0, 9121);
+  // Process start-up under load varies by seconds: both senders connect first, then
+  // start together on a go file, and the span runs from the first start to the last end.
+  std::string go = log_path("go");
+  std::remove(go.c_str());
+  Transfer a = transfer_start(tb, 0, 1, 2, 2, 0, 9120, go);
+  Transfer b = transfer_start(tb, 2, 3, 2, 2, 0, 9121, go);
+  transfer_wait_connected(a);
+  transfer_wait_connected(b);
+  file_write_atomic(go, "go");
   json ja = transfer_finish(tb, a), jb = transfer_finish(tb, b);
+  std::remove(go.c_str());
   double bytes = ja["bytes"].get<double>() + jb["bytes"].get<double>();
-  double span = std::max(ja["seconds"].get<double>(), jb["seconds"].get<double>());
+  double span = std::max(ja["mono_end"].get<double>(), jb["mono_end"].get<double>()) -
+                std::min(ja["mono_start"].get<double>(), jb["mono_start"].get<double>());
   double aggregate = bytes * 8 / span;
   EXPECT_LE(aggregate, 1.05 * cap) << ja.dump() << " " << jb.dump();
   EXPECT_GE(aggregate, 0.5 * cap) << ja.dump() << " " << jb.dump();
@@ -228,6 +251,10 @@ TEST(Testbed, CleanupRemovesLeftoversOfACrashedRun) {
   (void)leaked;
   std::vector<std::string> before = testbed_list(prefix);
   EXPECT_FALSE(before.empty());
+  // A second run with the same tag is refused and leaves the first run's objects alone.
+  std::string err = construct_error(scenario_make(1, "switched", 100e6, 0), o);
+  EXPECT_NE(err.find("tag " + prefix + " is in use"), std::string::npos) << err;
+  EXPECT_EQ(testbed_list(prefix), before);
   std::vector<std::string> removed = testbed_cleanup(prefix);
   // Both namespaces were found and removed (their veths went with them).
   EXPECT_NE(std::find(removed.begin(), removed.end(), "netns " + prefix + "-0"), removed.end());
