@@ -642,8 +642,22 @@ void Testbed::teardown() {
 
 // ---------------------------------------------------------------- leftovers
 
-// Namespaces, links and cgroup dirs whose name starts with `prefix`; removes them when
-// `remove` (processes inside are killed first). One line per object.
+// Whether `name` belongs to the run(s) `prefix` names. The bare kTestbedPrefix means
+// every run; a run's tag matches only the names it makes (T-<i>, Tr<i>, Tn<i>, Tbr,
+// Tifb, T-logs), so `down ab` leaves a run tagged "ab1" alone.
+static bool name_in_run(const std::string& name, const std::string& prefix) {
+  if (!starts_with(name, prefix)) return false;
+  if (prefix == kTestbedPrefix) return true;
+  std::string rest = name.substr(prefix.size());
+  if (rest == "br" || rest == "ifb" || rest == "-logs") return true;
+  if (rest.size() < 2 || (rest[0] != '-' && rest[0] != 'r' && rest[0] != 'n')) return false;
+  for (size_t i = 1; i < rest.size(); i++)
+    if (rest[i] < '0' || rest[i] > '9') return false;
+  return true;
+}
+
+// Namespaces, links and cgroup dirs of the run(s) `prefix` names (name_in_run); removes
+// them when `remove` (processes inside are killed first). One line per object.
 static std::vector<std::string> leftovers(const std::string& prefix, bool remove) {
   std::vector<std::string> found;
   if (prefix.size() < std::strlen(kTestbedPrefix) || !starts_with(prefix, kTestbedPrefix)) return found;
@@ -651,7 +665,7 @@ static std::vector<std::string> leftovers(const std::string& prefix, bool remove
   if (cmd_run("ip netns list", &out) == 0)
     for (const std::string& line : split_lines(out)) {
       std::string ns = line.substr(0, line.find(' '));
-      if (!starts_with(ns, prefix)) continue;
+      if (!name_in_run(ns, prefix)) continue;
       found.push_back("netns " + ns);
       if (!remove) continue;
       std::string pids;
@@ -667,7 +681,7 @@ static std::vector<std::string> leftovers(const std::string& prefix, bool remove
       if (a == std::string::npos) continue;
       std::string name = line.substr(a + 2);
       name = name.substr(0, name.find_first_of("@:"));
-      if (starts_with(name, prefix)) links.push_back(name);
+      if (name_in_run(name, prefix)) links.push_back(name);
     }
     std::stable_partition(links.begin(), links.end(),
                           [](const std::string& n) { return n.size() < 2 || n.compare(n.size() - 2, 2, "br") != 0; });
@@ -683,7 +697,7 @@ static std::vector<std::string> leftovers(const std::string& prefix, bool remove
     if (!dir) continue;
     std::vector<std::string> names;
     while (dirent* e = readdir(dir))
-      if (e->d_type == DT_DIR && starts_with(e->d_name, prefix)) names.push_back(e->d_name);
+      if (e->d_type == DT_DIR && name_in_run(e->d_name, prefix)) names.push_back(e->d_name);
     closedir(dir);
     for (const std::string& n : names) {
       found.push_back("cgroup " + parent + "/" + n);
@@ -694,7 +708,7 @@ static std::vector<std::string> leftovers(const std::string& prefix, bool remove
     std::vector<std::string> names;
     while (dirent* e = readdir(dir)) {
       std::string n = e->d_name;
-      if (starts_with(n, prefix) && n.size() > 5 && n.compare(n.size() - 5, 5, "-logs") == 0) names.push_back(n);
+      if (name_in_run(n, prefix) && n.size() > 5 && n.compare(n.size() - 5, 5, "-logs") == 0) names.push_back(n);
     }
     closedir(dir);
     for (const std::string& n : names) {

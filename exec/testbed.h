@@ -99,8 +99,9 @@ class Testbed {
 };
 
 // Removes the leftovers of crashed runs: every namespace (and the processes in it),
-// link, cgroup and /tmp log folder whose name starts with `prefix` (default: every
-// testbed's). Returns one line per removed object. Never throws.
+// link, cgroup and /tmp log folder of the run whose tag is `prefix` ("pactb" + tag), or
+// of every run with the default kTestbedPrefix. Returns one line per removed object.
+// Never throws.
 std::vector<std::string> testbed_cleanup(const std::string& prefix = kTestbedPrefix);
 
 // What exists now with this prefix (namespaces, links, cgroup dirs), for tests and

@@ -255,6 +255,8 @@ TEST(Testbed, CleanupRemovesLeftoversOfACrashedRun) {
   std::string err = construct_error(scenario_make(1, "switched", 100e6, 0), o);
   EXPECT_NE(err.find("tag " + prefix + " is in use"), std::string::npos) << err;
   EXPECT_EQ(testbed_list(prefix), before);
+  // A tag is not a mere prefix: the tag one character shorter names nothing of this run.
+  EXPECT_EQ(testbed_list(prefix.substr(0, prefix.size() - 1)), std::vector<std::string>{});
   std::vector<std::string> removed = testbed_cleanup(prefix);
   // Both namespaces were found and removed (their veths went with them).
   EXPECT_NE(std::find(removed.begin(), removed.end(), "netns " + prefix + "-0"), removed.end());
