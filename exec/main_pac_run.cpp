@@ -19,6 +19,7 @@
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include <CLI/CLI.hpp>
@@ -121,11 +122,31 @@ std::string random_key() {
   return k;
 }
 
+// Masked mean loss per token over `ex` (as Trainer::evaluate), logits from `logits_of`.
+double heldout_loss(const std::vector<Example>& ex, int batch,
+                    const std::function<torch::Tensor(const torch::Tensor&)>& logits_of, double* tokens) {
+  torch::NoGradGuard ng;
+  double sum = 0, count = 0;
+  for (size_t st = 0; st < ex.size(); st += static_cast<size_t>(batch)) {
+    std::vector<const Example*> eb;
+    for (size_t i = st; i < std::min(ex.size(), st + batch); i++) eb.push_back(&ex[i]);
+    torch::Tensor inputs, targets, mask;
+    examples_to_tensors(eb, &inputs, &targets, &mask);
+    torch::Tensor logits = logits_of(inputs);
+    double nt = mask.sum().item<double>();
+    sum += masked_lm_loss(logits, targets, mask).item<double>() * nt;
+    count += nt;
+  }
+  if (tokens) *tokens = count;
+  return count > 0 ? sum / count : 0;
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
-  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir;
+  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir, eval_data;
   bool local = false, quiet = false;
-  int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0;
+  int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0, warmup = 0;
+  std::string lr_schedule = "constant";
   double lr = 1e-3, wd = 0, timeout_s = 60, eval_fraction = 0.1;
   uint64_t seed = 42;
   app.add_option("plan", plan_file, "plan.json from pac-plan")->required();
@@ -133,13 +154,16 @@ int run(int argc, char** argv) {
   app.add_option("--model", model, "checkpoint path or preset (default: the plan's model name)");
   app.add_option("--tokenizer", tokenizer, "tokenizer.bin (llama2.c) or SentencePiece .model")->required();
   app.add_option("--data", data, "training data: text (one sample per paragraph) or .jsonl")->required();
-  app.add_option("--eval-fraction", eval_fraction, "held out of --data")->capture_default_str();
+  app.add_option("--eval-fraction", eval_fraction, "held out of --data (when no --eval-data)")->capture_default_str();
+  app.add_option("--eval-data", eval_data, "held-out data file (default: --eval-fraction of --data)");
   app.add_option("--epochs", epochs, "default: the plan's epochs");
   app.add_option("--batch-size", batch, "default: the plan's mini-batch");
   app.add_option("--seq-len", seq_len, "default: the plan's sequence length");
   app.add_option("--k", k, "side network reduction factor (default: the plan's)");
   app.add_option("--side-init", side_init, "random | pruned")->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
+  app.add_option("--lr-schedule", lr_schedule, "constant | cosine (both after --warmup steps)")->capture_default_str();
+  app.add_option("--warmup", warmup, "linear warm-up steps")->capture_default_str();
   app.add_option("--weight-decay", wd)->capture_default_str();
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads, "LibTorch threads per worker")->capture_default_str();
@@ -158,6 +182,9 @@ int run(int argc, char** argv) {
   if (sc.method.kind != "parallel_adapters")
     throw InputError(plan_file + ": $.scenario.method.kind: pac-run runs parallel_adapters so far, got \"" +
                      sc.method.kind + "\"");
+  if (lr_schedule != "constant" && lr_schedule != "cosine")
+    throw InputError("--lr-schedule: expected constant or cosine, got \"" + lr_schedule + "\"");
+  if (warmup < 0) throw InputError("--warmup: expected >= 0, got " + std::to_string(warmup));
   if (side_init != "random" && side_init != "pruned")
     throw InputError("--side-init: expected random or pruned, got \"" + side_init + "\"");
   if (model.empty()) model = sc.model.name;
@@ -177,7 +204,16 @@ int run(int argc, char** argv) {
   dopt.bos_id = tok->bos_id();
   dopt.eos_id = tok->eos_id();
   std::vector<Example> train, heldout;
-  data_prepare(data, "", eval_fraction, *tok, dopt, seed, &train, &heldout);
+  data_prepare(data, eval_data, eval_fraction, *tok, dopt, seed, &train, &heldout);
+  double eval_before = -1;
+  if (!out.empty() && !heldout.empty()) {
+    // The backbone alone (what the side network starts from: its gate is 0).
+    Llama base = llama_open(model, seed);
+    eval_before = heldout_loss(heldout, batch, [&](const torch::Tensor& inputs) { return base->forward(inputs); },
+                               nullptr);
+    std::printf("held-out loss before fine-tuning %.4f, perplexity %.3f\n", eval_before, std::exp(eval_before));
+    std::fflush(stdout);
+  }
 
   ClusterKey key;
   std::vector<std::unique_ptr<LocalWorker>> locals;
@@ -232,6 +268,7 @@ int run(int argc, char** argv) {
 
   int64_t n = static_cast<int64_t>(train.size());
   int64_t nb = (n + batch - 1) / batch;
+  int64_t total_steps = max_steps > 0 ? std::min<int64_t>(max_steps, nb * epochs) : nb * epochs;  // as Trainer
   json epochs_json = json::array();
   int64_t step = 0;
   bool stop = false;
@@ -272,7 +309,8 @@ int run(int argc, char** argv) {
       }
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
-      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr, mb, timeout);
+      double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
+      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout);
       if (p2 >= 0) pac_note_cached(r, &holders);
       for (const json& j : r.results) {
         int d = sc.device_index(j.value("device", std::string()));
@@ -286,7 +324,7 @@ int run(int argc, char** argv) {
       }
       step++;
       char extra[64];
-      std::snprintf(extra, sizeof extra, "loss %.4f", r.loss);
+      std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", r.loss, lr_now);
       prog.update(b + 1, extra);
     }
     epochs_json.push_back({{"epoch", e},
@@ -322,20 +360,9 @@ int run(int argc, char** argv) {
     if (!heldout.empty()) {
       SideNetwork side{nullptr};
       adapter_load(out, shape, &side);
-      torch::NoGradGuard ng;
-      double sum = 0, count = 0;
-      for (size_t st = 0; st < heldout.size(); st += static_cast<size_t>(batch)) {
-        std::vector<const Example*> eb;
-        for (size_t i = st; i < std::min(heldout.size(), st + batch); i++) eb.push_back(&heldout[i]);
-        torch::Tensor inputs, targets, mask;
-        examples_to_tensors(eb, &inputs, &targets, &mask);
-        torch::Tensor logits = side->forward(torch::stack(shape->forward_taps(inputs).b, 1));
-        double nt = mask.sum().item<double>();
-        sum += masked_lm_loss(logits, targets, mask).item<double>() * nt;
-        count += nt;
-      }
-      eval_loss = count > 0 ? sum / count : 0;
-      eval_tokens = count;
+      eval_loss = heldout_loss(heldout, batch, [&](const torch::Tensor& inputs) {
+        return side->forward(torch::stack(shape->forward_taps(inputs).b, 1));
+      }, &eval_tokens);
     }
   }
   c.shutdown(true);
@@ -361,7 +388,7 @@ int run(int argc, char** argv) {
     json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
                 {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", "parallel_adapters"},
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
-                {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens},
+                {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens}, {"eval_loss_before", eval_before},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
                 {"switch_s", switch_s},
                 {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},

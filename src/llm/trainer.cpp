@@ -180,13 +180,16 @@ Llama& Trainer::backbone() {
 
 int64_t Trainer::trainable_params() { return numel_sum(params_); }
 
+double lr_schedule_at(double lr, const std::string& schedule, int warmup_steps, int64_t total_steps, int64_t step) {
+  if (warmup_steps > 0 && step < warmup_steps) return lr * static_cast<double>(step + 1) / warmup_steps;
+  if (schedule == "constant") return lr;
+  int64_t span = std::max<int64_t>(1, total_steps - warmup_steps);
+  double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(span));
+  return lr * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
 double Trainer::lr_at(int64_t step) const {
-  if (opt_.warmup_steps > 0 && step < opt_.warmup_steps)
-    return opt_.lr * static_cast<double>(step + 1) / opt_.warmup_steps;
-  if (opt_.lr_schedule == "constant") return opt_.lr;
-  int64_t span = std::max<int64_t>(1, total_steps_ - opt_.warmup_steps);
-  double progress = std::min(1.0, static_cast<double>(step - opt_.warmup_steps) / static_cast<double>(span));
-  return opt_.lr * 0.5 * (1.0 + std::cos(M_PI * progress));
+  return lr_schedule_at(opt_.lr, opt_.lr_schedule, opt_.warmup_steps, total_steps_, step);
 }
 
 torch::Tensor Trainer::batch_taps(const std::vector<const Example*>& batch, const std::string& split) {

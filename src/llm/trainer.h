@@ -51,6 +51,11 @@ struct TrainOptions {
 // Checks ranges and names; InputError naming the option.
 void train_options_validate(const TrainOptions& o);
 
+// The learning rate of global step `step` (0-based): linear warmup over `warmup_steps`,
+// then constant or cosine decay to 0 at `total_steps`. pac-run uses it too, so a
+// distributed run follows the trainer's schedule step for step.
+double lr_schedule_at(double lr, const std::string& schedule, int warmup_steps, int64_t total_steps, int64_t step);
+
 struct StepStats {
   int epoch = 0;
   int64_t step = 0;       // global, from 0
