@@ -218,6 +218,31 @@ TEST(Testbed, TeardownLeavesNothing) {
     int netns = 0;
     for (const std::string& l : up) netns += l.rfind("netns ", 0) == 0;
     EXPECT_EQ(netns, 3);
+    // The limits as written: cpu_quota 1 core = 100000 us per 100000 us period; memory
+    // 512e6 bytes (a whole number of 4 KiB pages, so the kernel keeps it exactly).
+    int checked = 0;
+    for (const std::string& l : up) {
+      if (l.rfind("cgroup ", 0) != 0) continue;
+      std::string dir = l.substr(7), dev = dir.substr(dir.rfind('-'));
+      // v1 files, else v2's.
+      if (dev == "-1" && file_exists(dir + "/cpu.cfs_quota_us")) {
+        EXPECT_EQ(std::stol(file_text(dir + "/cpu.cfs_quota_us")), 100000);
+        checked++;
+      }
+      if (dev == "-1" && file_exists(dir + "/cpu.max")) {
+        EXPECT_EQ(file_text(dir + "/cpu.max"), "100000 100000\n");
+        checked++;
+      }
+      if (dev == "-2" && file_exists(dir + "/memory.limit_in_bytes")) {
+        EXPECT_EQ(std::stoll(file_text(dir + "/memory.limit_in_bytes")), 512000000LL);
+        checked++;
+      }
+      if (dev == "-2" && file_exists(dir + "/memory.max")) {
+        EXPECT_EQ(std::stoll(file_text(dir + "/memory.max")), 512000000LL);
+        checked++;
+      }
+    }
+    EXPECT_EQ(checked, 2);
   }
   EXPECT_EQ(testbed_list(prefix), std::vector<std::string>{});
 }
