@@ -25,6 +25,7 @@
 #include <CLI/CLI.hpp>
 
 #include "exec/pac_driver.h"
+#include "exec/run_trace.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -143,7 +144,7 @@ double heldout_loss(const std::vector<Example>& ex, int batch,
 
 int run(int argc, char** argv) {
   CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
-  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir, eval_data;
+  std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir, eval_data, trace_file;
   bool local = false, quiet = false;
   int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0, warmup = 0;
   std::string lr_schedule = "constant";
@@ -173,6 +174,7 @@ int run(int argc, char** argv) {
                  "activation cache folder on each worker (<dir>/<device id>; default: a private temp folder)");
   app.add_option("--out", out, "trained side network (.safetensors)");
   app.add_option("--report", report, "report JSON (docs/report-format.md)");
+  app.add_option("--trace", trace_file, "Chrome trace of the run (same layout as pac-sim --trace; Perfetto)");
   app.add_option("--key-file", key_file, "cluster key (default with --local: a fresh random key)");
   app.add_option("--worker-exe", worker_exe, "pac-worker binary (default: next to pac-run)");
   app.add_flag("--quiet", quiet, "no progress lines");
@@ -247,6 +249,10 @@ int run(int argc, char** argv) {
   }
 
   auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> ids;
+  for (auto& d : sc.devices) ids.push_back(d.id);
+  RunTrace trace(ids, std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count());
+  bool tracing = !trace_file.empty();
   Coordinator c(addrs, key, CoordinatorOptions{"pac-run", timeout, std::chrono::milliseconds(500), 50});
   c.connect_all();
   std::vector<Assignment> as = assignments_make(plan, 0);
@@ -282,10 +288,11 @@ int run(int argc, char** argv) {
       for (const Example& x : train) all.push_back(&x);
       if (!quiet) std::fprintf(stderr, "switch: moving cached activations and the side network to %zu devices\n",
                                plan.phases[p2].stages[0].devices.size());
-      SwitchResult sw = pac_switch(c, as, as2, all, holders, timeout);
+      SwitchResult sw = pac_switch(c, as, as2, all, holders, timeout, tracing);
       for (size_t i = 0; i < sw.results.size(); i++) {
         const json& j = sw.results[i];
         int d = sw.workers[i];
+        trace.add_result(d, -1, j);
         comm[d] += j.value("send_s", 0.0);
         bubble[d] += j.value("wait_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
@@ -310,8 +317,9 @@ int run(int argc, char** argv) {
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
-      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout);
+      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing);
       if (p2 >= 0) pac_note_cached(r, &holders);
+      for (size_t i = 0; i < r.results.size(); i++) trace.add_result(r.workers[i], static_cast<int>(step), r.results[i]);
       for (const json& j : r.results) {
         int d = sc.device_index(j.value("device", std::string()));
         if (d < 0) continue;
@@ -397,6 +405,7 @@ int run(int argc, char** argv) {
                                {"peak_memory_bytes", plan.predicted.peak_memory_bytes}}}};
     file_write_atomic(report, rep.dump(2) + "\n");
   }
+  if (tracing) file_write_atomic(trace_file, trace.to_chrome_json());
   if (!quiet) std::fprintf(stderr, "pac-run: %lld steps on %d devices in %.1f s\n", static_cast<long long>(step),
                            c.worker_count(), total_s);
   if (eval_loss >= 0)

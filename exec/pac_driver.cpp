@@ -75,7 +75,7 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
 }
 
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
-                             const std::vector<const Example*>& batch, Millis wait) {
+                             const std::vector<const Example*>& batch, Millis wait, bool trace) {
   json tokens = json::array(), mask = json::array();
   for (const Example* e : batch) {
     tokens.push_back(e->tokens);
@@ -86,6 +86,7 @@ PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, 
   json ids = json::array();
   for (const Example* e : batch) ids.push_back(e->id);
   json start = {{"op", "train"}, {"step", step}, {"lr", lr}, {"tokens", tokens}, {"mask", mask}, {"samples", ids}};
+  if (trace) start["trace"] = true;
   for (int w = 0; w < c.worker_count(); w++)
     if (as[w].stage >= 0) c.connection(w).send_json(MsgType::Start, start);
   PacStepResult r;
@@ -146,7 +147,8 @@ std::vector<int> switch_owners(const std::vector<int64_t>& samples, const CacheH
 }
 
 SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const std::vector<Assignment>& p2,
-                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait) {
+                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait,
+                        bool trace) {
   auto t0 = std::chrono::steady_clock::now();
   if (p2.empty() || p2[0].stages.size() != 1)
     throw InputError("plan: the phase after the switch must be one data-parallel stage, got " +
@@ -168,6 +170,7 @@ SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const
   std::vector<int> owner = switch_owners(ids, holders, dp.devices, dp.shares, taps);
   for (int d : dp.devices) dps.push_back({{"id", c.worker(d).id}, {"address", c.worker(d).address}});
   json start = {{"op", "switch"}, {"samples", ids}, {"hashes", hashes}, {"owners", owner}, {"dp_devices", dps}};
+  if (trace) start["trace"] = true;
   if (dp.devices.size() > 1) {
     std::string host = host_of(c.worker(dp.devices[0]).address);
     start["dp_store"] = {{"host", host}, {"port", tcp_free_port(host)}};

@@ -33,8 +33,9 @@ struct PacStepResult {
 
 // One mini-batch on every assigned device: Start is sent to all of them first (the
 // pipeline needs them all running), then every Result is awaited for at most `wait`.
+// `trace`: the devices return their timed events (exec/run_trace.h) with the Result.
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
-                             const std::vector<const Example*>& batch, Millis wait);
+                             const std::vector<const Example*>& batch, Millis wait, bool trace = false);
 
 // Which devices hold cached taps of which samples after phase 1, from the step results
 // "cached" lists (sample id -> coordinator indices of the devices that wrote its taps).
@@ -61,7 +62,8 @@ struct SwitchResult {
 // data-parallel stage); returns when all of them are done. Devices of phase 2 must have
 // been in phase 1 (they hold the side network's shape and the head).
 SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& phase1, const std::vector<Assignment>& phase2,
-                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait);
+                        const std::vector<const Example*>& samples, const CacheHolders& holders, Millis wait,
+                        bool trace = false);
 
 // Asks the first device of every stage to write its trained side tensors to
 // `dir`/side-stage<j>.safetensors; returns those paths in stage order.

@@ -59,6 +59,12 @@ LlamaConfig config_from_json(const JsonIn& c) {
   return m;
 }
 
+// Wall-clock microseconds: comparable across the processes of one machine (and, with
+// synchronised clocks, across devices), which a run's trace needs.
+double wall_us() {
+  return std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 class PacExecutor : public StageExecutor {
  public:
   std::string name() const override { return "pac-pipeline"; }
@@ -145,6 +151,11 @@ class PacExecutor : public StageExecutor {
   }
 
  private:
+  // Trace events of the current step when the coordinator asked for them (Start
+  // "trace": true): {"cat", "name", "ts", "dur", "peer"}, wall-clock microseconds.
+  bool trace_ = false;
+  json events_ = json::array();
+  void trace_add(const char* cat, const std::string& name, double t0_us, double t1_us, const std::string& peer = "");
   // Per step, for the run report: seconds waiting for slices, sending, all-reducing,
   // and bytes sent to each device.
   double wait_s_ = 0, send_s_ = 0, allreduce_s_ = 0;
@@ -305,6 +316,7 @@ void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView
 torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std::vector<PeerRows>& peers) {
   std::vector<torch::Tensor> parts;
   auto t0 = std::chrono::steady_clock::now();
+  double w0 = wall_us();
   std::unique_lock<std::mutex> lk(mu_);
   for (const PeerRows& p : peers) {
     InboxKey key(static_cast<int>(type), step, static_cast<uint32_t>(m), p.id);
@@ -325,6 +337,8 @@ torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std:
     parts.push_back(x);
   }
   wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  lk.unlock();
+  trace_add("wait", std::string("wait ") + msg_type_name(type) + " mb" + std::to_string(m), w0, wall_us());
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
 }
 
@@ -339,9 +353,11 @@ void PacExecutor::send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type
   h.dims = part.sizes().vec();
   size_t bytes = static_cast<size_t>(part.numel()) * sizeof(float);
   auto t0 = std::chrono::steady_clock::now();
+  double w0 = wall_us();
   ctx.peer(to.id, to.address).send_tensor(type, h, part.data_ptr<float>(), bytes);
   send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bytes_to_[to.id] += static_cast<double>(bytes);
+  trace_add("send", std::string(msg_type_name(type)) + " mb" + std::to_string(m), w0, wall_us(), to.id);
 }
 
 void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inputs, const torch::Tensor& targets,
@@ -361,6 +377,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
   }
   std::vector<torch::Tensor> taps;
   torch::Tensor b, a;
+  double c0 = wall_us();
   if (a_.has_embedding()) {
     {
       torch::NoGradGuard ng;
@@ -373,6 +390,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     b = gather(MsgType::Activation, step, m, up);
     st.a_in = gather(MsgType::SideState, step, m, up).requires_grad_(true);
     a = st.a_in;
+    c0 = wall_us();
   }
   torch::Tensor cos = cos_.narrow(0, 0, T), sin = sin_.narrow(0, 0, T);
   for (int l = a_.layer_begin(); l < a_.layer_end(); l++) {
@@ -383,16 +401,6 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     if (record) taps.push_back(b);
     SideBlock& blk = side_->blocks[l];  // side block l+1 consumes b_{l+1}
     a = blk->forward(a + blk->down(side_input(b)), cos, sin);
-  }
-  if (record) {
-    // One record per new sample: this stage's taps [tap_begin_, tap_end_) of that row.
-    torch::Tensor all = torch::stack(taps, 1);  // [rows, n_taps, T, d]
-    for (int r = st.rows.begin; r < st.rows.end; r++) {
-      if (cached_.count(ids_[r])) continue;
-      cache_p1_->cache_write_sample("p1", ids_[r], hashes_[r], all[r - st.rows.begin]);
-      cached_[ids_[r]] = hashes_[r];
-      new_cached_.push_back(ids_[r]);
-    }
   }
   if (a_.has_head()) {
     torch::Tensor out = side_->final_hidden(side_input(b)) + side_->gate * side_->up(side_->norm(a));
@@ -406,11 +414,27 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     st.loss = (per_token * mk).sum() / std::max(1.0, n_tokens);
   } else {
     st.a_out = a;
+  }
+  trace_add("compute", "F mb" + std::to_string(m), c0, wall_us());
+  if (!a_.has_head()) {
     torch::Tensor a_send = a.detach();
     for (const PeerRows& p : assignment_down_peers(a_, n, m)) {
       send_rows(ctx, p, MsgType::Activation, step, m, st.rows, b);
       send_rows(ctx, p, MsgType::SideState, step, m, st.rows, a_send);
     }
+  }
+  // The cache write comes after the sends, off the pipeline's critical path.
+  double s0 = wall_us();
+  if (record) {
+    // One record per new sample: this stage's taps [tap_begin_, tap_end_) of that row.
+    torch::Tensor all = torch::stack(taps, 1);  // [rows, n_taps, T, d]
+    for (int r = st.rows.begin; r < st.rows.end; r++) {
+      if (cached_.count(ids_[r])) continue;
+      cache_p1_->cache_write_sample("p1", ids_[r], hashes_[r], all[r - st.rows.begin]);
+      cached_[ids_[r]] = hashes_[r];
+      new_cached_.push_back(ids_[r]);
+    }
+    trace_add("storage", "cache write mb" + std::to_string(m), s0, wall_us());
   }
   micro_[m] = st;
 }
@@ -418,13 +442,16 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
 void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
   MicroState& st = micro_[m];
   if (st.rows.size() == 0) return;
+  double c0 = wall_us();
   if (a_.has_head()) {
     st.loss.backward();
     loss_part_ += st.loss.item<double>();
   } else {
     torch::Tensor g = gather(MsgType::Gradient, step, m, assignment_down_peers(a_, n, m));
+    c0 = wall_us();
     st.a_out.backward(g);
   }
+  trace_add("compute", "B mb" + std::to_string(m), c0, wall_us());
   if (st.a_in.defined()) {
     torch::Tensor g = st.a_in.grad();
     if (!g.defined()) g = torch::zeros_like(st.a_in);
@@ -466,12 +493,16 @@ void PacExecutor::group_allreduce(uint32_t step) {
     group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
                                                a_.group_size(), opt, bind_host_);
   }
+  double w0 = wall_us();
   grads_allreduce(*group_, opt);
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  trace_add("collective", "allreduce stage " + std::to_string(a_.stage), w0, wall_us());
 }
 
 json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples"});
+  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples", "trace"});
+  trace_ = s.boolean_or("trace", false);
+  events_ = json::array();
   uint32_t step = static_cast<uint32_t>(s.integer("step", 0, UINT32_MAX));
   double lr = s.number("lr", 0, 10);
   // Every device gets the whole mini-batch's tokens and mask (tiny next to activations):
@@ -530,7 +561,9 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
     backward(b++, step, n, ctx);
   }
   group_allreduce(step);
+  double o0 = wall_us();
   optim_->step();
+  trace_add("compute", "opt", o0, wall_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Compute = the step minus its waits, sends and all-reduce (the rest is this
   // device's own forward/backward/optimizer work).
@@ -541,7 +574,15 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
           {"loss_part", loss_part_},   {"loss_tokens", n_tokens}, {"seconds", secs},
           {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", send_s_},
           {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()},
-          {"cached", new_cached_}};
+          {"cached", new_cached_}, {"events", events_}};
+}
+
+void PacExecutor::trace_add(const char* cat, const std::string& name, double t0_us, double t1_us,
+                            const std::string& peer) {
+  if (!trace_) return;
+  json e = {{"cat", cat}, {"name", name}, {"ts", t0_us}, {"dur", std::max(0.0, t1_us - t0_us)}};
+  if (!peer.empty()) e["peer"] = peer;
+  events_.push_back(std::move(e));
 }
 
 torch::Tensor PacExecutor::side_input(const torch::Tensor& b) const {
@@ -574,9 +615,11 @@ void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, cons
   h.dims = c.sizes().vec();
   size_t bytes = static_cast<size_t>(c.numel()) * sizeof(float);
   auto t0 = std::chrono::steady_clock::now();
+  double w0 = wall_us();
   ctx.peer(id, address).send_tensor(type, h, c.data_ptr<float>(), bytes, flags);
   send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bytes_to_[id] += static_cast<double>(bytes);
+  trace_add("send", std::string("switch ") + msg_type_name(type), w0, wall_us(), id);
 }
 
 // The switch (docs/runtime.md, "Activation cache and switch"): every device ships its
@@ -585,7 +628,9 @@ void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, cons
 // devices assemble whole records into their own cache and the whole side network with
 // its optimizer state; everyone drops the backbone.
 json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "samples", "hashes", "owners", "dp_devices", "dp_rank", "dp_store"});
+  s.check_keys({"op", "samples", "hashes", "owners", "dp_devices", "dp_rank", "dp_store", "trace"});
+  trace_ = s.boolean_or("trace", false);
+  events_ = json::array();
   auto t0 = std::chrono::steady_clock::now();
   wait_s_ = send_s_ = allreduce_s_ = 0;
   bytes_to_.clear();
@@ -785,7 +830,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()}, {"dp_rank", rank},           {"seconds", secs},
           {"wait_s", wait_s_},         {"send_s", send_s_},         {"records_sent", n_records_sent},
           {"tensors_sent", n_params_sent}, {"records_written", n_records}, {"bytes_to", bytes},
-          {"rss_peak_bytes", rss_peak_bytes()}};
+          {"rss_peak_bytes", rss_peak_bytes()}, {"events", events_}};
 }
 
 // Phase 2: this device's rows of the mini-batch (the samples it owns) from its cache,
@@ -808,6 +853,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   if (!rows.empty()) {
     std::vector<torch::Tensor> taps;
     auto r0 = std::chrono::steady_clock::now();
+    double w0 = wall_us();
     for (int64_t i : rows) {
       CacheRead rd = cache_dp_->cache_read_sample("dp", ids[i], hashes[i]);
       if (rd.status != CacheStatus::Hit)
@@ -817,6 +863,8 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
       taps.push_back(rd.taps);
     }
     read_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+    double c0 = wall_us();
+    trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows", w0, c0);
     torch::Tensor idx = torch::tensor(rows, torch::kLong);
     torch::Tensor logits = side_->forward(torch::stack(taps, 0));
     int64_t V = logits.size(-1);
@@ -826,6 +874,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     torch::Tensor loss = (per_token * mask.index_select(0, idx).reshape({-1})).sum() / std::max(1.0, n_tokens);
     loss.backward();
     loss_part_ = loss.item<double>();
+    trace_add("compute", "F+B " + std::to_string(rows.size()) + " rows", c0, wall_us());
   }
   if (dp_size_ > 1) {
     auto a0 = std::chrono::steady_clock::now();
@@ -837,16 +886,21 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
                                                    dp_size_, timeout_);
       dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
     }
+    double w0 = wall_us();
     grads_allreduce(*dp_group_, opt);
+    trace_add("collective", "allreduce dp", w0, wall_us());
     allreduce_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
   }
+  double o0 = wall_us();
   optim_->step();
+  trace_add("compute", "opt", o0, wall_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double compute = std::max(0.0, secs - allreduce_s_ - read_s_);
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
           {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", json::object()}, {"rss_peak_bytes", rss_peak_bytes()}};
+          {"allreduce_s", allreduce_s_}, {"bytes_to", json::object()}, {"rss_peak_bytes", rss_peak_bytes()},
+          {"events", events_}};
 }
 
 json PacExecutor::save(const JsonIn& s, WorkerContext& ctx) {
