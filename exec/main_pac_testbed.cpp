@@ -21,6 +21,7 @@
 //       for F to exist, then send (lines up concurrent senders)
 //   pac-testbed busy --seconds S   spins S wall seconds, prints the loop's CPU and wall
 //                                  seconds {"cpu_s":..,"wall_s":..}
+//   pac-testbed alloc --mib M      touches M MiB (a memory limit below that kills it)
 #include <signal.h>
 #include <time.h>
 
@@ -196,6 +197,18 @@ int cmd_busy(double seconds) {
   return 0;
 }
 
+// Touches `mib` MiB page by page (so they are really charged to our memory cgroup),
+// prints {"touched_mib":..}. Under a smaller memory limit the kernel kills it (SIGKILL).
+int cmd_alloc(double mib) {
+  size_t bytes = (size_t)(mib * 1048576);
+  std::vector<char> v(bytes);
+  for (size_t i = 0; i < bytes; i += 4096) v[i] = 1;
+  pac::json j;
+  j["touched_mib"] = mib;
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,6 +246,9 @@ int main(int argc, char** argv) {
     send->add_option("--go-file", go_file, "after connecting, print \"connected\" and wait for this file");
     CLI::App* busy = app.add_subcommand("busy", "spin, print CPU seconds used");
     busy->add_option("--seconds", seconds, "wall seconds")->check(CLI::PositiveNumber);
+    double alloc_mib = 1;
+    CLI::App* alloc = app.add_subcommand("alloc", "touch MiB of memory, print JSON");
+    alloc->add_option("--mib", alloc_mib, "MiB to touch")->check(CLI::Range(0.001, 1e6));
     if (int rc = pac::cli_parse(app, argc, argv); rc >= 0) return rc;
 
     if (up->parsed()) {
@@ -266,6 +282,7 @@ int main(int argc, char** argv) {
     if (recv->parsed()) return cmd_probe_recv(addr);
     if (send->parsed()) return cmd_probe_send(addr, mib, count, pings, reps, go_file);
     if (busy->parsed()) return cmd_busy(seconds);
+    if (alloc->parsed()) return cmd_alloc(alloc_mib);
     return 2;
   });
 }

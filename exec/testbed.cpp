@@ -454,7 +454,12 @@ void Testbed::make_cgroups(const Scenario& s, int i) {
     if (mem > 0) file_put(b.v2_parent + "/cgroup.subtree_control", "+memory", nullptr);
     std::string dir = make(b.v2_parent);
     if (quota > 0) put(dir + "/cpu.max", std::to_string(quota) + " " + std::to_string(period));
-    if (mem > 0) put(dir + "/memory.max", std::to_string((long long)mem));
+    if (mem > 0) {
+      put(dir + "/memory.max", std::to_string((long long)mem));
+      // No swap beyond the limit: a device's memory is its RAM (best effort: the file
+      // exists only with swap accounting).
+      file_put(dir + "/memory.swap.max", "0", nullptr);
+    }
     return;
   }
   std::string cpu = make(b.cpu_parent);
@@ -466,6 +471,9 @@ void Testbed::make_cgroups(const Scenario& s, int i) {
     } else {
       std::string m = make(b.mem_parent);
       put(m + "/memory.limit_in_bytes", std::to_string((long long)mem));
+      // Memory + swap capped at the same value: no swapping past the device's RAM
+      // (best effort: the file exists only with swap accounting).
+      file_put(m + "/memory.memsw.limit_in_bytes", std::to_string((long long)mem), nullptr);
     }
   }
 }

@@ -202,6 +202,21 @@ TEST(Testbed, CpuQuotaLimitsABusyLoop) {
   EXPECT_GT(share, 0.05) << j.dump();  // it did run
 }
 
+TEST(Testbed, MemoryLimitKillsAProcessAboveIt) {
+  SKIP_WITHOUT_TESTBED();
+  Scenario s = scenario_make(1, "switched", 100e6, 0);
+  s.devices[0].profile.memory_bytes = 384.0 * 1048576;
+  Testbed tb(s, TestbedOptions{});
+  std::string exe = bin_dir() + "/pac-testbed", log = log_path("alloc");
+  // 32 MiB fit under the 384 MiB limit (with the process's own start-up footprint).
+  pid_t small = tb.spawn(0, {exe, "alloc", "--mib", "32"}, log);
+  EXPECT_EQ(tb.wait_exit(small, std::chrono::seconds(30)), 0) << file_text(log);
+  // 1 GiB does not: the kernel's OOM killer ends it with SIGKILL (exit 128 + 9). Swap
+  // is capped at the same limit by the testbed, so it cannot spill there either.
+  pid_t big = tb.spawn(0, {exe, "alloc", "--mib", "1024"}, log);
+  EXPECT_EQ(tb.wait_exit(big, std::chrono::seconds(30)), 128 + SIGKILL) << file_text(log);
+}
+
 TEST(Testbed, TeardownLeavesNothing) {
   SKIP_WITHOUT_TESTBED();
   TestbedOptions o;
