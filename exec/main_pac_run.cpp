@@ -5,9 +5,11 @@
 //
 // Starts one local pac-worker per plan device on 127.0.0.1 (when the plan names no
 // addresses, or with --local), or connects to the addresses in the plan; assigns every
-// device its part of the plan's first phase (pac-pipeline executor), drives the
-// mini-batches in the trainer's data order, then writes the trained side network
-// (safetensors, loadable by pac-generate/pac-train --adapter) and a report JSON.
+// device its part of the plan's first phase (pac-pipeline for parallel adapters,
+// pipeline-train for full/lora/adapters), drives the mini-batches in the trainer's data
+// order (parallel adapters with a cache: epoch 1 pipelined, then the switch, then data
+// parallel from the workers' caches), then writes the trained result (safetensors,
+// loadable by pac-generate/pac-train --adapter), a report JSON and optionally a trace.
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -26,6 +29,9 @@
 
 #include "exec/pac_driver.h"
 #include "exec/run_trace.h"
+#include "exec/testbed.h"
+#include "exec/train_driver.h"
+#include "exec/train_executor.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -115,6 +121,13 @@ std::string exe_dir() {
   return ec ? std::string(".") : p.parent_path().string();
 }
 
+// The key of workers this process starts: --key-file's, or a fresh random one; either
+// way passed on through the environment the children inherit.
+ClusterKey children_key(const std::string& key_file, const std::string& whose);
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
 std::string random_key() {
   std::random_device rd;
   std::string k;
@@ -142,16 +155,29 @@ double heldout_loss(const std::vector<Example>& ex, int batch,
   return count > 0 ? sum / count : 0;
 }
 
+ClusterKey children_key(const std::string& key_file, const std::string& whose) {
+  if (!key_file.empty()) {
+    ::setenv("PAC_CLUSTER_KEY_FILE", key_file.c_str(), 1);
+    return cluster_key_load(key_file);
+  }
+  std::string kk = random_key();
+  ::setenv("PAC_CLUSTER_KEY", kk.c_str(), 1);
+  ::unsetenv("PAC_CLUSTER_KEY_FILE");
+  return ClusterKey{kk, "a fresh key for " + whose};
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
   std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir, eval_data, trace_file;
-  bool local = false, quiet = false;
+  bool local = false, quiet = false, testbed = false;
   int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0, warmup = 0;
   std::string lr_schedule = "constant";
   double lr = 1e-3, wd = 0, timeout_s = 60, eval_fraction = 0.1;
   uint64_t seed = 42;
   app.add_option("plan", plan_file, "plan.json from pac-plan")->required();
   app.add_flag("--local", local, "start the workers here on 127.0.0.1 even when the plan names addresses");
+  app.add_flag("--testbed", testbed,
+               "emulate the plan's devices on this machine (netns + tc + cgroups, root; docs/testbed.md) and run there");
   app.add_option("--model", model, "checkpoint path or preset (default: the plan's model name)");
   app.add_option("--tokenizer", tokenizer, "tokenizer.bin (llama2.c) or SentencePiece .model")->required();
   app.add_option("--data", data, "training data: text (one sample per paragraph) or .jsonl")->required();
@@ -181,9 +207,10 @@ int run(int argc, char** argv) {
   if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
   Plan plan = plan_load(plan_file);
   const Scenario& sc = plan.scenario;
-  if (sc.method.kind != "parallel_adapters")
-    throw InputError(plan_file + ": $.scenario.method.kind: pac-run runs parallel_adapters so far, got \"" +
-                     sc.method.kind + "\"");
+  // Parallel adapters run on "pac-pipeline" (cache, switch, phase 2); full, lora and
+  // adapters on "pipeline-train" over the plan's first phase for every epoch (the
+  // baselines: standalone, eddl, ecofl, asteroid; docs/baselines-runtime.md).
+  const bool pa = sc.method.kind == "parallel_adapters";
   if (lr_schedule != "constant" && lr_schedule != "cosine")
     throw InputError("--lr-schedule: expected constant or cosine, got \"" + lr_schedule + "\"");
   if (warmup < 0) throw InputError("--warmup: expected >= 0, got " + std::to_string(warmup));
@@ -196,7 +223,7 @@ int run(int argc, char** argv) {
   if (k <= 0) k = sc.method.reduction_k;
   bool any_address = false;
   for (auto& d : sc.devices) any_address = any_address || !d.address.empty();
-  local = local || !any_address;
+  local = !testbed && (local || !any_address);
   std::chrono::milliseconds timeout(static_cast<int64_t>(timeout_s * 1000));
 
   // Data, tokenized here once; the workers receive each mini-batch's tokens.
@@ -220,16 +247,24 @@ int run(int argc, char** argv) {
   ClusterKey key;
   std::vector<std::unique_ptr<LocalWorker>> locals;
   std::vector<WorkerAddress> addrs;
-  if (local) {
-    if (key_file.empty()) {
-      std::string kk = random_key();
-      ::setenv("PAC_CLUSTER_KEY", kk.c_str(), 1);  // the children inherit it
-      ::unsetenv("PAC_CLUSTER_KEY_FILE");
-      key = ClusterKey{kk, "a fresh key for the local workers"};
-    } else {
-      key = cluster_key_load(key_file);
-      ::setenv("PAC_CLUSTER_KEY_FILE", key_file.c_str(), 1);
-    }
+  std::unique_ptr<Testbed> bed;
+  if (testbed) {
+    std::string why = testbed_unavailable_reason();
+    if (!why.empty()) throw InputError("--testbed: this machine cannot emulate devices: " + why);
+    key = children_key(key_file, "the testbed's workers");
+    TestbedOptions to;
+    to.worker_exe = worker_exe.empty() ? exe_dir() + "/pac-worker" : worker_exe;
+    to.key_file = key_file;
+    to.worker_args = {"--idle-exit-s", "120"};
+    // SIGINT/SIGTERM end the run between steps so the testbed is torn down (RAII).
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    bed = std::make_unique<Testbed>(sc, to);
+    addrs = bed->workers();
+    if (!quiet)
+      for (const std::string& l : bed->limitations()) std::fprintf(stderr, "pac-run --testbed: %s\n", l.c_str());
+  } else if (local) {
+    key = children_key(key_file, "the local workers");
     if (worker_exe.empty()) worker_exe = exe_dir() + "/pac-worker";
     // Start them all first (each start maps LibTorch, ~1.5 s), then read their ports.
     for (auto& d : sc.devices) {
@@ -261,11 +296,12 @@ int run(int argc, char** argv) {
                    {"cache", sc.method.cache}, {"cache_dtype", sc.method.cache_dtype}};
   settings["model"] = model;
   if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
+  if (!pa) settings.update(train_settings(sc.method, c, as));
   pac_assign_phase(c, as, settings);
   // Phase 2 (data parallel from the activation cache) when the plan has one: the
   // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
   int p2 = -1;
-  if (sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
+  if (pa && sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
   std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
   const std::vector<Assignment> as1 = as;
   CacheHolders holders;
@@ -314,6 +350,7 @@ int run(int argc, char** argv) {
         stop = true;
         break;
       }
+      if (g_stop_signal) throw RuntimeError("pac-run: stopped by signal " + std::to_string(g_stop_signal));
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
@@ -336,7 +373,7 @@ int run(int argc, char** argv) {
       prog.update(b + 1, extra);
     }
     epochs_json.push_back({{"epoch", e},
-                           {"phase", in_dp ? "data_parallel" : "pipeline"},
+                           {"phase", in_dp ? "data_parallel" : plan.phases[0].kind},
                            {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -346,30 +383,33 @@ int run(int argc, char** argv) {
     // Parts from every stage (written by the workers next to --out), merged into the
     // trainer's own format so pac-generate / pac-train --adapter load it.
     std::string dir = std::filesystem::absolute(out).parent_path().string();
-    std::map<std::string, torch::Tensor> all;
     std::vector<std::string> parts = pac_save_parts(c, as, dir, timeout);
-    for (const std::string& p : parts) {
-      for (auto& kv : safetensors_read(p).tensors) all[kv.first] = kv.second;
-      std::filesystem::remove(p);
-    }
     Llama shape = llama_open(model, seed);
-    SideConfig scfg = side_config_make(shape->config(), k);
-    std::map<std::string, std::string> meta{{"format", "pac-finetune"},
-                                            {"method", "parallel_adapters"},
-                                            {"backbone.dim", std::to_string(shape->config().dim)},
-                                            {"backbone.n_layers", std::to_string(shape->config().n_layers)},
-                                            {"backbone.vocab_size", std::to_string(shape->config().vocab_size)},
-                                            {"k", std::to_string(k)},
-                                            {"init", side_init}};
-    for (auto& kv : side_config_metadata(scfg)) meta[kv.first] = kv.second;
-    safetensors_write(out, all, meta);
+    if (pa) {
+      std::map<std::string, torch::Tensor> all;
+      for (const std::string& p : parts)
+        for (auto& kv : safetensors_read(p).tensors) all[kv.first] = kv.second;
+      SideConfig scfg = side_config_make(shape->config(), k);
+      std::map<std::string, std::string> meta{{"format", "pac-finetune"},
+                                              {"method", "parallel_adapters"},
+                                              {"backbone.dim", std::to_string(shape->config().dim)},
+                                              {"backbone.n_layers", std::to_string(shape->config().n_layers)},
+                                              {"backbone.vocab_size", std::to_string(shape->config().vocab_size)},
+                                              {"k", std::to_string(k)},
+                                              {"init", side_init}};
+      for (auto& kv : side_config_metadata(scfg)) meta[kv.first] = kv.second;
+      safetensors_write(out, all, meta);
+    } else {
+      train_parts_merge(parts, out);
+    }
+    for (const std::string& p : parts) std::filesystem::remove(p);
     // Held-out loss of the result, computed here on the whole model the way
     // Trainer::evaluate does (masked mean per token over all held-out examples).
     if (!heldout.empty()) {
       SideNetwork side{nullptr};
-      adapter_load(out, shape, &side);
+      adapter_load(out, shape, pa ? &side : nullptr);
       eval_loss = heldout_loss(heldout, batch, [&](const torch::Tensor& inputs) {
-        return side->forward(torch::stack(shape->forward_taps(inputs).b, 1));
+        return pa ? side->forward(torch::stack(shape->forward_taps(inputs).b, 1)) : shape->forward(inputs);
       }, &eval_tokens);
     }
   }
@@ -394,7 +434,7 @@ int run(int argc, char** argv) {
     json links = json::array();
     for (auto& kv : link_bytes) links.push_back({{"src", kv.first.first}, {"dst", kv.first.second}, {"bytes", kv.second}});
     json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
-                {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", "parallel_adapters"},
+                {"scenario", sc.name},     {"strategy", plan.strategy}, {"method", sc.method.kind},
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
                 {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens}, {"eval_loss_before", eval_before},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},

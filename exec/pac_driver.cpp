@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -25,11 +26,23 @@ int tcp_free_port(const std::string& host) {
     throw InputError("not an IPv4 address for a collective store: " + host);
   }
   socklen_t len = sizeof sa;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EADDRNOTAVAIL) {
+      // The store's host is another machine (or a testbed namespace): we cannot probe
+      // its ports from here. Hand out ports from a range nothing else of ours uses, a
+      // different one per store of this run (a clash fails the store's start, loudly).
+      static std::atomic<int> next{0};
+      static const int base = 29500 + static_cast<int>(::getpid() % 50) * 20;
+      return base + next++ % 20;
+    }
+    throw RuntimeError("cannot bind " + host + ":0 to find a free port: " + std::strerror(err));
+  }
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
     std::string why = std::strerror(errno);
     ::close(fd);
-    throw RuntimeError("cannot bind " + host + ":0 to find a free port: " + why);
+    throw RuntimeError("cannot read the port bound on " + host + ": " + why);
   }
   ::close(fd);
   return ntohs(sa.sin_port);

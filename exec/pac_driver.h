@@ -13,7 +13,9 @@
 namespace pac {
 
 // A free TCP port on `host` right now (bind to port 0, read it, close). c10d's TCPStore
-// cannot take port 0, so the coordinator picks one for each stage group's store.
+// cannot take port 0, so the coordinator picks one for each stage group's store. When
+// `host` is not an address of this machine (remote devices, testbed namespaces) it
+// hands out ports 29500-30499 (20 per coordinator process, by pid), one per call.
 int tcp_free_port(const std::string& host);
 
 // Sends every worker (coordinator index w = scenario device w) its "pac-pipeline"

@@ -30,6 +30,31 @@ static int run_cmd(const std::string& cmd) {
 
 static const std::string kSrc = PAC_SOURCE_DIR;
 
+static DataOptions data_options(const Tokenizer& tok, int seq) {
+  DataOptions d;
+  d.seq_len = seq;
+  d.bos_id = tok.bos_id();
+  d.eos_id = tok.eos_id();
+  return d;
+}
+
+// The trainer reference of these tests: parallel adapters from a random side init (as
+// pac-run's default), `method` otherwise, on stories260K.
+static TrainOptions reference_options(const std::string& method, int batch, int seq, double lr, uint64_t seed, int k,
+                                      int epochs) {
+  TrainOptions o;
+  o.method = method;
+  o.batch_size = batch;
+  o.seq_len = seq;
+  o.lr = lr;
+  o.seed = seed;
+  o.reduction_k = k;
+  o.side_random_init = true;
+  o.epochs = epochs;
+  o.quiet = true;
+  return o;
+}
+
 TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   std::string model = model_path("stories260K/stories260K.bin"), tok_path = model_path("stories260K/tok512.bin");
   if (!std::filesystem::exists(model) || !std::filesystem::exists(tok_path))
@@ -54,21 +79,9 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
 
   // The single-device trainer on the same examples, order and hyper-parameters.
   auto tok = tokenizer_load(tok_path);
-  DataOptions d;
-  d.seq_len = seq;
-  d.bos_id = tok->bos_id();
-  d.eos_id = tok->eos_id();
-  TrainOptions o;
-  o.method = "parallel_adapters";
-  o.batch_size = batch;
-  o.seq_len = seq;
-  o.lr = lr;
-  o.seed = 5;
-  o.reduction_k = k;
-  o.side_random_init = true;
-  o.epochs = 1;
+  DataOptions d = data_options(*tok, seq);
+  TrainOptions o = reference_options("parallel_adapters", batch, seq, lr, 5, k, 1);
   o.max_steps = steps;
-  o.quiet = true;
   TrainSetup setup;
   setup.load_backbone = [&] { return llama_load(model); };
   data_prepare(data, "", 0.1, *tok, d, o.seed, &setup.train, &setup.heldout);
@@ -166,3 +179,76 @@ TEST(ExecRuntimeRun, WorkerKilledMidRunIsNamed) {
   // Start (~2 s) + 1 s of training + the 5 s timeout + cleanup (3 s), with slack.
   EXPECT_LT(secs, 25.0) << err;
 }
+
+// pac-run as processes against the single-device trainer for the other paths: the
+// activation cache with the switch and data-parallel epochs (parallel adapters), and a
+// baseline method on pipeline-train (LoRA over a forced 2-stage plan). The held-out
+// loss of the written result, evaluated by pac-run, equals Trainer::evaluate after the
+// same steps (it depends on every trained tensor), and the report says which phases ran.
+struct RunCase {
+  std::string name, method, cache_dtype;
+  int epochs;
+};
+
+class ExecRuntimeRunPaths : public ::testing::TestWithParam<RunCase> {};
+
+TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
+  const RunCase& rc = GetParam();
+  std::string model = model_path("stories260K/stories260K.bin"), tok_path = model_path("stories260K/tok512.bin");
+  if (!std::filesystem::exists(model) || !std::filesystem::exists(tok_path))
+    GTEST_SKIP() << "stories260K not found under " << model_dir() << " (set PAC_MODEL_DIR)";
+  std::string dir = testing::TempDir() + "/exec_runtime_run_" + rc.name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json");
+  s.stages = 2;
+  s.epochs = rc.epochs;
+  s.method.kind = rc.method;
+  s.method.cache = !rc.cache_dtype.empty();
+  if (s.method.cache) s.method.cache_dtype = rc.cache_dtype;
+  s.strategy = rc.method == "parallel_adapters" ? "pac" : "ecofl";
+  Plan plan = plan_make(s, s.strategy);
+  ASSERT_EQ(plan.phases[0].stages.size(), 2u);
+  plan_save(plan, dir + "/plan.json");
+  // Half of the corpus trains (mini-batches of 8, 32 tokens), the other half is held out.
+  std::string data = kSrc + "/data/personal/train.txt";
+  const int batch = 8, seq = 32, k = 4;
+  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " +
+                    tok_path + " --data " + data + " --eval-fraction 0.5 --batch-size 8 --seq-len 32 --k 4" +
+                    " --lr 0.005 --seed 9 --timeout-s 30 --out " + dir + "/out.safetensors --report " + dir +
+                    "/report.json 2>" + dir + "/log.txt";
+  ASSERT_EQ(run_cmd(cmd), 0) << cmd;
+
+  auto tok = tokenizer_load(tok_path);
+  DataOptions d = data_options(*tok, seq);
+  TrainOptions o = reference_options(rc.method, batch, seq, 0.005, 9, k, rc.epochs);
+  if (s.method.cache) {
+    o.cache_dir = dir + "/trainer-cache";
+    o.cache_dtype = rc.cache_dtype;
+  }
+  TrainSetup setup;
+  setup.load_backbone = [&] { return llama_load(model); };
+  data_prepare(data, "", 0.5, *tok, d, o.seed, &setup.train, &setup.heldout);
+  Trainer tr(o, setup);
+  for (int e = 1; e <= rc.epochs; e++) tr.train_epoch(e, nullptr);
+  double ref_eval = tr.evaluate();
+
+  json rep = json::parse(std::ifstream(dir + "/report.json"));
+  EXPECT_EQ(rep["method"], rc.method);
+  ASSERT_EQ(rep["epochs"].size(), static_cast<size_t>(rc.epochs));
+  if (s.method.cache) {
+    EXPECT_EQ(rep["epochs"][0]["phase"], "pipeline");
+    EXPECT_EQ(rep["epochs"][1]["phase"], "data_parallel");
+    EXPECT_GT(rep["switch_s"].get<double>(), 0);
+  } else {
+    EXPECT_EQ(rep["switch_s"].get<double>(), -1);
+  }
+  EXPECT_NEAR(rep["eval_loss"].get<double>(), ref_eval, 1e-4 * ref_eval) << rc.name;
+  // Training moved the result well beyond the tolerance (the comparison is not vacuous).
+  EXPECT_GT(rep["eval_loss_before"].get<double>() - ref_eval, 0.05) << rc.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, ExecRuntimeRunPaths,
+                         ::testing::Values(RunCase{"pa_cache_fp16_switch", "parallel_adapters", "fp16", 2},
+                                           RunCase{"lora_pipeline", "lora", "", 1}),
+                         [](const ::testing::TestParamInfo<RunCase>& i) { return i.param.name; });
