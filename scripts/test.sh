@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds everything and runs the whole test suite with ctest.
+# Installs dependencies, builds everything and runs the whole test suite with ctest,
+# printing how long each part took ("[ci] <part>: <s> s"; issue 6). Every part runs even
+# when an earlier test part failed, so one CI log shows all failures; the exit code is
+# the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/ci-timed.sh
 start=$(date +%s)
-bash scripts/setup-deps.sh
-t0=$(date +%s); bash scripts/build.sh; t1=$(date +%s)
-echo "test.sh: build took $((t1 - t0)) s"
+ci_timed "dependencies" bash scripts/setup-deps.sh
+ci_timed "build" bash scripts/build.sh
 build=${BUILD_DIR:-build}
 export PAC_MODEL_DIR=${PAC_MODEL_DIR:-$(cd .. && pwd)/shared/models}
 cd "$build"
-ctest --output-on-failure -j "${PAC_TEST_JOBS:-2}" --timeout 900
-t2=$(date +%s)
-echo "test.sh: tests took $((t2 - t1)) s, total $((t2 - start)) s"
+jobs=${PAC_TEST_JOBS:-2}
+# The gates first (cheap, and what CI guards): planner quality against the committed
+# baseline (tests/quality/), then the simulator's fidelity against measured runs.
+gates='^(PlannerQuality|SimFidelity)'
+rc=0
+part() {  # part <name> <command...>: run it timed; remember the first failure
+  local r=0
+  ci_timed "$@" || r=$?
+  if [ "$rc" -eq 0 ]; then rc=$r; fi
+}
+part "planner quality gate" ctest --output-on-failure --timeout 900 -R '^PlannerQuality'
+part "fidelity check" ctest --output-on-failure --timeout 900 -R '^SimFidelity'
+part "unit and integration tests" ctest --output-on-failure -j "$jobs" --timeout 900 -E "$gates"
+echo "[ci] total: $(( $(date +%s) - start )) s" >&2
+exit "$rc"
