@@ -17,6 +17,7 @@
 
 #include "exec/assignment.h"
 #include "exec/collectives.h"
+#include "exec/stage_io.h"
 #include "src/common/hash.h"
 #include "src/llm/act_cache.h"
 #include "src/llm/checkpoint.h"
@@ -40,24 +41,6 @@ struct MicroState {
   torch::Tensor a_out;  // side state sent downstream (with graph)
   torch::Tensor loss;   // last stage: this slice's share of the mini-batch loss
 };
-
-LlamaConfig config_from_json(const JsonIn& c) {
-  c.check_keys({"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "norm_eps",
-                "rope_theta", "tied_classifier"});
-  LlamaConfig m;
-  m.dim = static_cast<int>(c.integer("dim", 1, 1 << 16));
-  m.hidden_dim = static_cast<int>(c.integer("hidden_dim", 1, 1 << 20));
-  m.n_layers = static_cast<int>(c.integer("n_layers", 1, 1 << 12));
-  m.n_heads = static_cast<int>(c.integer("n_heads", 1, 1 << 12));
-  m.n_kv_heads = static_cast<int>(c.integer_or("n_kv_heads", m.n_heads, 1, 1 << 12));
-  m.vocab_size = static_cast<int>(c.integer("vocab_size", 1, 1 << 24));
-  m.max_seq_len = static_cast<int>(c.integer("max_seq_len", 1, 1 << 20));
-  m.norm_eps = static_cast<float>(c.number_or("norm_eps", 1e-5, 0, 1));
-  m.rope_theta = static_cast<float>(c.number_or("rope_theta", 10000, 1, 1e12));
-  m.tied_classifier = c.boolean_or("tied_classifier", true);
-  llama_config_validate(m, c.file() + ": " + c.path());
-  return m;
-}
 
 // Wall-clock microseconds: comparable across the processes of one machine (and, with
 // synchronised clocks, across devices), which a run's trace needs.
@@ -170,13 +153,7 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
   uint64_t seed = static_cast<uint64_t>(f.integer("seed", 0));
   JsonIn mj = f.at("model");
-  Llama model{nullptr};
-  if (mj.is_string()) {
-    model = llama_open(mj.as_string(), seed);  // preset name (seeded random init) or checkpoint path
-  } else {
-    model = Llama(config_from_json(mj));
-    model->init_random(seed);
-  }
+  Llama model = stage_model_make(mj, seed);
   const LlamaConfig& cfg = model->config();
   if (cfg.n_layers != a.n_layers)
     f.at("assignment").fail_at("n_layers", "the plan has " + std::to_string(a.n_layers) + " layers, the model " +
@@ -460,23 +437,11 @@ void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
   micro_.erase(m);
 }
 
-// Sums the trainable tensors' gradients over `g` in place. One flat all-reduce per
-// mini-batch: per-call latency, not bytes, dominates for side-network gradients
-// (docs/runtime.md, measured Gloo all-reduce).
+// Sums the trainable tensors' gradients over `g` in place (one flat all-reduce).
 void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt) {
-  std::vector<torch::Tensor> grads;
-  for (auto& kv : params_) {
-    if (!kv.second.grad().defined()) kv.second.mutable_grad() = torch::zeros_like(kv.second);
-    grads.push_back(kv.second.grad().reshape({-1}));
-  }
-  torch::Tensor flat = torch::cat(grads);
-  g.allreduce(flat, ReduceKind::Sum, opt);
-  int64_t off = 0;
-  for (auto& kv : params_) {
-    int64_t k = kv.second.numel();
-    kv.second.mutable_grad().copy_(flat.narrow(0, off, k).view_as(kv.second));
-    off += k;
-  }
+  std::vector<torch::Tensor> ps;
+  for (auto& kv : params_) ps.push_back(kv.second);
+  grads_allreduce_sum(g, ps, opt);
 }
 
 void PacExecutor::group_allreduce(uint32_t step) {
