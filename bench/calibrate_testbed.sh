@@ -42,6 +42,7 @@ model_tag() {
   case "$1" in
     stories260K) echo s260k ;;
     llama-d512-l8) echo d512 ;;
+    llama-d768-l12) echo d768 ;;
     *) echo "$1" ;;
   esac
 }

@@ -175,8 +175,9 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     report = os.path.join(d, "run.json")
     cmd = [os.path.join(bin_dir, "pac-run"), plan, "--" + a.run_mode, "--tokenizer", a.tokenizer, "--data", data,
            "--eval-fraction", "0", "--report", report, "--quiet"]
-    if scen["model"] in a.model_map:
-        cmd += ["--model", a.model_map[scen["model"]]]
+    model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]  # inline or a name
+    if model in a.model_map:
+        cmd += ["--model", a.model_map[model]]
     if trace_this and a.run_has_trace:
         cmd += ["--trace", os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))]
     cmd += a.run_args
