@@ -14,7 +14,8 @@ export PAC_MODEL_DIR=${PAC_MODEL_DIR:-$(cd .. && pwd)/shared/models}
 cd "$build"
 jobs=${PAC_TEST_JOBS:-2}
 # The gates first (cheap, and what CI guards): planner quality against the committed
-# baseline (tests/quality/), then the simulator's fidelity against measured runs.
+# baseline (tests/quality/), then the fidelity harness (its simulated side; the
+# measured comparison is bench/fidelity.py, docs/fidelity.md).
 gates='^(PlannerQuality|SimFidelity)'
 rc=0
 part() {  # part <name> <command...>: run it timed; remember the first failure
@@ -23,7 +24,7 @@ part() {  # part <name> <command...>: run it timed; remember the first failure
   if [ "$rc" -eq 0 ]; then rc=$r; fi
 }
 part "planner quality gate" ctest --output-on-failure --timeout 900 -R '^PlannerQuality'
-part "fidelity check" ctest --output-on-failure --timeout 900 -R '^SimFidelity'
+part "fidelity harness (simulated side)" ctest --output-on-failure --timeout 900 -R '^SimFidelity'
 part "unit and integration tests" ctest --output-on-failure -j "$jobs" --timeout 900 -E "$gates"
 echo "[ci] total: $(( $(date +%s) - start )) s" >&2
 exit "$rc"

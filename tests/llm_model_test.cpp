@@ -11,6 +11,7 @@
 
 #include "src/common/error.h"
 #include "src/common/fs.h"
+#include "src/common/json_in.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/model.h"
 
@@ -313,6 +314,24 @@ TEST(LlamaConfig, PresetsHavePublishedParameterCounts) {
   int64_t n = 0;
   for (auto& p : m->backbone_parameters()) n += p.numel();
   EXPECT_EQ(n, llama_param_count(c));
+}
+
+// The testbed's llama-d512-l8 preset is the shape profiles/models/llama-d512-l8.json
+// tells the planner and simulator (a second, independent statement of it).
+// Parameters, closed form: 8 x (4 x 512^2 + 3 x 512 x 1376 + 2 x 512) + 512 x 512
+// (tied embedding) + 512 (final norm) = 25,567,744.
+TEST(LlamaConfig, TestbedPresetMatchesItsProfile) {
+  LlamaConfig c = llama_config_preset("llama-d512-l8");
+  EXPECT_EQ(llama_param_count(c), 25567744);
+  json prof = json::parse(file_read(std::string(PAC_SOURCE_DIR) + "/profiles/models/llama-d512-l8.json"));
+  EXPECT_EQ(c.dim, prof["hidden"].get<int>());
+  EXPECT_EQ(c.hidden_dim, prof["ffn"].get<int>());
+  EXPECT_EQ(c.n_layers, prof["decoder_layers"].get<int>());
+  EXPECT_EQ(c.n_heads, prof["heads"].get<int>());
+  EXPECT_EQ(c.n_kv_heads, prof["kv_heads"].get<int>());
+  EXPECT_EQ(c.vocab_size, prof["vocab"].get<int>());
+  EXPECT_EQ(c.max_seq_len, prof["max_seq"].get<int>());
+  EXPECT_EQ(c.tied_classifier, prof["tied_embeddings"].get<bool>());
 }
 
 TEST(LlamaConfig, RejectsInconsistentShapes) {

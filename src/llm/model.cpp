@@ -33,7 +33,7 @@ void llama_config_validate(const LlamaConfig& c, const std::string& where) {
 }
 
 std::vector<std::string> llama_config_preset_names() {
-  return {"stories260K", "tinyllama-1.1b", "llama-3.2-1b", "qwen2.5-0.5b", "llama-d768-l12", "tiny"};
+  return {"stories260K", "tinyllama-1.1b", "llama-3.2-1b", "qwen2.5-0.5b", "llama-d768-l12", "llama-d512-l8", "tiny"};
 }
 
 static LlamaConfig config_make(int dim, int hidden, int layers, int heads, int kv, int vocab, int seq,
@@ -62,6 +62,9 @@ LlamaConfig llama_config_preset(const std::string& name) {
   if (name == "llama-3.2-1b") return config_make(2048, 8192, 16, 32, 8, 128256, 131072, 1e-5f, 500000.f, true, false);
   if (name == "qwen2.5-0.5b") return config_make(896, 4864, 24, 14, 2, 151936, 32768, 1e-6f, 1000000.f, true, true);
   if (name == "llama-d768-l12") return config_make(768, 2048, 12, 12, 12, 32000, 1024, 1e-5f, 10000.f, true, false);
+  // The testbed's shape (profiles/models/llama-d512-l8.json): between stories260K and
+  // llama-d768-l12, with the stories260K tokenizer's 512-token vocabulary.
+  if (name == "llama-d512-l8") return config_make(512, 1376, 8, 8, 8, 512, 512, 1e-5f, 10000.f, true, false);
   if (name == "tiny") return config_make(32, 64, 2, 4, 2, 64, 64, 1e-5f, 10000.f, true, false);
   std::string known;
   for (auto& n : llama_config_preset_names()) known += (known.empty() ? "" : ", ") + n;
