@@ -313,7 +313,17 @@ void TrainExecutor::allreduce(uint32_t step) {
 }
 
 json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples"});  // samples: pac-pipeline's cache ids, unused
+  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples", "trace"});  // samples: pac-pipeline's, unused
+  // Trace (pac-run --trace): coarser than pac-pipeline's so far — the 1F1B span as one
+  // event (its waits and sends included), then the all-reduce and the optimizer step.
+  bool trace = s.boolean_or("trace", false);
+  json events = json::array();
+  auto wall_us = [] {
+    return std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count();
+  };
+  auto event = [&](const char* cat, const std::string& name, double t0, double t1) {
+    if (trace) events.push_back({{"cat", cat}, {"name", name}, {"ts", t0}, {"dur", std::max(0.0, t1 - t0)}});
+  };
   uint32_t step = static_cast<uint32_t>(s.integer("step", 0, UINT32_MAX));
   double lr = s.number("lr", 0, 10);
   StepBatch batch = step_batch_parse(s, model_->config().vocab_size);
@@ -327,13 +337,19 @@ json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   // 1F1B: stage j of S runs min(S-1-j, M) warm-up forwards, then alternates.
   int M = a_.micro_batches, S = static_cast<int>(a_.stages.size());
   int warm = std::min(S - 1 - a_.stage, M), f = 0, b = 0;
+  double w0 = wall_us();
   for (; f < warm; f++) forward(f, step, batch, ctx);
   while (b < M) {
     if (f < M) forward(f++, step, batch, ctx);
     backward(b++, step, batch.n, ctx);
   }
+  double w1 = wall_us();
+  event("compute", "1F1B x" + std::to_string(M) + " (incl. waits, sends)", w0, w1);
   allreduce(step);
+  double w2 = wall_us();
+  if (allreduce_s_ > 0) event("collective", "allreduce", w1, w2);
   optim_->step();
+  event("compute", "opt", w2, wall_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Compute = the step minus its waits, sends and all-reduces.
   double compute = std::max(0.0, secs - wait_s_ - links_.send_s - allreduce_s_);
@@ -342,7 +358,8 @@ json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()},   {"stage", a_.stage},             {"step", step},
           {"loss_part", loss_part_},     {"loss_tokens", batch.n_tokens}, {"seconds", secs},
           {"compute_s", compute},        {"wait_s", wait_s_},             {"send_s", links_.send_s},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},             {"rss_peak_bytes", rss_peak_bytes()}};
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},             {"rss_peak_bytes", rss_peak_bytes()},
+          {"events", events}};
 }
 
 json TrainExecutor::save(const JsonIn& s, WorkerContext& ctx) {
