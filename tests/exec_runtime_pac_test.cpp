@@ -10,64 +10,11 @@
 #include <thread>
 
 #include "exec/pac_driver.h"
-#include "exec/executors.h"
-#include "exec/worker.h"
 #include "src/llm/safetensors.h"
 #include "src/llm/trainer.h"
+#include "tests/exec_runtime_util.h"
 
 using namespace pac;
-
-static const ClusterKey kKey{"runtime-test-cluster-key-0123456789", "test"};
-
-struct InProcWorker {
-  std::unique_ptr<Worker> worker;
-  std::thread thread;
-  explicit InProcWorker(const std::string& id) {
-    WorkerOptions o;
-    o.device_id = id;
-    o.listen = "127.0.0.1:0";
-    o.io_timeout = Millis(5000);
-    o.peer_timeout = Millis(20000);
-    o.log = [](const std::string&) {};
-    worker = std::make_unique<Worker>(o, kKey, executor_create_runtime);
-    worker->start();
-    thread = std::thread([this] { worker->serve(); });
-  }
-  ~InProcWorker() {
-    worker->stop();
-    thread.join();
-  }
-};
-
-static LlamaConfig tiny_config() {
-  LlamaConfig c;
-  c.dim = 64;
-  c.hidden_dim = 128;
-  c.n_layers = 4;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 96;
-  c.max_seq_len = 16;
-  return c;
-}
-
-static json config_json(const LlamaConfig& c) {
-  return {{"dim", c.dim},           {"hidden_dim", c.hidden_dim}, {"n_layers", c.n_layers},
-          {"n_heads", c.n_heads},   {"n_kv_heads", c.n_kv_heads}, {"vocab_size", c.vocab_size},
-          {"max_seq_len", c.max_seq_len}};
-}
-
-// Random examples with a few masked-out targets, so the loss normaliser N matters.
-static std::vector<Example> make_examples(int n, int T, int vocab, uint64_t seed) {
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::vector<Example> ex(n);
-  for (int i = 0; i < n; i++) {
-    ex[i].id = i;
-    for (int t = 0; t <= T; t++) ex[i].tokens.push_back(static_cast<int32_t>(rng() % vocab));
-    for (int t = 0; t < T; t++) ex[i].mask.push_back((rng() % 5) == 0 ? 0 : 1);
-  }
-  return ex;
-}
 
 struct Shape {
   std::string name;
@@ -76,49 +23,13 @@ struct Shape {
   std::vector<StagePlan> stages;
 };
 
-static StagePlan stage(int lb, int le, std::vector<int> devs, std::vector<double> shares) {
-  StagePlan s;
-  s.layer_begin = lb;
-  s.layer_end = le;
-  s.devices = std::move(devs);
-  s.shares = std::move(shares);
-  return s;
-}
-
 static const int kSteps = 3, kBatch = 6, kSeq = 8, kK = 4;
 static const uint64_t kSeed = 7;
 static const double kLr = 5e-3, kWd = 0.01;
 
-// n in-process workers w0..w{n-1} and a coordinator connected to them.
-struct InProcCluster {
-  std::vector<std::unique_ptr<InProcWorker>> workers;
-  std::unique_ptr<Coordinator> c;
-  explicit InProcCluster(int n) {
-    std::vector<WorkerAddress> addrs;
-    for (int d = 0; d < n; d++) {
-      workers.push_back(std::make_unique<InProcWorker>("w" + std::to_string(d)));
-      addrs.push_back({"w" + std::to_string(d), workers.back()->worker->address()});
-    }
-    c = std::make_unique<Coordinator>(addrs, kKey, CoordinatorOptions{"coord", Millis(20000), Millis(500), 20});
-    c->connect_all();
-  }
-};
-
-// A plan skeleton over devices w0..w{n-1} of the tiny model (phases added by the caller).
-static Plan plan_of_workers(int n) {
-  Plan plan;
-  plan.scenario.model.decoder_layers = tiny_config().n_layers;
-  for (int d = 0; d < n; d++) {
-    DeviceSpec ds;
-    ds.id = "w" + std::to_string(d);
-    plan.scenario.devices.push_back(ds);
-  }
-  return plan;
-}
-
 // The executor settings every case shares (the trainer reference uses the same values).
 static json base_settings() {
-  return {{"model", config_json(tiny_config())}, {"seed", kSeed}, {"side_init", "random"}, {"reduction_k", kK},
+  return {{"model", runtime_config_json(runtime_tiny_config())}, {"seed", kSeed}, {"side_init", "random"}, {"reduction_k", kK},
           {"lr", kLr}, {"weight_decay", kWd}, {"timeout_ms", 20000}};
 }
 
@@ -138,7 +49,7 @@ static TrainOptions reference_options(int epochs) {
 }
 
 static Llama tiny_backbone() {
-  Llama m(tiny_config());
+  Llama m(runtime_tiny_config());
   m->init_random(kSeed);
   return m;
 }
@@ -160,30 +71,20 @@ static std::map<std::string, torch::Tensor> reference(const std::vector<Example>
   return out;
 }
 
-static double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  double nb = b.norm().item<double>();
-  return (a - b).norm().item<double>() / std::max(nb, 1e-12);
-}
-
 class ExecRuntimePac : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(ExecRuntimePac, SameSideWeightsAsSingleDevice) {
   const Shape& shape = GetParam();
   at::set_num_threads(1);
-  std::vector<Example> ex = make_examples(kSteps * kBatch, kSeq, tiny_config().vocab_size, 11);
+  std::vector<Example> ex = runtime_examples(kSteps * kBatch, kSeq, runtime_tiny_config().vocab_size, 11);
   std::vector<double> ref_loss;
   std::map<std::string, torch::Tensor> ref = reference(ex, &ref_loss);
 
-  Plan plan = plan_of_workers(shape.workers);
-  Phase ph;
-  ph.kind = shape.stages.size() > 1 ? "pipeline" : "data_parallel";
-  ph.micro_batches = shape.micro_batches;
-  ph.stages = shape.stages;
-  plan.phases.push_back(ph);
+  Plan plan = runtime_plan(runtime_tiny_config().n_layers, shape.workers, shape.micro_batches, shape.stages);
   std::vector<Assignment> as = assignments_make(plan, 0);
 
   InProcCluster cluster(shape.workers);
-  Coordinator& c = *cluster.c;
+  Coordinator& c = *cluster.coord;
   json settings = base_settings();
   pac_assign_phase(c, as, settings);
   for (int s = 0; s < kSteps; s++) {
@@ -205,14 +106,14 @@ TEST_P(ExecRuntimePac, SameSideWeightsAsSingleDevice) {
 
   // Every side tensor comes back exactly once and matches the reference.
   ASSERT_EQ(got.size(), ref.size()) << shape.name;
-  SideNetwork init(side_config_make(tiny_config(), kK));
+  SideNetwork init(side_config_make(runtime_tiny_config(), kK));
   init->init_random(kSeed);
   std::map<std::string, torch::Tensor> init_state = init->state();
   double moved = 0;
   for (auto& kv : ref) {
     ASSERT_TRUE(got.count(kv.first)) << shape.name << ": " << kv.first << " missing";
-    EXPECT_LE(rel_diff(got[kv.first], kv.second), 1e-4) << shape.name << ": " << kv.first;
-    if (kv.first != "gate") moved = std::max(moved, rel_diff(kv.second, init_state[kv.first]));
+    EXPECT_LE(runtime_rel_diff(got[kv.first], kv.second), 1e-4) << shape.name << ": " << kv.first;
+    if (kv.first != "gate") moved = std::max(moved, runtime_rel_diff(kv.second, init_state[kv.first]));
   }
   // Training moved the weights far beyond the tolerance (the comparison is not vacuous).
   EXPECT_GT(moved, 1e-2) << shape.name;
@@ -221,13 +122,13 @@ TEST_P(ExecRuntimePac, SameSideWeightsAsSingleDevice) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ExecRuntimePac,
     ::testing::Values(
-        Shape{"one", 1, 2, {stage(0, 4, {0}, {1.0})}},
-        Shape{"two_stages", 2, 3, {stage(0, 2, {0}, {1.0}), stage(2, 4, {1}, {1.0})}},
-        Shape{"two_group", 2, 1, {stage(0, 4, {0, 1}, {0.5, 0.5})}},
-        Shape{"four_2x2", 4, 2, {stage(0, 1, {0, 1}, {0.25, 0.75}), stage(1, 4, {2, 3}, {0.5, 0.5})}},
+        Shape{"one", 1, 2, {runtime_stage(0, 4, {0}, {1.0})}},
+        Shape{"two_stages", 2, 3, {runtime_stage(0, 2, {0}, {1.0}), runtime_stage(2, 4, {1}, {1.0})}},
+        Shape{"two_group", 2, 1, {runtime_stage(0, 4, {0, 1}, {0.5, 0.5})}},
+        Shape{"four_2x2", 4, 2, {runtime_stage(0, 1, {0, 1}, {0.25, 0.75}), runtime_stage(1, 4, {2, 3}, {0.5, 0.5})}},
         Shape{"four_stages", 4, 3,
-              {stage(0, 1, {0}, {1.0}), stage(1, 2, {1}, {1.0}), stage(2, 3, {2}, {1.0}), stage(3, 4, {3}, {1.0})}},
-        Shape{"four_1_3", 4, 2, {stage(0, 3, {0}, {1.0}), stage(3, 4, {1, 2, 3}, {0.2, 0.3, 0.5})}}),
+              {runtime_stage(0, 1, {0}, {1.0}), runtime_stage(1, 2, {1}, {1.0}), runtime_stage(2, 3, {2}, {1.0}), runtime_stage(3, 4, {3}, {1.0})}},
+        Shape{"four_1_3", 4, 2, {runtime_stage(0, 3, {0}, {1.0}), runtime_stage(3, 4, {1, 2, 3}, {0.2, 0.3, 0.5})}}),
     [](const ::testing::TestParamInfo<Shape>& i) { return i.param.name; });
 
 // ---- the activation cache, the switch and phase 2 ------------------------------------
@@ -268,7 +169,7 @@ class ExecRuntimePacSwitch : public ::testing::TestWithParam<SwitchShape> {};
 TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
   const SwitchShape& shape = GetParam();
   at::set_num_threads(1);
-  std::vector<Example> ex = make_examples(kSteps * kBatch, kSeq, tiny_config().vocab_size, 13);
+  std::vector<Example> ex = runtime_examples(kSteps * kBatch, kSeq, runtime_tiny_config().vocab_size, 13);
   std::string dir = testing::TempDir() + "/exec_runtime_switch_" + shape.name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -289,21 +190,18 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
     for (auto& kv : tr.side()->state()) ref[kv.first] = kv.second.clone();
   }
 
-  Plan plan = plan_of_workers(shape.workers);
-  Phase p1;
-  p1.kind = "pipeline";
-  p1.micro_batches = shape.micro_batches;
-  p1.stages = shape.stages;
+  Plan plan = runtime_plan(runtime_tiny_config().n_layers, shape.workers, shape.micro_batches, shape.stages);
+  plan.phases[0].kind = "pipeline";
   Phase p2;
   p2.kind = "data_parallel";
   p2.epoch_first = 2;
   p2.epoch_last = kEpochs;
-  p2.stages = {stage(0, tiny_config().n_layers, shape.dp_devices, shape.dp_shares)};
-  plan.phases = {p1, p2};
+  p2.stages = {runtime_stage(0, runtime_tiny_config().n_layers, shape.dp_devices, shape.dp_shares)};
+  plan.phases.push_back(p2);
   std::vector<Assignment> as1 = assignments_make(plan, 0), as2 = assignments_make(plan, 1);
 
   InProcCluster cluster(shape.workers);
-  Coordinator& c = *cluster.c;
+  Coordinator& c = *cluster.coord;
   json settings = base_settings();
   settings["cache"] = true;
   settings["cache_dtype"] = shape.cache_dtype;
@@ -345,19 +243,19 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
   ASSERT_EQ(got.size(), ref.size()) << shape.name;
   for (auto& kv : ref) {
     ASSERT_TRUE(got.count(kv.first)) << shape.name << ": " << kv.first << " missing";
-    EXPECT_LE(rel_diff(got[kv.first], kv.second), 1e-4) << shape.name << ": " << kv.first;
+    EXPECT_LE(runtime_rel_diff(got[kv.first], kv.second), 1e-4) << shape.name << ": " << kv.first;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ExecRuntimePacSwitch,
     ::testing::Values(
-        SwitchShape{"one", 1, 2, {stage(0, 4, {0}, {1.0})}, {0}, {1.0}, "fp32"},
-        SwitchShape{"two_stages_dp2", 2, 3, {stage(0, 2, {0}, {1.0}), stage(2, 4, {1}, {1.0})}, {0, 1}, {0.5, 0.5},
+        SwitchShape{"one", 1, 2, {runtime_stage(0, 4, {0}, {1.0})}, {0}, {1.0}, "fp32"},
+        SwitchShape{"two_stages_dp2", 2, 3, {runtime_stage(0, 2, {0}, {1.0}), runtime_stage(2, 4, {1}, {1.0})}, {0, 1}, {0.5, 0.5},
                     "fp32"},
-        SwitchShape{"three_2_1_dp3_fp16", 3, 2, {stage(0, 1, {0, 1}, {0.5, 0.5}), stage(1, 4, {2}, {1.0})}, {0, 1, 2},
+        SwitchShape{"three_2_1_dp3_fp16", 3, 2, {runtime_stage(0, 1, {0, 1}, {0.5, 0.5}), runtime_stage(1, 4, {2}, {1.0})}, {0, 1, 2},
                     {0.5, 0.25, 0.25}, "fp16"},
-        SwitchShape{"four_2x2_dp2", 4, 2, {stage(0, 3, {0, 1}, {0.25, 0.75}), stage(3, 4, {2, 3}, {0.5, 0.5})},
+        SwitchShape{"four_2x2_dp2", 4, 2, {runtime_stage(0, 3, {0, 1}, {0.25, 0.75}), runtime_stage(3, 4, {2, 3}, {0.5, 0.5})},
                     {1, 3}, {0.5, 0.5}, "fp32"}),
     [](const ::testing::TestParamInfo<SwitchShape>& i) { return i.param.name; });
 
