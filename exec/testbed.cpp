@@ -26,6 +26,7 @@
 #include <sstream>
 #include <thread>
 
+#include "src/common/cgroup.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 
@@ -71,17 +72,6 @@ static bool cmd_quiet(const std::string& cmd) {
   return cmd_run(cmd, &out) == 0;
 }
 
-static bool file_put(const std::string& path, const std::string& text, std::string* why) {
-  int fd = open(path.c_str(), O_WRONLY);
-  if (fd < 0 || write(fd, text.data(), text.size()) != (ssize_t)text.size()) {
-    if (why) *why = "cannot write \"" + text + "\" to " + path + ": " + std::strerror(errno);
-    if (fd >= 0) close(fd);
-    return false;
-  }
-  close(fd);
-  return true;
-}
-
 static std::vector<std::string> split_lines(const std::string& s) {
   std::vector<std::string> v;
   std::istringstream in(s);
@@ -94,24 +84,6 @@ static std::vector<std::string> split_lines(const std::string& s) {
 static bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
 
 // ---------------------------------------------------------------- cgroups
-
-// Our own cgroup path for a v1 controller ("cpu") or v2 (""), from /proc/self/cgroup.
-static std::string cgroup_own(const std::string& controller) {
-  std::ifstream in("/proc/self/cgroup");
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t a = line.find(':'), b = line.find(':', a + 1);
-    if (a == std::string::npos || b == std::string::npos) continue;
-    std::string ctrls = line.substr(a + 1, b - a - 1);
-    bool match = controller.empty() ? starts_with(line, "0::")
-                                    : ("," + ctrls + ",").find("," + controller + ",") != std::string::npos;
-    if (match) {
-      std::string p = line.substr(b + 1);
-      return p == "/" ? "" : p;
-    }
-  }
-  return "";
-}
 
 // Where we make device cgroups. v2 (a unified mount with a cpu controller): one folder
 // holding cpu.max and memory.max. v1: one folder per controller hierarchy.
@@ -446,19 +418,19 @@ void Testbed::make_cgroups(const Scenario& s, int i) {
     return dir;
   };
   auto put = [&](const std::string& path, const std::string& text) {
-    if (!file_put(path, text, &why)) throw RuntimeError("testbed: " + who + ": " + why);
+    if (!cgroup_write(path, text, &why)) throw RuntimeError("testbed: " + who + ": " + why);
   };
   if (b.v2) {
     // The parent must hand the controllers down to its children.
-    file_put(b.v2_parent + "/cgroup.subtree_control", "+cpu", nullptr);
-    if (mem > 0) file_put(b.v2_parent + "/cgroup.subtree_control", "+memory", nullptr);
+    cgroup_write(b.v2_parent + "/cgroup.subtree_control", "+cpu", nullptr);
+    if (mem > 0) cgroup_write(b.v2_parent + "/cgroup.subtree_control", "+memory", nullptr);
     std::string dir = make(b.v2_parent);
     if (quota > 0) put(dir + "/cpu.max", std::to_string(quota) + " " + std::to_string(period));
     if (mem > 0) {
       put(dir + "/memory.max", std::to_string((long long)mem));
       // No swap beyond the limit: a device's memory is its RAM (best effort: the file
       // exists only with swap accounting).
-      file_put(dir + "/memory.swap.max", "0", nullptr);
+      cgroup_write(dir + "/memory.swap.max", "0", nullptr);
     }
     return;
   }
@@ -473,7 +445,7 @@ void Testbed::make_cgroups(const Scenario& s, int i) {
       put(m + "/memory.limit_in_bytes", std::to_string((long long)mem));
       // Memory + swap capped at the same value: no swapping past the device's RAM
       // (best effort: the file exists only with swap accounting).
-      file_put(m + "/memory.memsw.limit_in_bytes", std::to_string((long long)mem), nullptr);
+      cgroup_write(m + "/memory.memsw.limit_in_bytes", std::to_string((long long)mem), nullptr);
     }
   }
 }

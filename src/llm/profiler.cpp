@@ -1,6 +1,8 @@
 #include "src/llm/threads.h"
 #include "src/llm/profiler.h"
 
+#include "src/common/cgroup.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -348,20 +350,6 @@ static double read_number_file(const std::string& path) {
   }
 }
 
-// The process's cgroup path for a v1 controller ("memory") or v2 (""), from /proc/self/cgroup.
-static std::string own_cgroup(const std::string& controller) {
-  std::ifstream in("/proc/self/cgroup");
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t a = line.find(':'), b = line.find(':', a + 1);
-    if (a == std::string::npos || b == std::string::npos) continue;
-    std::string ctrls = line.substr(a + 1, b - a - 1);
-    bool match = controller.empty() ? line.compare(0, 3, "0::") == 0 : (("," + ctrls + ",").find("," + controller + ",") != std::string::npos);
-    if (match) return line.substr(b + 1);
-  }
-  return "";
-}
-
 void host_memory(double reserve_bytes, double* usable, double* total) {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -376,9 +364,9 @@ void host_memory(double reserve_bytes, double* usable, double* total) {
   }
   double limit = *total;
   // A cgroup limit (a testbed device or a container) is the real ceiling when lower.
-  std::string v1 = own_cgroup("memory");
+  std::string v1 = cgroup_own("memory");
   double l1 = read_number_file("/sys/fs/cgroup/memory" + v1 + "/memory.limit_in_bytes");
-  double l2 = read_number_file("/sys/fs/cgroup" + own_cgroup("") + "/memory.max");
+  double l2 = read_number_file("/sys/fs/cgroup" + cgroup_own("") + "/memory.max");
   if (l1 > 0 && l1 < limit) limit = l1;
   if (l2 > 0 && l2 < limit) limit = l2;
   *usable = std::max(limit - reserve_bytes, limit * 0.5);
@@ -408,17 +396,6 @@ double host_peak_flops_fp32(int cores) {
 
 // ---------------------------------------------------------------- CPU quota
 
-static bool file_put(const std::string& path, const std::string& text, std::string* why) {
-  int fd = open(path.c_str(), O_WRONLY);
-  if (fd < 0 || write(fd, text.data(), text.size()) != (ssize_t)text.size()) {
-    if (why) *why = "cannot write \"" + text + "\" to " + path + ": " + std::strerror(errno);
-    if (fd >= 0) close(fd);
-    return false;
-  }
-  close(fd);
-  return true;
-}
-
 bool CpuQuota::apply(double cores, std::string* why) {
   if (geteuid() != 0) {
     *why = "not root: a CPU quota needs a cgroup";
@@ -436,18 +413,17 @@ bool CpuQuota::apply(double cores, std::string* why) {
   while (words >> w) v2_cpu = v2_cpu || w == "cpu";
   if (v2_cpu) {
     // cgroup v2: the parent must delegate the cpu controller to its children.
-    std::string own = own_cgroup("");
-    if (own == "/") own = "";
+    std::string own = cgroup_own("");
     parent_dir_ = "/sys/fs/cgroup" + own;
-    file_put(parent_dir_ + "/cgroup.subtree_control", "+cpu", nullptr);
+    cgroup_write(parent_dir_ + "/cgroup.subtree_control", "+cpu", nullptr);
     dir_ = parent_dir_ + name;
     if (mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
       *why = "cannot create cgroup " + dir_ + ": " + std::strerror(errno);
       dir_.clear();
       return false;
     }
-    if (!file_put(dir_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(period), why) ||
-        !file_put(dir_ + "/cgroup.procs", pid, why)) {
+    if (!cgroup_write(dir_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(period), why) ||
+        !cgroup_write(dir_ + "/cgroup.procs", pid, why)) {
       rmdir(dir_.c_str());
       dir_.clear();
       return false;
@@ -466,7 +442,7 @@ bool CpuQuota::apply(double cores, std::string* why) {
     *why = "no cgroup cpu controller mounted (neither v2 cpu.max nor v1 cpu.cfs_quota_us under /sys/fs/cgroup)";
     return false;
   }
-  std::string own = own_cgroup("cpu");
+  std::string own = cgroup_own("cpu");
   if (own == "/") own = "";
   parent_dir_ = base + own;
   dir_ = parent_dir_ + name;
@@ -475,9 +451,9 @@ bool CpuQuota::apply(double cores, std::string* why) {
     dir_.clear();
     return false;
   }
-  if (!file_put(dir_ + "/cpu.cfs_period_us", std::to_string(period), why) ||
-      !file_put(dir_ + "/cpu.cfs_quota_us", std::to_string(quota), why) ||
-      !file_put(dir_ + "/cgroup.procs", pid, why)) {
+  if (!cgroup_write(dir_ + "/cpu.cfs_period_us", std::to_string(period), why) ||
+      !cgroup_write(dir_ + "/cpu.cfs_quota_us", std::to_string(quota), why) ||
+      !cgroup_write(dir_ + "/cgroup.procs", pid, why)) {
     rmdir(dir_.c_str());
     dir_.clear();
     return false;
@@ -488,7 +464,7 @@ bool CpuQuota::apply(double cores, std::string* why) {
 CpuQuota::~CpuQuota() {
   if (dir_.empty()) return;
   // Every thread of the process moves with cgroup.procs; then the group is empty.
-  file_put(parent_dir_ + "/cgroup.procs", std::to_string(getpid()), nullptr);
+  cgroup_write(parent_dir_ + "/cgroup.procs", std::to_string(getpid()), nullptr);
   rmdir(dir_.c_str());
 }
 
