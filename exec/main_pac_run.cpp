@@ -286,7 +286,7 @@ int run(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> ids;
   for (auto& d : sc.devices) ids.push_back(d.id);
-  RunTrace trace(ids, std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count());
+  RunTrace trace(ids, wall_clock_us());
   bool tracing = !trace_file.empty();
   Coordinator c(addrs, key, CoordinatorOptions{"pac-run", timeout, std::chrono::milliseconds(500), 50});
   c.connect_all();
@@ -384,6 +384,8 @@ int run(int argc, char** argv) {
     // trainer's own format so pac-generate / pac-train --adapter load it.
     std::string dir = std::filesystem::absolute(out).parent_path().string();
     std::vector<std::string> parts = pac_save_parts(c, as, dir, timeout);
+    // Loaded again rather than kept from the "before" evaluation: the coordinator holds
+    // no model while the workers train (it may be one of the small devices).
     Llama shape = llama_open(model, seed);
     if (pa) {
       std::map<std::string, torch::Tensor> all;

@@ -48,7 +48,12 @@ int tcp_free_port(const std::string& host) {
   return ntohs(sa.sin_port);
 }
 
-static std::string host_of(const std::string& address) {
+// Device w's next Result as a JSON object (a malformed one is a WireError naming it).
+static json result_wait(Coordinator& c, int w, Millis wait) {
+  return frame_json(c.wait_from(w, MsgType::Result, wait), PeerName{c.worker(w).id, c.worker(w).address});
+}
+
+std::string address_host(const std::string& address) {
   size_t colon = address.rfind(':');
   return colon == std::string::npos ? address : address.substr(0, colon);
 }
@@ -65,7 +70,7 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
       stores.push_back(nullptr);
       continue;
     }
-    std::string host = host_of(c.worker(st.devices[0]).address);
+    std::string host = address_host(c.worker(st.devices[0]).address);
     stores.push_back({{"host", host}, {"port", tcp_free_port(host)}});
   }
   std::vector<json> acks;
@@ -81,7 +86,7 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
       st["addresses"] = addrs;
     }
     if (!stores[as[w].stage].is_null()) f["group_store"] = stores[as[w].stage];
-    f["bind_host"] = host_of(c.worker(w).address);  // Gloo binds its pairs to this device's address
+    f["bind_host"] = address_host(c.worker(w).address);  // Gloo binds its pairs to this device's address
     acks.push_back(c.assign(w, f));
   }
   return acks;
@@ -105,10 +110,7 @@ PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, 
   PacStepResult r;
   for (int w = 0; w < c.worker_count(); w++) {
     if (as[w].stage < 0) continue;
-    Frame f = c.wait_from(w, MsgType::Result, wait);
-    json j = json::parse(f.payload, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
-      throw RuntimeError("device " + c.worker(w).id + " sent a Result that is not a JSON object");
+    json j = result_wait(c, w, wait);
     r.loss += j.value("loss_part", 0.0);
     r.max_seconds = std::max(r.max_seconds, j.value("seconds", 0.0));
     r.results.push_back(j);
@@ -185,7 +187,7 @@ SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const
   json start = {{"op", "switch"}, {"samples", ids}, {"hashes", hashes}, {"owners", owner}, {"dp_devices", dps}};
   if (trace) start["trace"] = true;
   if (dp.devices.size() > 1) {
-    std::string host = host_of(c.worker(dp.devices[0]).address);
+    std::string host = address_host(c.worker(dp.devices[0]).address);
     start["dp_store"] = {{"host", host}, {"port", tcp_free_port(host)}};
   }
   std::vector<int> involved;
@@ -198,10 +200,7 @@ SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const
   }
   SwitchResult r;
   for (int w : involved) {
-    Frame f = c.wait_from(w, MsgType::Result, wait);
-    json j = json::parse(f.payload, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
-      throw RuntimeError("device " + c.worker(w).id + " sent a Result that is not a JSON object");
+    json j = result_wait(c, w, wait);
     r.results.push_back(j);
     r.workers.push_back(w);
   }

@@ -18,6 +18,9 @@ namespace pac {
 // hands out ports 29500-30499 (20 per coordinator process, by pid), one per call.
 int tcp_free_port(const std::string& host);
 
+// "host" of "host:port" (the whole string when it has no colon).
+std::string address_host(const std::string& address);
+
 // Sends every worker (coordinator index w = scenario device w) its "pac-pipeline"
 // fragment: `settings` (model, seed, side_init, reduction_k, lr, weight_decay, threads,
 // timeout_ms; docs/runtime.md) plus its assignment and, for groups of more than one

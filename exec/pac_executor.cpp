@@ -17,6 +17,7 @@
 
 #include "exec/assignment.h"
 #include "exec/collectives.h"
+#include "exec/run_trace.h"
 #include "exec/stage_io.h"
 #include "src/common/hash.h"
 #include "src/llm/act_cache.h"
@@ -42,12 +43,6 @@ struct MicroState {
   torch::Tensor loss;   // last stage: this slice's share of the mini-batch loss
 };
 
-// Wall-clock microseconds: comparable across the processes of one machine (and, with
-// synchronised clocks, across devices), which a run's trace needs.
-double wall_us() {
-  return std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 class PacExecutor : public StageExecutor {
  public:
   std::string name() const override { return "pac-pipeline"; }
@@ -58,8 +53,8 @@ class PacExecutor : public StageExecutor {
 
  private:
   json train_step(const JsonIn& step, WorkerContext& ctx);
-  json dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask, double n_tokens,
-                     const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes);
+  // Phase 2 on the rows of ids_ this device owns.
+  json dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask, double n_tokens);
   json switch_phase(const JsonIn& step, WorkerContext& ctx);
   json save(const JsonIn& step, WorkerContext& ctx);
   void cache_open(int T);
@@ -293,7 +288,7 @@ void PacExecutor::on_tensor(const PeerName& from, MsgType type, const TensorView
 torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std::vector<PeerRows>& peers) {
   std::vector<torch::Tensor> parts;
   auto t0 = std::chrono::steady_clock::now();
-  double w0 = wall_us();
+  double w0 = wall_clock_us();
   std::unique_lock<std::mutex> lk(mu_);
   for (const PeerRows& p : peers) {
     InboxKey key(static_cast<int>(type), step, static_cast<uint32_t>(m), p.id);
@@ -315,7 +310,7 @@ torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std:
   }
   wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   lk.unlock();
-  trace_add("wait", std::string("wait ") + msg_type_name(type) + " mb" + std::to_string(m), w0, wall_us());
+  trace_add("wait", std::string("wait ") + msg_type_name(type) + " mb" + std::to_string(m), w0, wall_clock_us());
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
 }
 
@@ -330,11 +325,11 @@ void PacExecutor::send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type
   h.dims = part.sizes().vec();
   size_t bytes = static_cast<size_t>(part.numel()) * sizeof(float);
   auto t0 = std::chrono::steady_clock::now();
-  double w0 = wall_us();
+  double w0 = wall_clock_us();
   ctx.peer(to.id, to.address).send_tensor(type, h, part.data_ptr<float>(), bytes);
   send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bytes_to_[to.id] += static_cast<double>(bytes);
-  trace_add("send", std::string(msg_type_name(type)) + " mb" + std::to_string(m), w0, wall_us(), to.id);
+  trace_add("send", std::string(msg_type_name(type)) + " mb" + std::to_string(m), w0, wall_clock_us(), to.id);
 }
 
 void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inputs, const torch::Tensor& targets,
@@ -354,7 +349,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
   }
   std::vector<torch::Tensor> taps;
   torch::Tensor b, a;
-  double c0 = wall_us();
+  double c0 = wall_clock_us();
   if (a_.has_embedding()) {
     {
       torch::NoGradGuard ng;
@@ -367,7 +362,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     b = gather(MsgType::Activation, step, m, up);
     st.a_in = gather(MsgType::SideState, step, m, up).requires_grad_(true);
     a = st.a_in;
-    c0 = wall_us();
+    c0 = wall_clock_us();
   }
   torch::Tensor cos = cos_.narrow(0, 0, T), sin = sin_.narrow(0, 0, T);
   for (int l = a_.layer_begin(); l < a_.layer_end(); l++) {
@@ -392,7 +387,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
   } else {
     st.a_out = a;
   }
-  trace_add("compute", "F mb" + std::to_string(m), c0, wall_us());
+  trace_add("compute", "F mb" + std::to_string(m), c0, wall_clock_us());
   if (!a_.has_head()) {
     torch::Tensor a_send = a.detach();
     for (const PeerRows& p : assignment_down_peers(a_, n, m)) {
@@ -401,7 +396,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
     }
   }
   // The cache write comes after the sends, off the pipeline's critical path.
-  double s0 = wall_us();
+  double s0 = wall_clock_us();
   if (record) {
     // One record per new sample: this stage's taps [tap_begin_, tap_end_) of that row.
     torch::Tensor all = torch::stack(taps, 1);  // [rows, n_taps, T, d]
@@ -411,7 +406,7 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
       cached_[ids_[r]] = hashes_[r];
       new_cached_.push_back(ids_[r]);
     }
-    trace_add("storage", "cache write mb" + std::to_string(m), s0, wall_us());
+    trace_add("storage", "cache write mb" + std::to_string(m), s0, wall_clock_us());
   }
   micro_[m] = st;
 }
@@ -419,16 +414,16 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
 void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
   MicroState& st = micro_[m];
   if (st.rows.size() == 0) return;
-  double c0 = wall_us();
+  double c0 = wall_clock_us();
   if (a_.has_head()) {
     st.loss.backward();
     loss_part_ += st.loss.item<double>();
   } else {
     torch::Tensor g = gather(MsgType::Gradient, step, m, assignment_down_peers(a_, n, m));
-    c0 = wall_us();
+    c0 = wall_clock_us();
     st.a_out.backward(g);
   }
-  trace_add("compute", "B mb" + std::to_string(m), c0, wall_us());
+  trace_add("compute", "B mb" + std::to_string(m), c0, wall_clock_us());
   if (st.a_in.defined()) {
     torch::Tensor g = st.a_in.grad();
     if (!g.defined()) g = torch::zeros_like(st.a_in);
@@ -458,10 +453,10 @@ void PacExecutor::group_allreduce(uint32_t step) {
     group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
                                                a_.group_size(), opt, bind_host_);
   }
-  double w0 = wall_us();
+  double w0 = wall_clock_us();
   grads_allreduce(*group_, opt);
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  trace_add("collective", "allreduce stage " + std::to_string(a_.stage), w0, wall_us());
+  trace_add("collective", "allreduce stage " + std::to_string(a_.stage), w0, wall_clock_us());
 }
 
 json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
@@ -473,43 +468,34 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   // Every device gets the whole mini-batch's tokens and mask (tiny next to activations):
   // the first stage embeds its rows, the last computes the loss of its rows, and every
   // device derives N (the loss normaliser) and its rows from the same numbers.
-  std::vector<JsonIn> rows = s.at("tokens").items(), mrows = s.at("mask").items();
-  int n = static_cast<int>(rows.size());
-  if (n < 1 || mrows.size() != rows.size()) s.fail_at("mask", "expected as many mask rows as token rows (>= 1)");
-  int64_t T = static_cast<int64_t>(mrows[0].size());
-  int vocab = side_->config().vocab_size;
-  torch::Tensor inputs = torch::empty({n, T}, torch::kLong), targets = torch::empty({n, T}, torch::kLong);
-  torch::Tensor mask = torch::empty({n, T}, torch::kFloat);
+  StepBatch mb = step_batch_parse(s, side_->config().vocab_size);
+  const int n = mb.n;
+  const int64_t T = mb.inputs.size(1);
+  const torch::Tensor &inputs = mb.inputs, &targets = mb.targets, &mask = mb.mask;
   ids_.assign(n, -1);
   hashes_.assign(n, 0);
   if (auto sm = s.find("samples")) {
     std::vector<JsonIn> sid = sm->items();
     if (static_cast<int>(sid.size()) != n) s.fail_at("samples", "expected one sample id per token row");
     for (int i = 0; i < n; i++) ids_[i] = sid[i].as_int(0, INT32_MAX);
-  } else if (cache_on_) {
-    s.fail_at("samples", "expected the rows' sample ids (the activation cache is on)");
   }
-  for (int i = 0; i < n; i++) {
-    std::vector<JsonIn> tk = rows[i].items(), mk = mrows[i].items();
-    if (static_cast<int64_t>(tk.size()) != T + 1 || static_cast<int64_t>(mk.size()) != T)
-      rows[i].fail("expected " + std::to_string(T + 1) + " tokens and " + std::to_string(T) + " mask entries");
+  if (cache_on_) {
+    if (!s.find("samples")) s.fail_at("samples", "expected the rows' sample ids (the activation cache is on)");
+    // The record of a sample is tied to its T + 1 token ids (inputs, then the last target).
+    auto pi = inputs.accessor<int64_t, 2>();
+    auto pt = targets.accessor<int64_t, 2>();
     std::vector<int32_t> toks(T + 1);
-    for (int64_t t = 0; t <= T; t++) toks[t] = static_cast<int32_t>(tk[t].as_int(0, vocab - 1));
-    for (int64_t t = 0; t < T; t++) {
-      inputs[i][t] = toks[t];
-      targets[i][t] = toks[t + 1];
-      mask[i][t] = static_cast<float>(mk[t].as_number(0, 1));
+    for (int i = 0; i < n; i++) {
+      for (int64_t t = 0; t < T; t++) toks[t] = static_cast<int32_t>(pi[i][t]);
+      toks[T] = static_cast<int32_t>(pt[i][T - 1]);
+      hashes_[i] = tokens_hash(toks);
     }
-    hashes_[i] = tokens_hash(toks);
   }
-  double n_tokens = mask.sum().item<double>();
+  const double n_tokens = mb.n_tokens;
   if (cache_on_) cache_open(static_cast<int>(T));
   if (!dp_ && !model_) s.fail("device " + ctx.device_id() + " is not in the data-parallel phase after the switch");
-  if (dp_) {
-    for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    return dp_train_step(step, targets, mask, n_tokens, ids_, hashes_);
-  }
   for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+  if (dp_) return dp_train_step(step, targets, mask, n_tokens);
   optim_->zero_grad();
   loss_part_ = 0;
   wait_s_ = send_s_ = allreduce_s_ = 0;
@@ -526,9 +512,9 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
     backward(b++, step, n, ctx);
   }
   group_allreduce(step);
-  double o0 = wall_us();
+  double o0 = wall_clock_us();
   optim_->step();
-  trace_add("compute", "opt", o0, wall_us());
+  trace_add("compute", "opt", o0, wall_clock_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Compute = the step minus its waits, sends and all-reduce (the rest is this
   // device's own forward/backward/optimizer work).
@@ -580,11 +566,11 @@ void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, cons
   h.dims = c.sizes().vec();
   size_t bytes = static_cast<size_t>(c.numel()) * sizeof(float);
   auto t0 = std::chrono::steady_clock::now();
-  double w0 = wall_us();
+  double w0 = wall_clock_us();
   ctx.peer(id, address).send_tensor(type, h, c.data_ptr<float>(), bytes, flags);
   send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bytes_to_[id] += static_cast<double>(bytes);
-  trace_add("send", std::string("switch ") + msg_type_name(type), w0, wall_us(), id);
+  trace_add("send", std::string("switch ") + msg_type_name(type), w0, wall_clock_us(), id);
 }
 
 // The switch (docs/runtime.md, "Activation cache and switch"): every device ships its
@@ -801,7 +787,9 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
 // Phase 2: this device's rows of the mini-batch (the samples it owns) from its cache,
 // the whole side network, gradients summed over the data-parallel group.
 json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask,
-                                double n_tokens, const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes) {
+                                double n_tokens) {
+  const std::vector<int64_t>& ids = ids_;
+  const std::vector<uint64_t>& hashes = hashes_;
   optim_->zero_grad();
   loss_part_ = 0;
   wait_s_ = send_s_ = allreduce_s_ = read_s_ = 0;
@@ -818,7 +806,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   if (!rows.empty()) {
     std::vector<torch::Tensor> taps;
     auto r0 = std::chrono::steady_clock::now();
-    double w0 = wall_us();
+    double w0 = wall_clock_us();
     for (int64_t i : rows) {
       CacheRead rd = cache_dp_->cache_read_sample("dp", ids[i], hashes[i]);
       if (rd.status != CacheStatus::Hit)
@@ -828,7 +816,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
       taps.push_back(rd.taps);
     }
     read_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
-    double c0 = wall_us();
+    double c0 = wall_clock_us();
     trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows", w0, c0);
     torch::Tensor idx = torch::tensor(rows, torch::kLong);
     torch::Tensor logits = side_->forward(torch::stack(taps, 0));
@@ -839,7 +827,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     torch::Tensor loss = (per_token * mask.index_select(0, idx).reshape({-1})).sum() / std::max(1.0, n_tokens);
     loss.backward();
     loss_part_ = loss.item<double>();
-    trace_add("compute", "F+B " + std::to_string(rows.size()) + " rows", c0, wall_us());
+    trace_add("compute", "F+B " + std::to_string(rows.size()) + " rows", c0, wall_clock_us());
   }
   if (dp_size_ > 1) {
     auto a0 = std::chrono::steady_clock::now();
@@ -851,14 +839,14 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
                                                    dp_size_, timeout_);
       dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
     }
-    double w0 = wall_us();
+    double w0 = wall_clock_us();
     grads_allreduce(*dp_group_, opt);
-    trace_add("collective", "allreduce dp", w0, wall_us());
+    trace_add("collective", "allreduce dp", w0, wall_clock_us());
     allreduce_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
   }
-  double o0 = wall_us();
+  double o0 = wall_clock_us();
   optim_->step();
-  trace_add("compute", "opt", o0, wall_us());
+  trace_add("compute", "opt", o0, wall_clock_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double compute = std::max(0.0, secs - allreduce_s_ - read_s_);
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},

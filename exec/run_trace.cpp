@@ -1,8 +1,13 @@
 #include "exec/run_trace.h"
 
+#include <chrono>
 #include <cstdio>
 
 namespace pac {
+
+double wall_clock_us() {
+  return std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 RunTrace::RunTrace(std::vector<std::string> device_ids, double origin_us, size_t max_events)
     : ids_(std::move(device_ids)), origin_us_(origin_us), max_events_(max_events) {}

@@ -13,6 +13,11 @@
 
 namespace pac {
 
+// Wall-clock microseconds: what workers stamp their events with and the run's origin
+// (comparable across the processes of one machine; across devices only as far as their
+// clocks agree).
+double wall_clock_us();
+
 struct RunTraceEvent {
   int device = 0;
   std::string cat;     // compute | wait | collective | storage | send

@@ -19,9 +19,4 @@ json train_settings(const MethodSpec& m, Coordinator& c, const std::vector<Assig
   return s;
 }
 
-std::string address_host(const std::string& address) {
-  size_t colon = address.rfind(':');
-  return colon == std::string::npos ? address : address.substr(0, colon);
-}
-
 }  // namespace pac

@@ -9,6 +9,7 @@
 
 #include "exec/assignment.h"
 #include "exec/coordinator.h"
+#include "exec/pac_driver.h"  // address_host
 #include "src/core/scenario.h"
 
 namespace pac {
@@ -19,8 +20,5 @@ namespace pac {
 // (the executor uses it only for a tied classifier). Merge the result into the settings
 // given to pac_assign_phase. InputError for parallel_adapters (that is "pac-pipeline").
 json train_settings(const MethodSpec& method, Coordinator& c, const std::vector<Assignment>& as);
-
-// "host" of "host:port" (the whole string when it has no colon).
-std::string address_host(const std::string& address);
 
 }  // namespace pac

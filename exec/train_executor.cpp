@@ -11,6 +11,7 @@
 
 #include "exec/assignment.h"
 #include "exec/collectives.h"
+#include "exec/run_trace.h"
 #include "exec/stage_io.h"
 #include "exec/train_driver.h"
 #include "src/common/error.h"
@@ -318,9 +319,6 @@ json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   // event (its waits and sends included), then the all-reduce and the optimizer step.
   bool trace = s.boolean_or("trace", false);
   json events = json::array();
-  auto wall_us = [] {
-    return std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch()).count();
-  };
   auto event = [&](const char* cat, const std::string& name, double t0, double t1) {
     if (trace) events.push_back({{"cat", cat}, {"name", name}, {"ts", t0}, {"dur", std::max(0.0, t1 - t0)}});
   };
@@ -337,19 +335,19 @@ json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   // 1F1B: stage j of S runs min(S-1-j, M) warm-up forwards, then alternates.
   int M = a_.micro_batches, S = static_cast<int>(a_.stages.size());
   int warm = std::min(S - 1 - a_.stage, M), f = 0, b = 0;
-  double w0 = wall_us();
+  double w0 = wall_clock_us();
   for (; f < warm; f++) forward(f, step, batch, ctx);
   while (b < M) {
     if (f < M) forward(f++, step, batch, ctx);
     backward(b++, step, batch.n, ctx);
   }
-  double w1 = wall_us();
+  double w1 = wall_clock_us();
   event("compute", "1F1B x" + std::to_string(M) + " (incl. waits, sends)", w0, w1);
   allreduce(step);
-  double w2 = wall_us();
+  double w2 = wall_clock_us();
   if (allreduce_s_ > 0) event("collective", "allreduce", w1, w2);
   optim_->step();
-  event("compute", "opt", w2, wall_us());
+  event("compute", "opt", w2, wall_clock_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Compute = the step minus its waits, sends and all-reduces.
   double compute = std::max(0.0, secs - wait_s_ - links_.send_s - allreduce_s_);
