@@ -148,7 +148,10 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
   uint64_t seed = static_cast<uint64_t>(f.integer("seed", 0));
   JsonIn mj = f.at("model");
-  Llama model = stage_model_make(mj, seed);
+  // This stage's layers, the embedding on the first stage, and the frozen head everywhere
+  // (phase 2 computes the loss on every device).
+  LlamaParts parts = LlamaParts::layers(a.layer_begin(), a.layer_end(), a.has_embedding(), true);
+  Llama model = stage_model_make(mj, seed, parts);
   const LlamaConfig& cfg = model->config();
   if (cfg.n_layers != a.n_layers)
     f.at("assignment").fail_at("n_layers", "the plan has " + std::to_string(a.n_layers) + " layers, the model " +
@@ -158,7 +161,12 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   SideNetwork side(side_config_make(cfg, k));
   std::string init = f.choice_or("side_init", "random", {"random", "pruned"});
   if (init == "random") side->init_random(static_cast<uint64_t>(f.integer_or("side_seed", static_cast<int64_t>(seed), 0)));
-  else side->init_pruned(model);
+  else side->init_pruned_parts([&](const LlamaParts& p) {
+    // Pruning scores every layer: the other stages' layers are read (or drawn from the
+    // seed) one at a time and dropped again.
+    bool held = p.layer_begin >= a.layer_begin() && p.layer_end <= a.layer_end() && (!p.embedding || parts.embedding);
+    return held ? model : stage_model_make(mj, seed, p);
+  });
   side->set_head(model->norm->weight, model->classifier_weight());
 
   // The trainable tensors of this stage, under the side network's own names, so that

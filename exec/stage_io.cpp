@@ -26,9 +26,9 @@ LlamaConfig llama_config_from_json(const JsonIn& c) {
   return m;
 }
 
-Llama stage_model_make(const JsonIn& mj, uint64_t seed) {
-  if (mj.is_string()) return llama_open(mj.as_string(), seed);
-  Llama model(llama_config_from_json(mj));
+Llama stage_model_make(const JsonIn& mj, uint64_t seed, const LlamaParts& parts) {
+  if (mj.is_string()) return llama_open(mj.as_string(), seed, parts);
+  Llama model(llama_config_from_json(mj), parts);
   model->init_random(seed);
   return model;
 }

@@ -32,7 +32,8 @@ namespace pac {
 LlamaConfig llama_config_from_json(const JsonIn& c);
 // The fragment's "model": a preset name or checkpoint path (llama_open), or a config
 // object (random init from `seed`, as the tests' and pac-train's load_backbone do).
-Llama stage_model_make(const JsonIn& model, uint64_t seed);
+// Only `parts` are built and read: a stage's worker never holds the other stages' layers.
+Llama stage_model_make(const JsonIn& model, uint64_t seed, const LlamaParts& parts = LlamaParts::all());
 
 // A Start{"op": "train"} mini-batch: every device gets the whole mini-batch's tokens and
 // mask (tiny next to activations), so all derive rows and N the same way.

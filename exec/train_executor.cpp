@@ -23,11 +23,6 @@ namespace pac {
 
 namespace {
 
-// LoRA's kaiming init and the adapters' nn::Linear init draw from LibTorch's global
-// generator (as in the Trainer, which seeds it first). In-process test workers are
-// threads of one process: one model build at a time keeps each build's draws intact.
-std::mutex g_model_build_mu;
-
 // One micro-batch's state between its forward and its backward on this device.
 struct MicroState {
   RowRange rows;
@@ -35,12 +30,6 @@ struct MicroState {
   torch::Tensor h_out;  // hidden state sent downstream (with graph)
   torch::Tensor loss;   // last stage: this slice's share of the mini-batch loss
 };
-
-// Layer index of "layers.<i>.…", -1 for the embedding, final norm and classifier.
-int layer_of(const std::string& name) {
-  if (name.rfind("layers.", 0) != 0) return -1;
-  return std::stoi(name.substr(7));
-}
 
 class TrainExecutor : public StageExecutor {
  public:
@@ -99,31 +88,27 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   int threads = static_cast<int>(f.integer_or("threads", 0, 0, 1024));
   if (threads > 0) compute_threads_set(threads);
 
-  Llama model{nullptr};
-  {
-    // The Trainer's order: seed the global generator, build the backbone, add the method.
-    std::lock_guard<std::mutex> lk(g_model_build_mu);
-    torch::manual_seed(seed);
-    model = stage_model_make(f.at("model"), seed);
-    if (method == "lora") {
-      model->enable_lora(lora_rank, static_cast<float>(lora_alpha), lora_mlp);
-      model->freeze_backbone(true);
-    } else if (method == "adapters") {
-      model->enable_adapters(bottleneck);
-      model->freeze_backbone(true);
-    } else {
-      model->freeze_backbone(false);
-    }
+  // What this device computes with: its layers, the embedding on the first stage, the
+  // head on the last (the embedding too when the classifier is tied). Nothing else is
+  // built or read: a real device holds only its stage. Every tensor, method weights
+  // included, is initialised from (seed, its name), so the parts equal the Trainer's.
+  bool first = a.has_embedding(), last = a.has_head();
+  Llama model = stage_model_make(f.at("model"), seed, LlamaParts::layers(a.layer_begin(), a.layer_end(), first, last));
+  if (method == "lora") {
+    model->enable_lora(lora_rank, static_cast<float>(lora_alpha), lora_mlp, seed);
+    model->freeze_backbone(true);
+  } else if (method == "adapters") {
+    model->enable_adapters(bottleneck, seed);
+    model->freeze_backbone(true);
+  } else {
+    model->freeze_backbone(false);
   }
   const LlamaConfig& cfg = model->config();
   if (cfg.n_layers != a.n_layers)
     f.at("assignment").fail_at("n_layers", "the plan has " + std::to_string(a.n_layers) + " layers, the model " +
                                                std::to_string(cfg.n_layers));
 
-  // What this device computes with (its layers, the embedding on the first stage, the
-  // head on the last) and, of that, what it trains. Everything else is released: a
-  // real device holds only its stage.
-  bool first = a.has_embedding(), last = a.has_head();
+  // Of what it holds, what it trains.
   std::vector<std::pair<std::string, torch::Tensor>> params;
   std::vector<torch::Tensor> plist;
   torch::Tensor tied;
@@ -131,18 +116,8 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   for (auto& kv : model->named_parameters(true)) {
     const std::string& n = kv.key();
     torch::Tensor p = kv.value();
-    int layer = layer_of(n);
-    bool needed;
-    if (layer >= 0) needed = layer >= a.layer_begin() && layer < a.layer_end();
-    else if (n == "tok_embeddings.weight") needed = first || (last && cfg.tied_classifier);
-    else needed = last;  // norm.weight, output.weight
-    bool trains = needed && (method == "full" || LlamaImpl::is_method_parameter(n));
+    bool trains = method == "full" || LlamaImpl::is_method_parameter(n);
     if (!trains) p.set_requires_grad(false);
-    if (!needed) {
-      torch::NoGradGuard ng;
-      p.set_data(torch::empty({0}, p.options()));
-      continue;
-    }
     n_held += p.numel();
     if (!trains) continue;
     plist.push_back(p);

@@ -157,7 +157,7 @@ static TrainOptions pa_options(const std::string& cache_dir) {
   o.epochs = 3;
   o.batch_size = 4;
   o.seq_len = 16;
-  o.lr = 3e-3;
+  o.lr = 2e-2;
   o.reduction_k = 4;
   o.cache_dir = cache_dir;
   o.cache_dtype = "fp32";
@@ -188,8 +188,14 @@ TEST(LlmActCache, Fp32CacheGivesSameLossCurve) {
   EXPECT_EQ(with.epochs[2].cache_hits, 10);
   EXPECT_EQ(with.epochs[1].backbone_loads, 0);
   EXPECT_EQ(with.epochs[2].backbone_loads, 0);
-  // Training did something: the loss went down.
-  EXPECT_LT(with.steps.back().loss, with.steps.front().loss);
+  // Training did something: epoch 3's mean loss over the same 10 samples is below epoch 1's
+  // (single steps differ by batch, so compare whole epochs).
+  double e1 = 0, e3 = 0;
+  for (size_t i = 0; i < 3; i++) {
+    e1 += with.steps[i].loss;
+    e3 += with.steps[6 + i].loss;
+  }
+  EXPECT_LT(e3, e1);
 }
 
 TEST(LlmActCache, CorruptRecordIsRecomputedNotTrainedOn) {

@@ -16,6 +16,7 @@
 #include "src/common/json_in.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/safetensors.h"
+#include "src/llm/side_network.h"
 
 using namespace pac;
 namespace stdfs = std::filesystem;
@@ -298,4 +299,150 @@ TEST_F(CheckpointTest, ConvertCliExitCodes) {
   expect_same_weights(checkpoint_read(stories_path()), checkpoint_read(at("out")));
   rc = std::system((tool + " --preset no-such " + at("p") + " 2>/dev/null").c_str());
   EXPECT_EQ(WEXITSTATUS(rc), 2);
+}
+
+// ---------------------------------------------------------------- model parts (a stage's slice)
+
+static LlamaConfig four_layer_config(bool tied) {
+  LlamaConfig c = llama_config_preset("tiny");
+  c.n_layers = 4;
+  c.tied_classifier = tied;
+  return c;
+}
+
+static std::map<std::string, torch::Tensor> named(Llama& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (auto& kv : m->named_parameters(true)) out[kv.key()] = kv.value();
+  return out;
+}
+
+// Every tensor of `part` equals (bitwise) the same-named tensor of `whole`, and `part`
+// holds exactly the names LlamaParts::has admits.
+static void expect_part_of(Llama& part, Llama& whole, const LlamaParts& p, size_t expect_count) {
+  auto pw = named(part), ww = named(whole);
+  EXPECT_EQ(pw.size(), expect_count);
+  for (auto& kv : ww) {
+    if (!p.has(whole->config(), kv.first)) {  // method weights sit under "layers.N." too
+      EXPECT_EQ(pw.count(kv.first), 0u) << kv.first;
+      continue;
+    }
+    ASSERT_EQ(pw.count(kv.first), 1u) << kv.first;
+    EXPECT_TRUE(torch::equal(pw[kv.first], kv.second)) << kv.first;
+  }
+}
+
+TEST(LlamaParts, RandomInitOfAPartEqualsTheWholeModelsTensors) {
+  // A stage built alone draws each tensor from (seed, name): layers 1-2 of a 4-layer model,
+  // with the head, equal the whole model's layers 1-2 and head, and nothing else exists.
+  for (bool tied : {true, false}) {
+    LlamaConfig c = four_layer_config(tied);
+    Llama whole(c);
+    whole->init_random(11);
+    LlamaParts p = LlamaParts::layers(1, 3, false, true);
+    Llama part(c, p);
+    part->init_random(11);
+    // 9 tensors per layer x 2 layers + norm + classifier (the embedding when tied, else output).
+    expect_part_of(part, whole, p, 2 * 9 + 2);
+    // The same slice computes the same function.
+    torch::NoGradGuard ng;
+    torch::Tensor x = torch::randn({2, 5, c.dim});
+    EXPECT_TRUE(torch::equal(part->layers_forward(1, 3, x), whole->layers_forward(1, 3, x)));
+    EXPECT_TRUE(torch::equal(part->classify(part->final_norm(x)), whole->classify(whole->final_norm(x))));
+    // Another stage's layer and the embedding are refused, naming what is held.
+    try {
+      part->layer_forward(0, x);
+      ADD_FAILURE() << "layer 0 is not in the part";
+    } catch (const RuntimeError& e) {
+      EXPECT_NE(std::string(e.what()).find("layer 0 is not loaded here"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("layers 1-2, head"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(part->embed(torch::zeros({1, 3}, torch::kLong)), RuntimeError);
+  }
+}
+
+TEST(LlamaParts, MethodWeightsOfAPartEqualTheWholeModels) {
+  // LoRA and Houlsby adapters on layers 2-3 alone get the values the whole model gives them.
+  LlamaConfig c = four_layer_config(true);
+  LlamaParts p = LlamaParts::layers(2, 4, false, true);
+  Llama whole(c), part(c, p);
+  whole->init_random(5);
+  part->init_random(5);
+  whole->enable_lora(4, 8.f, true, 9);
+  part->enable_lora(4, 8.f, true, 9);
+  // 2 layers x (9 backbone + 7 linears x (lora_a, lora_b)) + norm + embedding.
+  expect_part_of(part, whole, p, 2 * (9 + 14) + 2);
+  Llama wa(c), pa(c, p);
+  wa->enable_adapters(6, 9);
+  pa->enable_adapters(6, 9);
+  auto w = named(wa), q = named(pa);
+  for (const char* n : {"layers.2.attn_adapter.down.weight", "layers.3.ffn_adapter.down.bias"})
+    EXPECT_TRUE(torch::equal(w[n], q[n])) << n;
+  // A different seed gives different method weights (the seed is used).
+  Llama other(c, p);
+  other->enable_lora(4, 8.f, true, 10);
+  EXPECT_FALSE(torch::equal(named(other)["layers.2.wq.lora_a"], named(part)["layers.2.wq.lora_a"]));
+}
+
+TEST_F(CheckpointTest, ReadingAPartReadsOnlyItsTensors) {
+  // .bin and HF: a stage's read holds its layers' tensors only, equal to the whole read.
+  for (bool tied : {true, false}) {
+    LlamaConfig c = four_layer_config(tied);
+    Llama m(c);
+    m->init_random(2);
+    Checkpoint whole = checkpoint_from_llama(m);
+    std::string bin = at(tied ? "t.bin" : "u.bin"), hf = at(tied ? "t_hf" : "u_hf");
+    checkpoint_write(bin, whole);
+    checkpoint_write(hf, whole);
+    for (const std::string& path : {bin, hf}) {
+      // Middle stage: layers 1-2 only.
+      LlamaParts mid = LlamaParts::layers(1, 3, false, false);
+      Checkpoint ck = checkpoint_read(path, mid);
+      EXPECT_EQ(ck.weights.size(), 2u * 9) << path;
+      for (auto& kv : ck.weights) {
+        EXPECT_NE(kv.first.find("layers."), std::string::npos) << path << " " << kv.first;
+        EXPECT_TRUE(torch::equal(kv.second, whole.weights.at(kv.first))) << path << " " << kv.first;
+      }
+      // First stage with the embedding; last with the head (+ the embedding when tied).
+      EXPECT_EQ(checkpoint_read(path, LlamaParts::layers(0, 1, true, false)).weights.size(), 9u + 1);
+      EXPECT_EQ(checkpoint_read(path, LlamaParts::layers(3, 4, false, true)).weights.size(), 9u + 2);
+      Llama stage = llama_load(path, LlamaParts::layers(3, 4, false, true));
+      torch::NoGradGuard ng;
+      torch::Tensor x = torch::randn({1, 4, c.dim});
+      EXPECT_TRUE(torch::equal(stage->classify(stage->final_norm(stage->layer_forward(3, x))),
+                               m->classify(m->final_norm(m->layer_forward(3, x)))))
+          << path;
+    }
+  }
+  // A part of a file that lacks a tensor of another part is still refused (the whole file
+  // is checked): drop layer 0's wq from an HF folder, read only layer 3.
+  LlamaConfig c = four_layer_config(true);
+  Llama m(c);
+  m->init_random(2);
+  Checkpoint ck = checkpoint_from_llama(m);
+  checkpoint_write(at("h"), ck);
+  SafeTensors st = safetensors_read(at("h/model.safetensors"));
+  st.tensors.erase("model.layers.0.self_attn.q_proj.weight");
+  safetensors_write(at("h/model.safetensors"), st.tensors, st.metadata);
+  EXPECT_THROW(checkpoint_read(at("h"), LlamaParts::layers(3, 4, false, false)), InputError);
+}
+
+TEST_F(CheckpointTest, PruningFromPartsEqualsPruningTheWholeModel) {
+  // A pipeline worker prunes its side network reading the other layers one at a time:
+  // the result equals init_pruned on the whole model, bit for bit.
+  LlamaConfig c = four_layer_config(true);
+  Llama m(c);
+  m->init_random(4);
+  checkpoint_write(at("p.bin"), checkpoint_from_llama(m));
+  SideNetwork whole(side_config_make(c, 2)), parts(side_config_make(c, 2));
+  whole->init_pruned(m);
+  int opened = 0;
+  parts->init_pruned_parts([&](const LlamaParts& p) {
+    opened++;
+    return llama_load(at("p.bin"), p);
+  });
+  // Embedding, 4 layers for the scores, the head, 4 layers for the blocks.
+  EXPECT_EQ(opened, 1 + 4 + 1 + 4);
+  auto a = whole->state(), b = parts->state();
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& kv : a) EXPECT_TRUE(torch::equal(kv.second, b.at(kv.first))) << kv.first;
 }

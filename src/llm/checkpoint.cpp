@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -61,13 +62,17 @@ static int64_t numel_of(const std::vector<int64_t>& shape) {
   return n;
 }
 
-Checkpoint checkpoint_read_bin(const std::string& path) {
+Checkpoint checkpoint_read_bin(const std::string& path, const LlamaParts& parts) {
   if (!file_exists(path)) throw_input(path, "", "checkpoint not found");
-  std::string bytes = file_read(path);
-  if (bytes.size() < 28)
-    throw_input(path, "", "not a llama2.c checkpoint: " + std::to_string(bytes.size()) + " bytes, the header alone is 28");
+  // Read by seeking, not into one buffer: a stage reads only its layers, and even a whole
+  // read then holds the weights once (in the tensors), not twice.
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_input(path, "", "cannot open for reading");
+  const int64_t file_size = static_cast<int64_t>(fs::file_size(path));
+  if (file_size < 28)
+    throw_input(path, "", "not a llama2.c checkpoint: " + std::to_string(file_size) + " bytes, the header alone is 28");
   int32_t hdr[7];
-  std::memcpy(hdr, bytes.data(), sizeof hdr);
+  in.read(reinterpret_cast<char*>(hdr), sizeof hdr);
   Checkpoint ck;
   LlamaConfig& c = ck.config;
   c.dim = hdr[0];
@@ -90,20 +95,22 @@ Checkpoint checkpoint_read_bin(const std::string& path) {
   int64_t expected = 28;
   auto layout = bin_layout(c);
   for (auto& t : layout) expected += 4 * numel_of(t.shape);
-  if ((int64_t)bytes.size() != expected)
+  if (file_size != expected)
     throw_input(path, "",
-                "size " + std::to_string(bytes.size()) + " bytes does not match the header (" +
+                "size " + std::to_string(file_size) + " bytes does not match the header (" +
                     llama_config_describe(c) + ") which needs " + std::to_string(expected) +
-                    (bytes.size() < (size_t)expected ? " (truncated)" : ""));
-  const char* p = bytes.data() + 28;
+                    (file_size < expected ? " (truncated)" : ""));
+  int64_t offset = 28;
   for (auto& t : layout) {
     int64_t n = numel_of(t.shape);
-    if (!t.name.empty()) {
+    if (!t.name.empty() && parts.has(c, t.name)) {
       torch::Tensor w = torch::empty(t.shape, torch::kFloat32);
-      std::memcpy(w.data_ptr<float>(), p, 4 * n);
+      in.seekg(offset);
+      in.read(reinterpret_cast<char*>(w.data_ptr<float>()), 4 * n);
+      if (!in) throw_input(path, t.name, "read failed at byte " + std::to_string(offset));
       ck.weights[t.name] = w;
     }
-    p += 4 * n;
+    offset += 4 * n;
   }
   return ck;
 }
@@ -249,7 +256,7 @@ static LlamaConfig hf_config_read(const std::string& file) {
   return c;
 }
 
-Checkpoint checkpoint_read_hf(const std::string& path) {
+Checkpoint checkpoint_read_hf(const std::string& path, const LlamaParts& parts) {
   if (!file_exists(path)) throw_input(path, "", "checkpoint not found");
   std::string dir;
   std::vector<std::string> files;
@@ -258,20 +265,39 @@ Checkpoint checkpoint_read_hf(const std::string& path) {
   ck.config = hf_config_read(path_join(dir, "config.json"));
   const LlamaConfig& c = ck.config;
 
+  // HF name -> ours, for the tensors of a LLaMA-family model; `parts` picks which are read.
+  std::map<std::string, std::string> ours_of = {{"model.embed_tokens.weight", "tok_embeddings.weight"},
+                                                {"model.norm.weight", "norm.weight"}};
+  if (!c.tied_classifier) ours_of["lm_head.weight"] = "output.weight";
+  for (int l = 0; l < c.n_layers; l++)
+    for (auto& n : kHfLayerNames)
+      ours_of["model.layers." + std::to_string(l) + "." + n.hf] = "layers." + std::to_string(l) + "." + n.ours;
+  auto want = [&](const std::string& hf_name) {
+    auto it = ours_of.find(hf_name);
+    return it != ours_of.end() && parts.has(c, it->second);
+  };
+
   std::map<std::string, torch::Tensor> hf;
+  std::set<std::string> skipped;              // in the files, not read (other parts)
   std::map<std::string, std::string> origin;  // tensor -> file, for messages
   for (auto& f : files) {
-    SafeTensors st = safetensors_read(f);
+    SafeTensors st = safetensors_read(f, want);
     for (auto& kv : st.tensors) {
       hf[kv.first] = kv.second;
       origin[kv.first] = f;
+    }
+    for (auto& n : st.skipped) {
+      skipped.insert(n);
+      origin[n] = f;
     }
   }
   std::set<std::string> used;
   auto take = [&](const std::string& name, bool required) -> torch::Tensor {
     auto it = hf.find(name);
     if (it == hf.end()) {
-      if (required) throw_input(files.size() == 1 ? files[0] : dir, name, "tensor missing");
+      bool present = skipped.count(name) > 0;
+      if (present) used.insert(name);
+      if (required && !present) throw_input(files.size() == 1 ? files[0] : dir, name, "tensor missing");
       return torch::Tensor();
     }
     used.insert(name);
@@ -279,22 +305,28 @@ Checkpoint checkpoint_read_hf(const std::string& path) {
       throw_input(origin[name], name, "expected a floating-point tensor");
     return it->second.to(torch::kFloat32);
   };
-  ck.weights["tok_embeddings.weight"] = take("model.embed_tokens.weight", true);
+  // Only the wanted tensors go into the checkpoint; the others are checked to exist.
+  auto put = [&](const std::string& ours, torch::Tensor t) {
+    if (t.defined()) ck.weights[ours] = t;
+  };
+  put("tok_embeddings.weight", take("model.embed_tokens.weight", true));
   for (int l = 0; l < c.n_layers; l++) {
     std::string hp = "model.layers." + std::to_string(l) + ".", op = "layers." + std::to_string(l) + ".";
     for (auto& n : kHfLayerNames) {
       bool is_bias = ends_with(n.ours, ".bias");
       if (is_bias && !c.qkv_bias) continue;
-      ck.weights[op + n.ours] = take(hp + n.hf, true);
+      put(op + n.ours, take(hp + n.hf, true));
     }
   }
-  ck.weights["norm.weight"] = take("model.norm.weight", true);
+  put("norm.weight", take("model.norm.weight", true));
   torch::Tensor head = take("lm_head.weight", !c.tied_classifier);
-  if (!c.tied_classifier) ck.weights["output.weight"] = head;
-  for (auto& kv : hf) {
-    bool ignorable = ends_with(kv.first, "rotary_emb.inv_freq");  // a buffer older exports saved
-    if (!used.count(kv.first) && !ignorable)
-      throw_input(origin[kv.first], kv.first, "unexpected tensor for a LLaMA-family model (" + llama_config_describe(c) + ")");
+  if (!c.tied_classifier) put("output.weight", head);
+  std::set<std::string> all_names = skipped;
+  for (auto& kv : hf) all_names.insert(kv.first);
+  for (auto& n : all_names) {
+    bool ignorable = ends_with(n, "rotary_emb.inv_freq");  // a buffer older exports saved
+    if (!used.count(n) && !ignorable)
+      throw_input(origin[n], n, "unexpected tensor for a LLaMA-family model (" + llama_config_describe(c) + ")");
   }
   checkpoint_check_shapes(ck, files.size() == 1 ? files[0] : dir);
   // Back to llama2.c's interleaved RoPE row order (shapes are known good now).
@@ -353,9 +385,9 @@ void checkpoint_write_hf(const std::string& dir, const Checkpoint& ck) {
   file_write_atomic(path_join(dir, "config.json"), cfg.dump(2) + "\n");
 }
 
-Checkpoint checkpoint_read(const std::string& path) {
-  if (checkpoint_format_of(path) == CheckpointFormat::Llama2c) return checkpoint_read_bin(path);
-  return checkpoint_read_hf(path);
+Checkpoint checkpoint_read(const std::string& path, const LlamaParts& parts) {
+  if (checkpoint_format_of(path) == CheckpointFormat::Llama2c) return checkpoint_read_bin(path, parts);
+  return checkpoint_read_hf(path, parts);
 }
 
 void checkpoint_write(const std::string& path, const Checkpoint& ck) {
@@ -367,10 +399,11 @@ void checkpoint_write(const std::string& path, const Checkpoint& ck) {
 
 // ---------------------------------------------------------------- model <-> checkpoint
 
-Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source) {
-  Llama m(ck.config);
+Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source, const LlamaParts& parts) {
+  Llama m(ck.config, parts);
   std::set<std::string> set;
   for (auto& kv : ck.weights) {
+    if (!parts.has(ck.config, kv.first)) continue;  // a whole checkpoint onto a stage
     m->set_weight(kv.first, kv.second, source);
     set.insert(kv.first);
   }
@@ -386,7 +419,9 @@ Checkpoint checkpoint_from_llama(Llama& model) {
   return ck;
 }
 
-Llama llama_load(const std::string& path) { return llama_from_checkpoint(checkpoint_read(path), path); }
+Llama llama_load(const std::string& path, const LlamaParts& parts) {
+  return llama_from_checkpoint(checkpoint_read(path, parts), path, parts);
+}
 
 int llama_load_method_weights(Llama& model, const std::string& path) {
   SafeTensors st = safetensors_read(path);
@@ -418,14 +453,14 @@ int llama_load_method_weights(Llama& model, const std::string& path) {
   return (int)st.tensors.size();
 }
 
-Llama llama_open(const std::string& name_or_path, uint64_t seed) {
+Llama llama_open(const std::string& name_or_path, uint64_t seed, const LlamaParts& parts) {
   std::vector<std::string> presets = llama_config_preset_names();
-  if (std::find(presets.begin(), presets.end(), name_or_path) == presets.end()) return llama_load(name_or_path);
+  if (std::find(presets.begin(), presets.end(), name_or_path) == presets.end()) return llama_load(name_or_path, parts);
   if (name_or_path == "stories260K") {
     std::string shipped = model_path("stories260K/stories260K.bin");
-    if (file_exists(shipped)) return llama_load(shipped);
+    if (file_exists(shipped)) return llama_load(shipped, parts);
   }
-  Llama m(llama_config_preset(name_or_path));
+  Llama m(llama_config_preset(name_or_path), parts);
   m->init_random(seed);
   return m;
 }

@@ -30,9 +30,15 @@ enum class CheckpointFormat { Llama2c, HuggingFace };
 // .bin -> Llama2c; a folder, config.json or *.safetensors -> HuggingFace.
 CheckpointFormat checkpoint_format_of(const std::string& path);
 
-Checkpoint checkpoint_read_bin(const std::string& path);
-Checkpoint checkpoint_read_hf(const std::string& path);  // folder, its config.json or its .safetensors
-Checkpoint checkpoint_read(const std::string& path);     // by checkpoint_format_of
+// With `parts`, only those weights are read (a pipeline stage's layers): the .bin reader
+// seeks past the others, the safetensors reader maps the file and copies out only the
+// wanted tensors, so a stage's memory never holds the whole model. The whole file is
+// still validated (the .bin's header and size; every safetensors header entry and name;
+// the shapes of the tensors read).
+Checkpoint checkpoint_read_bin(const std::string& path, const LlamaParts& parts = LlamaParts::all());
+// folder, its config.json or its .safetensors
+Checkpoint checkpoint_read_hf(const std::string& path, const LlamaParts& parts = LlamaParts::all());
+Checkpoint checkpoint_read(const std::string& path, const LlamaParts& parts = LlamaParts::all());
 
 // Writers (atomic). The .bin writer requires fp32-convertible weights; the HF writer
 // writes <dir>/config.json and <dir>/model.safetensors in F32.
@@ -44,13 +50,17 @@ void checkpoint_write(const std::string& path, const Checkpoint& ck);
 torch::Tensor hf_permute(const torch::Tensor& w, int n_heads);    // llama2.c -> HF
 torch::Tensor hf_unpermute(const torch::Tensor& w, int n_heads);  // HF -> llama2.c
 
-Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source);
+// A model of `parts` from a checkpoint holding (at least) those parts' weights.
+Llama llama_from_checkpoint(const Checkpoint& ck, const std::string& source,
+                            const LlamaParts& parts = LlamaParts::all());
 Checkpoint checkpoint_from_llama(Llama& model);  // backbone weights only, cloned
-Llama llama_load(const std::string& path);       // checkpoint_read + llama_from_checkpoint
+// checkpoint_read + llama_from_checkpoint
+Llama llama_load(const std::string& path, const LlamaParts& parts = LlamaParts::all());
 // A model for benchmarks and demos: a preset name (llama_config_preset) gets random
 // weights from `seed`, except "stories260K", which loads the shipped weights when they are
-// in model_dir(); anything else is a checkpoint path.
-Llama llama_open(const std::string& name_or_path, uint64_t seed = 1);
+// in model_dir(); anything else is a checkpoint path. With `parts`, only those are built
+// (and read); their weights equal the same tensors of the whole model.
+Llama llama_open(const std::string& name_or_path, uint64_t seed = 1, const LlamaParts& parts = LlamaParts::all());
 
 // Fine-tuning weights saved by name (safetensors) onto a loaded model: LoRA tensors
 // (layers.N.<linear>.lora_a/lora_b; rank from the shapes, alpha from metadata

@@ -2,12 +2,29 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cstdlib>
 #include <cmath>
 #include <sstream>
 
 #include "src/common/error.h"
 
 namespace pac {
+
+// splitmix64's finaliser: spreads (seed, name hash) over all 64 bits.
+static uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// A generator of its own for the tensor `name`: its values depend on (seed, name) only,
+// not on which other tensors this process built or in which order.
+static at::Generator name_generator(uint64_t seed, const std::string& name) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the name
+  for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ull;
+  return at::make_generator<at::CPUGeneratorImpl>(mix64(seed ^ mix64(h)));
+}
 
 // ---------------------------------------------------------------- config
 
@@ -128,14 +145,18 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   return y.view(shape);
 }
 
-void LoraLinearImpl::lora_enable(int rank, float alpha) {
+void LoraLinearImpl::lora_enable(int rank, float alpha, at::Generator gen) {
   if (rank <= 0) throw InputError("LoRA rank must be > 0, got " + std::to_string(rank));
   if (lora_a.defined()) throw InputError("LoRA is already enabled on this layer");
   auto opts = weight.options().requires_grad(false);
   torch::Tensor a = torch::empty({rank, in_features}, opts);
   // PEFT's init: A kaiming-uniform with a = sqrt(5) (bound 1/sqrt(in)), B zero, so the
   // branch adds nothing until B is trained.
-  torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+  {
+    torch::NoGradGuard ng;
+    double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+    a.uniform_(-bound, bound, gen);
+  }
   lora_a = register_parameter("lora_a", a);
   lora_b = register_parameter("lora_b", torch::zeros({out_features, rank}, opts));
   lora_scale = alpha / (float)rank;
@@ -190,22 +211,51 @@ LlamaLayerImpl::LlamaLayerImpl(const LlamaConfig& c) {
 
 // ---------------------------------------------------------------- the model
 
-LlamaImpl::LlamaImpl(const LlamaConfig& c) : cfg_(c) {
+bool LlamaParts::has(const LlamaConfig& c, const std::string& name) const {
+  if (name.rfind("layers.", 0) == 0) return has_layer(c, std::atoi(name.c_str() + 7));
+  if (name.rfind("tok_embeddings.", 0) == 0) return has_tok_embeddings(c);
+  return head;  // norm.weight, output.weight
+}
+
+std::string LlamaParts::describe(const LlamaConfig& c) const {
+  int end = layer_end < 0 ? c.n_layers : layer_end;
+  std::string s = end > layer_begin ? "layers " + std::to_string(layer_begin) + "-" + std::to_string(end - 1) : "no layers";
+  if (embedding) s += ", embedding";
+  if (head) s += ", head";
+  return s;
+}
+
+LlamaImpl::LlamaImpl(const LlamaConfig& c, const LlamaParts& parts) : cfg_(c), parts_(parts) {
   llama_config_validate(c, "model config");
-  tok_embeddings = register_module("tok_embeddings", torch::nn::Embedding(c.vocab_size, c.dim));
-  layer_list_ = register_module("layers", torch::nn::ModuleList());
-  for (int i = 0; i < c.n_layers; i++) {
-    layers_.push_back(LlamaLayer(c));
-    layer_list_->push_back(layers_.back());
+  int end = parts.layer_end < 0 ? c.n_layers : parts.layer_end;
+  if (parts.layer_begin < 0 || parts.layer_begin > end || end > c.n_layers)
+    throw InputError("model parts: layers [" + std::to_string(parts.layer_begin) + ", " + std::to_string(end) +
+                     ") outside the model's " + std::to_string(c.n_layers));
+  if (parts.has_tok_embeddings(c))
+    tok_embeddings = register_module("tok_embeddings", torch::nn::Embedding(c.vocab_size, c.dim));
+  layer_holder_ = register_module("layers", std::make_shared<torch::nn::Module>());
+  layers_.resize(c.n_layers, LlamaLayer(nullptr));
+  for (int i = parts.layer_begin; i < end; i++) {
+    layers_[i] = LlamaLayer(c);
+    layer_holder_->register_module(std::to_string(i), layers_[i]);
   }
-  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
-  if (!c.tied_classifier) output = register_module("output", LoraLinear(c.dim, c.vocab_size, false));
+  if (parts.head) {
+    norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
+    if (!c.tied_classifier) output = register_module("output", LoraLinear(c.dim, c.vocab_size, false));
+  }
 
   rope_tables(c, c.max_seq_len, &rope_cos_, &rope_sin_);
 }
 
+// A part this process did not load: a bug in the caller's stage arithmetic, named.
+static void part_missing(const LlamaConfig& c, const LlamaParts& p, const std::string& what) {
+  throw RuntimeError("model: " + what + " is not loaded here (this process holds " + p.describe(c) + " of " +
+                     std::to_string(c.n_layers) + " layers)");
+}
+
 torch::Tensor LlamaImpl::embed(const torch::Tensor& tokens) {
   TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kInt64, "tokens must be [B,T] int64");
+  if (!parts_.embedding) part_missing(cfg_, parts_, "the token embedding");
   return tok_embeddings(tokens);
 }
 
@@ -223,6 +273,7 @@ static torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& cos
 
 torch::Tensor LlamaImpl::layer_forward(int i, const torch::Tensor& x, int64_t start_pos, KVCache* cache) {
   TORCH_CHECK(i >= 0 && i < cfg_.n_layers, "layer index out of range");
+  if (!layers_[i]) part_missing(cfg_, parts_, "layer " + std::to_string(i));
   LlamaLayerImpl& L = *layers_[i];
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = cfg_.n_heads, KV = cfg_.n_kv_heads, hs = cfg_.head_dim(), rep = H / KV;
@@ -285,13 +336,18 @@ torch::Tensor LlamaImpl::layers_forward(int first, int last, const torch::Tensor
   return h;
 }
 
-torch::Tensor LlamaImpl::final_norm(const torch::Tensor& h) { return norm(h); }
+torch::Tensor LlamaImpl::final_norm(const torch::Tensor& h) {
+  if (!parts_.head) part_missing(cfg_, parts_, "the final norm");
+  return norm(h);
+}
 
 torch::Tensor LlamaImpl::classifier_weight() {
+  if (!parts_.head) part_missing(cfg_, parts_, "the classifier");
   return cfg_.tied_classifier ? tok_embeddings->weight : output->weight;
 }
 
 torch::Tensor LlamaImpl::classify(const torch::Tensor& h_normed) {
+  if (!parts_.head) part_missing(cfg_, parts_, "the classifier");
   if (!cfg_.tied_classifier) return output(h_normed);
   return torch::matmul(h_normed, tok_embeddings->weight.t());
 }
@@ -313,7 +369,7 @@ Taps LlamaImpl::forward_taps(const torch::Tensor& tokens) {
 KVCache LlamaImpl::make_cache(int64_t batch, int64_t max_len) const {
   KVCache c;
   c.max_len = max_len;
-  auto opts = tok_embeddings->weight.options().requires_grad(false);
+  auto opts = rope_cos_.options().requires_grad(false);
   for (int i = 0; i < cfg_.n_layers; i++) {
     c.k.push_back(torch::zeros({batch, max_len, cfg_.n_kv_heads, cfg_.head_dim()}, opts));
     c.v.push_back(torch::zeros({batch, max_len, cfg_.n_kv_heads, cfg_.head_dim()}, opts));
@@ -323,14 +379,14 @@ KVCache LlamaImpl::make_cache(int64_t batch, int64_t max_len) const {
 
 // ---------------------------------------------------------------- fine-tuning hooks
 
-void LlamaImpl::enable_lora(int rank, float alpha, bool mlp) {
-  for (auto& L : layers_) {
-    LoraLinear targets[] = {L->wq, L->wk, L->wv, L->wo};
-    for (auto& t : targets) t->lora_enable(rank, alpha);
-    if (mlp) {
-      LoraLinear more[] = {L->w1, L->w2, L->w3};
-      for (auto& t : more) t->lora_enable(rank, alpha);
-    }
+void LlamaImpl::enable_lora(int rank, float alpha, bool mlp, uint64_t seed) {
+  for (int l = 0; l < cfg_.n_layers; l++) {
+    LlamaLayer& L = layers_[l];
+    if (!L) continue;  // another stage's layer
+    std::string pre = "layers." + std::to_string(l) + ".";
+    std::vector<std::pair<const char*, LoraLinear>> targets = {{"wq", L->wq}, {"wk", L->wk}, {"wv", L->wv}, {"wo", L->wo}};
+    if (mlp) targets.insert(targets.end(), {{"w1", L->w1}, {"w2", L->w2}, {"w3", L->w3}});
+    for (auto& t : targets) t.second->lora_enable(rank, alpha, name_generator(seed, pre + t.first + ".lora_a"));
   }
   // lora_enable creates the tensors without grad so the init is not recorded; the
   // method's weights are always trainable.
@@ -339,20 +395,32 @@ void LlamaImpl::enable_lora(int rank, float alpha, bool mlp) {
 
 void LlamaImpl::merge_lora() {
   for (auto& L : layers_) {
+    if (!L) continue;
     LoraLinear all[] = {L->wq, L->wk, L->wv, L->wo, L->w1, L->w2, L->w3};
     for (auto& t : all) t->lora_merge();
   }
 }
 
-void LlamaImpl::enable_adapters(int bottleneck) {
+void LlamaImpl::enable_adapters(int bottleneck, uint64_t seed) {
   if (bottleneck <= 0) throw InputError("adapter bottleneck must be > 0, got " + std::to_string(bottleneck));
-  auto w = tok_embeddings->weight;
-  for (auto& L : layers_) {
+  auto w = rope_cos_;  // device and dtype of the model (all parameters share them)
+  torch::NoGradGuard ng;
+  for (int l = 0; l < cfg_.n_layers; l++) {
+    LlamaLayer& L = layers_[l];
+    if (!L) continue;
     if (L->attn_adapter) throw InputError("adapters are already enabled");
     L->attn_adapter = L->register_module("attn_adapter", BottleneckAdapter(cfg_.dim, bottleneck));
     L->ffn_adapter = L->register_module("ffn_adapter", BottleneckAdapter(cfg_.dim, bottleneck));
-    L->attn_adapter->to(w.device(), w.scalar_type());
-    L->ffn_adapter->to(w.device(), w.scalar_type());
+    // nn.Linear's default init of `down` (weight and bias uniform within 1/sqrt(fan_in)),
+    // drawn per tensor name; `up` stays zero (identity adapter).
+    double bound = 1.0 / std::sqrt(static_cast<double>(cfg_.dim));
+    std::string pre = "layers." + std::to_string(l) + ".";
+    for (const char* a : {"attn_adapter", "ffn_adapter"}) {
+      BottleneckAdapter& ad = std::string(a) == "attn_adapter" ? L->attn_adapter : L->ffn_adapter;
+      ad->down->weight.uniform_(-bound, bound, name_generator(seed, pre + a + ".down.weight"));
+      ad->down->bias.uniform_(-bound, bound, name_generator(seed, pre + a + ".down.bias"));
+      ad->to(w.device(), w.scalar_type());
+    }
   }
 }
 
@@ -387,16 +455,19 @@ void LlamaImpl::freeze_backbone(bool freeze) {
 }
 
 void LlamaImpl::init_random(uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   torch::NoGradGuard ng;
   for (auto& kv : backbone_named_parameters()) {
     const std::string& name = kv.first;
     torch::Tensor p = kv.second;
     bool is_norm = name.find("norm.") != std::string::npos;
     bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-    if (is_norm) p.fill_(1.0);
-    else if (is_bias) p.zero_();
-    else p.normal_(0.0, 0.02, gen);
+    if (is_norm) {
+      p.fill_(1.0);
+    } else if (is_bias) {
+      p.zero_();
+    } else {
+      p.normal_(0.0, 0.02, name_generator(seed, name));
+    }
   }
 }
 

@@ -70,7 +70,7 @@ class LoraLinearImpl : public torch::nn::Module {
  public:
   LoraLinearImpl(int64_t in, int64_t out, bool bias);
   torch::Tensor forward(const torch::Tensor& x);
-  void lora_enable(int rank, float alpha);  // A: kaiming-uniform, B: zero
+  void lora_enable(int rank, float alpha, at::Generator gen);  // A: kaiming-uniform from gen, B: zero
   void lora_merge();                        // W += scale * B A, drops the branch
   bool lora_enabled() const { return lora_a.defined(); }
 
@@ -113,6 +113,34 @@ class LlamaLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaLayer);
 
+// Which parts of the model a process materialises. A pipeline stage holds only its
+// layers (issue 5: a worker loads its stage's backbone layers, not the model), the
+// embedding on the first stage and the head (final norm + classifier) where the loss is
+// computed. Parameter names stay the whole model's ("layers.5.wq.weight"), so weights,
+// checkpoints and pruning address them the same way in a part as in the whole.
+struct LlamaParts {
+  int layer_begin = 0, layer_end = -1;  // backbone layers [begin, end); end -1 = all
+  bool embedding = true;                // token embedding (the lookup of the first stage)
+  bool head = true;                     // final RMSNorm + classifier (the embedding when tied)
+
+  static LlamaParts all() { return LlamaParts(); }
+  static LlamaParts layers(int begin, int end, bool embedding, bool head) {
+    LlamaParts p;
+    p.layer_begin = begin;
+    p.layer_end = end;
+    p.embedding = embedding;
+    p.head = head;
+    return p;
+  }
+  bool has_layer(const LlamaConfig& c, int l) const {
+    return l >= layer_begin && l < (layer_end < 0 ? c.n_layers : layer_end);
+  }
+  bool has_tok_embeddings(const LlamaConfig& c) const { return embedding || (head && c.tied_classifier); }
+  // Whether the backbone weight `name` (model.h naming) belongs to these parts.
+  bool has(const LlamaConfig& c, const std::string& name) const;
+  std::string describe(const LlamaConfig& c) const;  // "layers 2-4, embedding, head"
+};
+
 // Tapped activations for Parallel Adapters and the activation cache.
 struct Taps {
   std::vector<torch::Tensor> b;  // b[0] = embedding output, b[i] = output of layer i-1; n_layers+1
@@ -121,9 +149,12 @@ struct Taps {
 
 class LlamaImpl : public torch::nn::Module {
  public:
-  explicit LlamaImpl(const LlamaConfig& c);
+  // Only `parts` are materialised; using a part that is absent (a layer of another
+  // stage, the embedding on a middle stage) throws RuntimeError naming it.
+  explicit LlamaImpl(const LlamaConfig& c, const LlamaParts& parts = LlamaParts::all());
 
   const LlamaConfig& config() const { return cfg_; }
+  const LlamaParts& parts() const { return parts_; }
 
   // Full forward: tokens [B,T] int64 at positions start_pos.. -> logits [B,T,V].
   // With a cache, keys/values of these positions are stored and attention also sees
@@ -146,16 +177,20 @@ class LlamaImpl : public torch::nn::Module {
   KVCache make_cache(int64_t batch, int64_t max_len) const;
 
   // Fine-tuning hooks.
-  void enable_lora(int rank, float alpha, bool mlp);
+  // Method weights draw from a generator per tensor seeded by (seed, name), like
+  // init_random: a stage that holds layers 4-7 initialises them exactly as the whole model.
+  void enable_lora(int rank, float alpha, bool mlp, uint64_t seed = 0);
   void merge_lora();
-  void enable_adapters(int bottleneck);
+  void enable_adapters(int bottleneck, uint64_t seed = 0);
   std::vector<torch::Tensor> backbone_parameters();
   std::vector<torch::Tensor> method_parameters();
   void freeze_backbone(bool freeze = true);
   // True for names added by enable_lora / enable_adapters.
   static bool is_method_parameter(const std::string& name);
 
-  // Normal(0, 0.02) weights, ones for norms, zero biases; deterministic in the seed.
+  // Normal(0, 0.02) weights, ones for norms, zero biases. Each tensor draws from its own
+  // generator seeded by (seed, its name), so a part of the model gets exactly the values
+  // the same tensors have in the whole model: stages initialise independently and agree.
   void init_random(uint64_t seed);
 
   // Named backbone weights in the stable naming above (views of the parameters).
@@ -163,7 +198,7 @@ class LlamaImpl : public torch::nn::Module {
   // Copies `w` into the named parameter; InputError naming `source` on unknown name or shape.
   void set_weight(const std::string& name, const torch::Tensor& w, const std::string& source);
 
-  LlamaLayer layer(int i) { return layers_[i]; }
+  LlamaLayer layer(int i) { return layers_[i]; }  // null when not in parts()
 
   torch::nn::Embedding tok_embeddings{nullptr};
   RMSNorm norm{nullptr};
@@ -171,8 +206,11 @@ class LlamaImpl : public torch::nn::Module {
 
  private:
   LlamaConfig cfg_;
-  std::vector<LlamaLayer> layers_;
-  torch::nn::ModuleList layer_list_{nullptr};
+  LlamaParts parts_;
+  std::vector<LlamaLayer> layers_;  // n_layers entries, null outside parts_
+  // Holds the present layers under their global index ("layers.5"), which a ModuleList
+  // (always numbered from 0) could not do for a stage's slice.
+  std::shared_ptr<torch::nn::Module> layer_holder_;
   torch::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2], fp32, not parameters
 };
 TORCH_MODULE(Llama);

@@ -34,7 +34,8 @@ static const char* dtype_name(torch::Dtype d) {
   return nullptr;
 }
 
-static SafeTensors safetensors_parse_bytes(const char* bytes, size_t size, const std::string& file) {
+static SafeTensors safetensors_parse_bytes(const char* bytes, size_t size, const std::string& file,
+                                           const TensorFilter& want = nullptr) {
   if (size < 8) throw_input(file, "", "not a safetensors file: " + std::to_string(size) + " bytes, need at least 8");
   uint64_t n = 0;
   for (int i = 7; i >= 0; i--) n = (n << 8) | (uint8_t)bytes[i];  // little-endian
@@ -91,6 +92,10 @@ static SafeTensors safetensors_parse_bytes(const char* bytes, size_t size, const
     if (end - begin != numel * elem)
       throw_input(file, name, "data_offsets span " + std::to_string(end - begin) + " bytes but " + dt + " shape needs " +
                                   std::to_string(numel * elem));
+    if (want && !want(name)) {
+      out.skipped.insert(name);
+      continue;
+    }
     torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(found->dtype));
     if (numel > 0) std::memcpy(t.data_ptr(), data + begin, end - begin);
     out.tensors[name] = t;
@@ -102,7 +107,7 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& file)
   return safetensors_parse_bytes(bytes.data(), bytes.size(), file);
 }
 
-SafeTensors safetensors_read(const std::string& path) {
+SafeTensors safetensors_read(const std::string& path, const TensorFilter& want) {
   // mmap rather than read: a multi-GB checkpoint is then held once (in the tensors), not
   // twice (a file buffer plus the tensors).
   int fd = ::open(path.c_str(), O_RDONLY);
@@ -115,13 +120,13 @@ SafeTensors safetensors_read(const std::string& path) {
   size_t size = (size_t)st.st_size;
   if (size == 0) {
     ::close(fd);
-    return safetensors_parse_bytes("", 0, path);
+    return safetensors_parse_bytes("", 0, path, want);
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) throw RuntimeError(path + ": mmap failed (" + std::strerror(errno) + ")");
   try {
-    SafeTensors out = safetensors_parse_bytes((const char*)map, size, path);
+    SafeTensors out = safetensors_parse_bytes((const char*)map, size, path, want);
     ::munmap(map, size);
     return out;
   } catch (...) {

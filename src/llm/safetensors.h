@@ -6,7 +6,9 @@
 // validated; a bad file throws InputError naming the file, the tensor and the problem.
 // Writing goes through pac::file_write_atomic, so a failed write leaves nothing behind.
 #pragma once
+#include <functional>
 #include <map>
+#include <set>
 #include <string>
 
 #include <torch/torch.h>
@@ -16,9 +18,13 @@ namespace pac {
 struct SafeTensors {
   std::map<std::string, torch::Tensor> tensors;  // CPU, contiguous, owning their memory
   std::map<std::string, std::string> metadata;   // "__metadata__"
+  std::set<std::string> skipped;                 // valid tensors the `want` filter left out
 };
 
-SafeTensors safetensors_read(const std::string& path);
+// Tensor names for which `want` is false are validated but not copied out of the file
+// (listed in `skipped`); the file is mapped, so their bytes are never read into memory.
+using TensorFilter = std::function<bool(const std::string&)>;
+SafeTensors safetensors_read(const std::string& path, const TensorFilter& want = nullptr);
 // Parses bytes already in memory; `file` is only used in messages.
 SafeTensors safetensors_parse(const std::string& bytes, const std::string& file);
 

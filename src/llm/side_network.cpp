@@ -166,25 +166,32 @@ static torch::Tensor top_sorted(const torch::Tensor& score, int64_t n) {
 }
 
 void SideNetworkImpl::init_pruned(Llama& backbone) {
+  // The whole model holds every part asked for.
+  init_pruned_parts([&](const LlamaParts&) { return backbone; });
+}
+
+void SideNetworkImpl::init_pruned_parts(const std::function<Llama(const LlamaParts&)>& open) {
   torch::NoGradGuard ng;
-  const LlamaConfig& c = backbone->config();
+  Llama part = open(LlamaParts::layers(0, 0, true, false));
+  const LlamaConfig c = part->config();
   if (c.dim != cfg_.dim || c.n_layers != cfg_.n_layers)
     throw RuntimeError("side network: backbone shape differs from the side config");
-  std::map<std::string, torch::Tensor> w;
-  for (auto& kv : backbone->backbone_named_parameters()) w[kv.first] = kv.second.detach().to(torch::kFloat);
   auto W = [&](const std::string& name) -> torch::Tensor {
-    auto it = w.find(name);
-    if (it == w.end()) throw RuntimeError("side network pruning: backbone has no weight " + name);
-    return it->second;
+    for (auto& kv : part->backbone_named_parameters())
+      if (kv.first == name) return kv.second.detach().to(torch::kFloat);
+    throw RuntimeError("side network pruning: backbone has no weight " + name);
   };
   auto L = [](int l, const char* what) { return "layers." + std::to_string(l) + "." + what + ".weight"; };
+  auto layer_part = [&](int l) { return open(LlamaParts::layers(l, l + 1, false, false)); };
   const int64_t r = cfg_.width, d = cfg_.dim, hd = c.head_dim();
   const int group = c.n_heads / c.n_kv_heads;
 
   // Residual dimensions: L2 norm of every weight column that reads the residual stream
-  // and every row that writes it, over all layers and the embedding.
+  // and every row that writes it, over all layers and the embedding. One layer at a time:
+  // a pipeline worker holds only its own stage.
   torch::Tensor score = W("tok_embeddings.weight").pow(2).sum(0);
   for (int l = 0; l < c.n_layers; l++) {
+    part = layer_part(l);
     for (const char* m : {"wq", "wk", "wv", "w1", "w3"}) score += W(L(l, m)).pow(2).sum(0);
     for (const char* m : {"wo", "w2"}) score += W(L(l, m)).pow(2).sum(1);
   }
@@ -193,10 +200,12 @@ void SideNetworkImpl::init_pruned(Llama& backbone) {
   select.scatter_(1, S.view({r, 1}), 1.0);
   down0->weight.copy_(select);
   up->weight.copy_(select.t());
+  part = open(LlamaParts::layers(0, 0, false, true));
   norm->weight.copy_(W("norm.weight").index_select(0, S));
   gate.zero_();
 
   for (int l = 0; l < c.n_layers; l++) {
+    part = layer_part(l);
     SideBlock& blk = blocks[l];
     // Ladder inputs start closed: the pruned chain first runs on its own.
     blk->down->weight.zero_();

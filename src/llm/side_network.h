@@ -19,6 +19,7 @@
 // k = 1 this keeps everything and the side chain reproduces the backbone exactly
 // (a_i == b_i), which the tests use as a check of the pruning code.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -81,6 +82,11 @@ class SideNetworkImpl : public torch::nn::Module {
   void init_random(uint64_t seed);
   // Structured pruning of the backbone's weights (see the file comment).
   void init_pruned(Llama& backbone);
+  // The same from a backbone a process does not hold whole: `open(parts)` returns a model
+  // holding at least those parts (a pipeline worker reads them from the checkpoint or
+  // the seed one layer at a time), so memory holds one layer beyond the caller's own.
+  // The result is identical to init_pruned on the whole model.
+  void init_pruned_parts(const std::function<Llama(const LlamaParts&)>& open);
 
   // Trainable tensors under stable names ("down0.weight", "blocks.3.wq.weight",
   // "gate", ...), for saving; load_state copies them back (InputError naming `source`

@@ -101,7 +101,8 @@ static int64_t numel_sum(const std::vector<torch::Tensor>& ts) {
 Trainer::Trainer(const TrainOptions& opt, TrainSetup setup) : opt_(opt), setup_(std::move(setup)) {
   train_options_validate(opt_);
   if (opt_.threads > 0) compute_threads_set(opt_.threads);
-  // LoRA's kaiming init draws from the global generator: seed it for reproducible runs.
+  // Method weights draw from per-tensor generators of opt_.seed (model.h); the global
+  // generator is seeded too, for anything else that draws from it (dropout-free today).
   torch::manual_seed(opt_.seed);
   ensure_backbone();
   cfg_ = model_->config();
@@ -138,11 +139,11 @@ Trainer::Trainer(const TrainOptions& opt, TrainSetup setup) : opt_(opt), setup_(
     model_->freeze_backbone(false);
     params_ = model_->backbone_parameters();
   } else if (opt_.method == "lora") {
-    model_->enable_lora(opt_.lora_rank, static_cast<float>(opt_.lora_alpha), opt_.lora_mlp);
+    model_->enable_lora(opt_.lora_rank, static_cast<float>(opt_.lora_alpha), opt_.lora_mlp, opt_.seed);
     model_->freeze_backbone(true);
     params_ = model_->method_parameters();
   } else {
-    model_->enable_adapters(opt_.adapter_bottleneck);
+    model_->enable_adapters(opt_.adapter_bottleneck, opt_.seed);
     model_->freeze_backbone(true);
     params_ = model_->method_parameters();
   }
