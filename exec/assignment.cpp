@@ -1,6 +1,8 @@
 #include "exec/assignment.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "src/common/error.h"
 
@@ -35,18 +37,74 @@ RowRange share_rows(const RowRange& mb, const std::vector<double>& shares, int g
   return r;
 }
 
+// Shares as integer weights in units of 2^-20 of the stage's work. The row rule compares
+// them exactly in int64, so every device picks the same device for every row without
+// relying on floating-point ties (equal shares such as 1/3 tie exactly). 2^-20 is finer
+// than the 1e-6 the fragment's share sum is checked to. All-zero shares (not a valid
+// plan, but harmless) count as equal.
+static std::vector<int64_t> share_weights(const std::vector<double>& shares, int64_t* total) {
+  std::vector<int64_t> w(shares.size());
+  int64_t W = 0;
+  for (size_t g = 0; g < shares.size(); g++) {
+    double s = shares[g] > 0 ? shares[g] : 0;
+    w[g] = std::llround(s * (1 << 20));
+    W += w[g];
+  }
+  if (W == 0) {
+    for (int64_t& x : w) x = 1;
+    W = static_cast<int64_t>(w.size());
+  }
+  *total = W;
+  return w;
+}
+
+std::vector<int> stage_row_counts(const RowRange& rows, const std::vector<double>& shares) {
+  int G = static_cast<int>(shares.size());
+  std::vector<int> count(G, 0);
+  if (G == 0) return count;
+  int64_t W = 0;
+  std::vector<int64_t> w = share_weights(shares, &W);
+  // deficit[g] = w_g * (r + 1) - W * (rows given to g so far) = W * (s_g * (r + 1) - count_g):
+  // how far g lags behind its share after row r. Row r goes to the largest deficit,
+  // lowest g on ties (smooth weighted round-robin). The walk starts at row 0 of the
+  // mini-batch whatever `rows` is, so micro-batch m continues where m - 1 stopped.
+  std::vector<int64_t> deficit(G, 0);
+  for (int r = 0; r < rows.end; r++) {
+    int best = 0;
+    for (int g = 0; g < G; g++) {
+      deficit[g] += w[g];
+      if (deficit[g] > deficit[best]) best = g;
+    }
+    deficit[best] -= W;
+    if (r >= rows.begin) count[best]++;
+  }
+  return count;
+}
+
+std::vector<RowRange> stage_split(const RowRange& mb, const std::vector<double>& shares) {
+  std::vector<int> count = stage_row_counts(mb, shares);
+  std::vector<RowRange> out(count.size());
+  int next = mb.begin;
+  for (size_t g = 0; g < count.size(); g++) {
+    out[g].begin = next;
+    next += count[g];
+    out[g].end = next;
+  }
+  return out;
+}
+
 RowRange assignment_rows(const Assignment& a, int n, int m) {
-  return share_rows(micro_batch_rows(n, a.micro_batches, m), a.my_stage().shares, a.group_rank);
+  return stage_split(micro_batch_rows(n, a.micro_batches, m), a.my_stage().shares)[a.group_rank];
 }
 
 static std::vector<PeerRows> neighbour_rows(const Assignment& a, int n, int m, int other_stage) {
   std::vector<PeerRows> out;
   if (other_stage < 0 || other_stage >= static_cast<int>(a.stages.size())) return out;
   RowRange mine = assignment_rows(a, n, m);
-  RowRange mb = micro_batch_rows(n, a.micro_batches, m);
   const StageInfo& st = a.stages[other_stage];
+  std::vector<RowRange> split = stage_split(micro_batch_rows(n, a.micro_batches, m), st.shares);
   for (int h = 0; h < static_cast<int>(st.devices.size()); h++) {
-    RowRange theirs = share_rows(mb, st.shares, h);
+    const RowRange& theirs = split[h];
     RowRange both{std::max(mine.begin, theirs.begin), std::min(mine.end, theirs.end)};
     if (both.size() == 0) continue;
     PeerRows p;

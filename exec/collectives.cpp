@@ -22,6 +22,11 @@ struct CollectiveGroup::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
 };
 
+double allreduce_ring_bytes_sent(int size, double bytes) {
+  if (size <= 1) return 0;
+  return 2.0 * (size - 1) / size * bytes;
+}
+
 CollectiveStore CollectiveStore::in_process() {
   CollectiveStore s;
   s.impl = std::make_shared<Impl>();

@@ -42,6 +42,14 @@ class CollectiveStore {
   std::shared_ptr<Impl> impl;
 };
 
+// Bytes one rank of a `size`-rank all-reduce of `bytes` per rank sends, all of them to
+// its ring successor (rank + 1) % size: Gloo's default ring algorithm is a
+// reduce-scatter then an all-gather, size - 1 steps each of bytes / size, so
+// 2 (size - 1) / size x bytes (0 for one rank). The simulator's all-reduce task
+// (sim/engine.cpp) moves the same volume over the same pairs. Runtimes report it as
+// link bytes so that data-parallel runs do not show 0 bytes sent.
+double allreduce_ring_bytes_sent(int size, double bytes);
+
 class CollectiveGroup {
  public:
   // Joins group `name` (a prefix in the store, so several groups share one store) as

@@ -124,9 +124,15 @@ void stage_send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint3
   stats->bytes_to[to.id] += static_cast<double>(bytes);
 }
 
-void grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor>& params,
-                         const CollectiveOptions& opt) {
-  if (params.empty()) return;
+void LinkStats::add_allreduce(const std::vector<std::string>& ring_ids, int rank, double bytes) {
+  int size = static_cast<int>(ring_ids.size());
+  double sent = allreduce_ring_bytes_sent(size, bytes);
+  if (sent > 0) bytes_to[ring_ids[(rank + 1) % size]] += sent;
+}
+
+double grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor>& params,
+                           const CollectiveOptions& opt) {
+  if (params.empty()) return 0;
   std::vector<torch::Tensor> grads;
   for (torch::Tensor p : params) {
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
@@ -140,6 +146,7 @@ void grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor
     p.mutable_grad().copy_(flat.narrow(0, off, k).view_as(p));
     off += k;
   }
+  return static_cast<double>(flat.nbytes());
 }
 
 }  // namespace pac

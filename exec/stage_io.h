@@ -77,6 +77,9 @@ struct LinkStats {
     send_s = 0;
     bytes_to.clear();
   }
+  // An all-reduce of `bytes` per rank over the group whose ranks are `ring_ids` (rank
+  // order), seen from rank `rank`: allreduce_ring_bytes_sent to its ring successor.
+  void add_allreduce(const std::vector<std::string>& ring_ids, int rank, double bytes);
 };
 
 // Sends rows `to.rows` of `t` (which holds rows `mine` of the mini-batch) to `to`.
@@ -85,8 +88,8 @@ void stage_send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint3
 
 // Sums the gradients of `params` over `group` in ONE flat all-reduce (per-call latency,
 // not bytes, dominates small gradients) and writes the sums back; an undefined grad
-// counts as zeros.
-void grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor>& params,
+// counts as zeros. Returns the flat tensor's bytes (0 when there was nothing to sum).
+double grads_allreduce_sum(CollectiveGroup& group, const std::vector<torch::Tensor>& params,
                          const CollectiveOptions& opt);
 
 }  // namespace pac

@@ -270,7 +270,7 @@ void TrainExecutor::allreduce(uint32_t step) {
     std::vector<torch::Tensor> grads;
     for (auto& kv : params_)
       if (!kv.second.is_same(tied_)) grads.push_back(kv.second);
-    grads_allreduce_sum(*group_, grads, opt);
+    links_.add_allreduce(a_.my_stage().device_ids, a_.group_rank, grads_allreduce_sum(*group_, grads, opt));
   }
   if (tied_.defined()) {
     opt.tag = "tied embedding grads step " + std::to_string(step);
@@ -283,7 +283,10 @@ void TrainExecutor::allreduce(uint32_t step) {
                                                    rank == 0, size, timeout_);
       tie_ = std::make_unique<CollectiveGroup>(store, "train-tie", rank, size, opt, my_host_);
     }
-    grads_allreduce_sum(*tie_, {tied_}, opt);
+    // Tie ranks: the first stage's devices, then the last stage's (as `rank` above).
+    std::vector<std::string> ring = a_.stages.front().device_ids;
+    for (const std::string& id : a_.stages.back().device_ids) ring.push_back(id);
+    links_.add_allreduce(ring, rank, grads_allreduce_sum(*tie_, {tied_}, opt));
   }
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 
 #include "exec/pac_driver.h"
 #include "exec/train_driver.h"
@@ -80,6 +81,39 @@ static std::unique_ptr<Trainer> reference(const Case& c, const std::vector<Examp
   return tr;
 }
 
+// The bytes device `a` reports sending to each device in one step, computed from the
+// assignment alone (not the executor's counters). Per micro-batch, every row slice it
+// sends is rows x T x dim f32: activations to the next stage, gradients back to the
+// previous one. Per all-reduce over G ranks of b gradient bytes, the closed form of a
+// ring all-reduce (reduce-scatter + all-gather, G-1 steps of b/G each): 2 (G-1)/G x b to
+// its ring successor, rank + 1 mod G. The stage group sums the stage's trainable
+// tensors except a tied embedding; that one (V x d) is summed over the tie group: the
+// first stage's devices, then the last stage's.
+static std::map<std::string, double> expected_bytes_to(const Assignment& a, int n, const LlamaConfig& cfg,
+                                                      int64_t trainable, bool tie) {
+  std::map<std::string, double> out;
+  double row_bytes = 4.0 * kSeq * cfg.dim;
+  for (int m = 0; m < a.micro_batches; m++) {
+    for (const PeerRows& p : assignment_down_peers(a, n, m)) out[p.id] += p.rows.size() * row_bytes;
+    for (const PeerRows& p : assignment_up_peers(a, n, m)) out[p.id] += p.rows.size() * row_bytes;
+  }
+  int64_t vd = int64_t(cfg.vocab_size) * cfg.dim;
+  bool holds_tie = tie && (a.has_embedding() || a.has_head());
+  int G = a.group_size();
+  double group_bytes = 4.0 * (trainable - (holds_tie ? vd : 0));
+  if (G > 1 && group_bytes > 0)
+    out[a.my_stage().device_ids[(a.group_rank + 1) % G]] += 2.0 * (G - 1) / G * group_bytes;
+  if (holds_tie) {
+    std::vector<std::string> ring = a.stages.front().device_ids;
+    for (const std::string& id : a.stages.back().device_ids) ring.push_back(id);
+    int first = static_cast<int>(a.stages.front().devices.size());
+    int rank = a.has_embedding() ? a.group_rank : first + a.group_rank;
+    int T = static_cast<int>(ring.size());
+    out[ring[(rank + 1) % T]] += 2.0 * (T - 1) / T * 4.0 * vd;
+  }
+  return out;
+}
+
 // One shape: train on the workers and compare with the Trainer (EXPECTs name the case).
 static void run_case(const Case& c) {
   at::set_num_threads(1);
@@ -125,6 +159,17 @@ static void run_case(const Case& c) {
     PacStepResult r = pac_train_step(coord, as, s, lr_of(c.method), step_batch(ex, s), Millis(30000));
     // The slices' loss parts add up to the trainer's masked-mean loss.
     EXPECT_NEAR(r.loss, ref_loss[s], 1e-4 * std::fabs(ref_loss[s])) << c.name << " step " << s;
+    // Bytes sent per device: the row slices plus the all-reduces' ring volume (for eddl_2,
+    // pure data parallelism, that is all there is: 2 (2-1)/2 x 4 x trainable to the other
+    // device, where the all-reduce used to count 0).
+    for (size_t i = 0; i < r.results.size(); i++) {
+      int w = r.workers[i];
+      std::map<std::string, double> want = expected_bytes_to(as[w], kBatch, cfg, acks[w]["trainable_params"].get<int64_t>(), tie_copy);
+      std::map<std::string, double> got;
+      for (auto& kv : r.results[i]["bytes_to"].items()) got[kv.key()] = kv.value().get<double>();
+      EXPECT_EQ(got, want) << c.name << " step " << s << " device " << as[w].device_id << ": "
+                           << r.results[i]["bytes_to"].dump();
+    }
   }
   std::vector<std::string> parts = pac_save_parts(coord, as, dir, Millis(20000));
   coord.shutdown(false);
