@@ -68,7 +68,7 @@ class PacExecutor : public StageExecutor {
   void send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint32_t step, int m, const RowRange& mine,
                  const torch::Tensor& t);
   void group_allreduce(uint32_t step);
-  void grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt);
+  void grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt, const std::vector<std::string>& ring_ids, int rank);
 
   // Guards the inbox only; everything else is touched by run_step's thread alone.
   std::mutex mu_;
@@ -112,6 +112,7 @@ class PacExecutor : public StageExecutor {
   // Phase 2 (after the switch): the whole side network, data parallel from dp/.
   bool dp_ = false;
   int dp_rank_ = -1, dp_size_ = 0;
+  std::vector<std::string> dp_ids_;  // the data-parallel ring in rank order
   std::map<int64_t, int> owner_;  // sample id -> DP rank that holds its record
   std::string dp_store_host_;
   int dp_store_port_ = 0;
@@ -440,11 +441,16 @@ void PacExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
   micro_.erase(m);
 }
 
-// Sums the trainable tensors' gradients over `g` in place (one flat all-reduce).
-void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt) {
+// Sums the trainable tensors' gradients over `g` in place (one flat all-reduce) and
+// counts the ring's bytes to this rank's successor in `ring_ids` (rank order).
+void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt,
+                                  const std::vector<std::string>& ring_ids, int rank) {
   std::vector<torch::Tensor> ps;
   for (auto& kv : params_) ps.push_back(kv.second);
-  grads_allreduce_sum(g, ps, opt);
+  double bytes = grads_allreduce_sum(g, ps, opt);
+  LinkStats ring;
+  ring.add_allreduce(ring_ids, rank, bytes);
+  for (auto& kv : ring.bytes_to) bytes_to_[kv.first] += kv.second;
 }
 
 void PacExecutor::group_allreduce(uint32_t step) {
@@ -462,7 +468,7 @@ void PacExecutor::group_allreduce(uint32_t step) {
                                                a_.group_size(), opt, bind_host_);
   }
   double w0 = wall_clock_us();
-  grads_allreduce(*group_, opt);
+  grads_allreduce(*group_, opt, a_.my_stage().device_ids, a_.group_rank);
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   trace_add("collective", "allreduce stage " + std::to_string(a_.stage), w0, wall_clock_us());
 }
@@ -782,6 +788,8 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   dp_ = rank >= 0;
   dp_rank_ = rank;
   dp_size_ = static_cast<int>(dps.size());
+  dp_ids_.clear();
+  for (auto& d : dps) dp_ids_.push_back(d.first);
   dp_group_.reset();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json bytes = json::object();
@@ -848,7 +856,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
       dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
     }
     double w0 = wall_clock_us();
-    grads_allreduce(*dp_group_, opt);
+    grads_allreduce(*dp_group_, opt, dp_ids_, dp_rank_);
     trace_add("collective", "allreduce dp", w0, wall_clock_us());
     allreduce_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
   }
@@ -860,7 +868,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
           {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", json::object()}, {"rss_peak_bytes", rss_peak_bytes()},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes_to_}, {"rss_peak_bytes", rss_peak_bytes()},
           {"events", events_}};
 }
 

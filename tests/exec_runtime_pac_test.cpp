@@ -223,6 +223,8 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
   std::vector<const Example*> all;
   for (auto& e : ex) all.push_back(&e);
   SwitchResult sw = pac_switch(c, as1, as2, all, holders, Millis(30000));
+  int64_t side_params = 0;
+  for (auto& kv : ref) side_params += kv.second.numel();
   int written = 0;
   for (auto& j : sw.results) written += j.value("records_written", 0);
   EXPECT_EQ(written, static_cast<int>(ex.size())) << "every sample lands in exactly one phase-2 cache";
@@ -233,6 +235,16 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
       EXPECT_NEAR(r.loss, ref_loss[li], 1e-5 * std::fabs(ref_loss[li])) << shape.name << " step " << li;
       // Phase 2 runs on the data-parallel devices only, and none of them runs a backbone.
       EXPECT_EQ(r.results.size(), shape.dp_devices.size());
+      // Its only traffic is one all-reduce of the whole side network's f32 gradients:
+      // ring volume 2 (G-1)/G x 4 x params to the ring successor (rank + 1 mod G).
+      for (size_t i = 0; i < r.results.size(); i++) {
+        const Assignment& a = as2[r.workers[i]];
+        int G = a.group_size();
+        std::map<std::string, double> want, got;
+        if (G > 1) want[a.my_stage().device_ids[(a.group_rank + 1) % G]] = 2.0 * (G - 1) / G * 4.0 * side_params;
+        for (auto& kv : r.results[i]["bytes_to"].items()) got[kv.key()] = kv.value().get<double>();
+        EXPECT_EQ(got, want) << shape.name << " step " << li << " device " << a.device_id;
+      }
       li++;
     }
   std::map<std::string, torch::Tensor> got;
