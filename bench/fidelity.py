@@ -118,8 +118,10 @@ def quota_mismatches(scen_file, scen, profiles_dir):
 
 
 def write_train_data(path, samples, source):
-    """`samples` paragraphs (cycling through `source`), so pac-run's epoch has exactly the
-    scenario's sample count (it runs with --eval-fraction 0)."""
+    """`samples` paragraphs (cycling through `source`). A paragraph longer than seq_len+1
+    tokens becomes several examples, so pac-run also gets `--samples 0`: it trains on the
+    first data.samples examples, exactly the epoch the plan and the simulator price
+    (before that flag, runs trained on ~2x the simulated data)."""
     paras = [p.strip() for p in open(source).read().split("\n\n") if p.strip()]
     if not paras:
         raise SystemExit("fidelity: %s has no paragraphs" % source)
@@ -174,7 +176,7 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
         write_train_data(data, scen["data"]["samples"], a.data)
     report = os.path.join(d, "run.json")
     cmd = [os.path.join(bin_dir, "pac-run"), plan, "--" + a.run_mode, "--tokenizer", a.tokenizer, "--data", data,
-           "--eval-fraction", "0", "--report", report, "--quiet"]
+           "--eval-fraction", "0", "--samples", "0", "--report", report, "--quiet"]
     model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]  # inline or a name
     if model in a.model_map:
         cmd += ["--model", a.model_map[model]]

@@ -129,7 +129,7 @@ def one_row(a, scen, strategy, method, data_file):
     report = os.path.join(d, "run.json")
     trace = os.path.join(d, "run.trace.json")
     cmd = [os.path.join(a.bin_dir, "pac-run"), plan, "--testbed", "--tokenizer", a.tokenizer, "--data", data_file,
-           "--eval-fraction", "0", "--model", a.model, "--report", report, "--quiet",
+           "--eval-fraction", "0", "--samples", "0", "--model", a.model, "--report", report, "--quiet",
            "--timeout-s", str(a.wait_timeout)]
     # pac-run --trace works on the pac-pipeline executor only: the pipeline-train executor
     # (full/lora/adapters) refuses the step's "trace" field ($.trace: unknown field), so

@@ -170,7 +170,7 @@ int run(int argc, char** argv) {
   CLI::App app{"pac-run: fine-tune with Parallel Adapters across the plan's devices"};
   std::string plan_file, model, tokenizer, data, out, report, key_file, worker_exe, side_init = "random", cache_dir, eval_data, trace_file;
   bool local = false, quiet = false, testbed = false;
-  int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0, warmup = 0;
+  int epochs = 0, batch = 0, seq_len = 0, k = 0, threads = 1, max_steps = 0, warmup = 0, samples = -1;
   std::string lr_schedule = "constant";
   double lr = 1e-3, wd = 0, timeout_s = 60, eval_fraction = 0.1;
   uint64_t seed = 42;
@@ -183,6 +183,9 @@ int run(int argc, char** argv) {
   app.add_option("--data", data, "training data: text (one sample per paragraph) or .jsonl")->required();
   app.add_option("--eval-fraction", eval_fraction, "held out of --data (when no --eval-data)")->capture_default_str();
   app.add_option("--eval-data", eval_data, "held-out data file (default: --eval-fraction of --data)");
+  app.add_option("--samples", samples,
+                 "train on the first N examples of --data per epoch (0 = the plan's data.samples; default: all). "
+                 "A paragraph longer than seq_len+1 tokens makes several examples");
   app.add_option("--epochs", epochs, "default: the plan's epochs");
   app.add_option("--batch-size", batch, "default: the plan's mini-batch");
   app.add_option("--seq-len", seq_len, "default: the plan's sequence length");
@@ -234,6 +237,20 @@ int run(int argc, char** argv) {
   dopt.eos_id = tok->eos_id();
   std::vector<Example> train, heldout;
   data_prepare(data, eval_data, eval_fraction, *tok, dopt, seed, &train, &heldout);
+  if (samples == 0) samples = static_cast<int>(sc.data.samples);
+  if (samples > 0) {
+    if (static_cast<int>(train.size()) < samples)
+      throw InputError("--samples " + std::to_string(samples) + ": " + data + " gives only " +
+                       std::to_string(train.size()) + " training examples of " + std::to_string(seq_len) + " tokens");
+    train.resize(samples);
+  }
+  // The plan (and pac-sim) price an epoch of the scenario's data.samples: say so when this
+  // run's epoch is a different size, or measured and simulated epochs are compared wrongly.
+  if (static_cast<int64_t>(train.size()) != sc.data.samples)
+    std::fprintf(stderr,
+                 "pac-run: note: training on %zu examples per epoch, the plan was made for %lld (%s: $.data.samples); "
+                 "epoch times are not comparable with the plan's (use --samples 0 to train on the plan's count)\n",
+                 train.size(), static_cast<long long>(sc.data.samples), sc.file.c_str());
   double eval_before = -1;
   if (!out.empty() && !heldout.empty()) {
     // The backbone alone (what the side network starts from: its gate is 0).
@@ -442,7 +459,7 @@ int run(int argc, char** argv) {
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
                 {"switch_s", switch_s},
                 {"plan_file", std::filesystem::absolute(plan_file).string()},
-                {"run", {{"epochs", epochs}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
+                {"run", {{"epochs", epochs}, {"samples", train.size()}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
                          {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed}}},
                 {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},
                 {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},

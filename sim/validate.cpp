@@ -61,7 +61,7 @@ static ReportView report_view(const JsonIn& r, const Plan& plan, const std::stri
   // The run's own settings (pac-run's --epochs, --batch-size, ... may override the
   // plan's): a run that did not follow the plan cannot be compared with its simulation.
   if (std::optional<JsonIn> run = r.find("run")) {
-    run->check_keys({"epochs", "mini_batch", "seq_len", "reduction_k", "max_steps", "threads", "testbed"});
+    run->check_keys({"epochs", "samples", "mini_batch", "seq_len", "reduction_k", "max_steps", "threads", "testbed"});
     auto same = [&](const char* key, int64_t planned) {
       if (!run->has(key)) return;
       int64_t v = run->integer(key, 0);
@@ -70,6 +70,9 @@ static ReportView report_view(const JsonIn& r, const Plan& plan, const std::stri
                               std::to_string(planned) + ": re-plan with the run's settings to compare");
     };
     same("epochs", sc.epochs);
+    // Examples per epoch: a text paragraph longer than seq_len+1 tokens becomes several
+    // examples, so a run can silently train on more than the scenario's samples.
+    same("samples", sc.data.samples);
     same("mini_batch", sc.data.mini_batch);
     same("seq_len", sc.data.seq_len);
     same("reduction_k", sc.method.reduction_k);

@@ -168,8 +168,14 @@ TEST(SimValidate, BadMeasuredReportsNameTheField) {
   EXPECT_NE(e.find("$.run.epochs"), std::string::npos) << e;
   e = msg([](json& m) { m["run"] = {{"epochs", 2}, {"max_steps", 3}}; });
   EXPECT_NE(e.find("$.run.max_steps"), std::string::npos) << e;
+  // 128 examples per epoch (long paragraphs cut in two) against the plan's 64 samples.
+  e = msg([](json& m) { m["run"] = {{"epochs", 2}, {"samples", 128}}; });
+  EXPECT_NE(e.find("$.run.samples"), std::string::npos) << e;
+  EXPECT_NE(e.find("the run used 128"), std::string::npos) << e;
   // Settings that match the plan are accepted.
-  EXPECT_EQ(msg([](json& m) { m["run"] = {{"epochs", 2}, {"mini_batch", 8}, {"seq_len", 128}, {"max_steps", 0}}; }),
+  EXPECT_EQ(msg([](json& m) {
+              m["run"] = {{"epochs", 2}, {"samples", 64}, {"mini_batch", 8}, {"seq_len", 128}, {"max_steps", 0}};
+            }),
             "");
 }
 
