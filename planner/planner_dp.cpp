@@ -36,15 +36,24 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
 double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes) {
   int g = (int)group.size();
   if (g <= 1 || bytes <= 0) return 0;
-  double bw = kInf, lat = 0;
-  for (int d : group) {
-    bw = std::min(bw, c.dev_bw_bps[d]);
-    lat = std::max(lat, c.dev_lat_s[d]);
-  }
   double per_device = 2.0 * (g - 1) / g * bytes * 8;
   // On a shared medium all g devices transmit their part over the one channel.
-  double t = c.shared_medium ? per_device * g / c.medium_bps : per_device / bw;
-  return t + 2.0 * (g - 1) * lat;
+  if (c.shared_medium) {
+    double lat = 0;
+    for (int d : group) lat = std::max(lat, c.dev_lat_s[d]);
+    return per_device * g / c.medium_bps + 2.0 * (g - 1) * lat;
+  }
+  // A ring: each device sends to the next in the group's order over that pair's link, so
+  // the slowest ring edge paces every step. Per pair, not per device: a scenario's
+  // `links` can make one device's links slow (all of them pass through it) while the
+  // others' stay fast, which is what the simulator and the runtime's Gloo ring see.
+  double step = 0, lat = 0;
+  for (int i = 0; i < g; i++) {
+    int a = group[i], b = group[(i + 1) % g];
+    step = std::max(step, per_device / link_bandwidth_bps(*c.s, a, b));
+    lat = std::max(lat, link_latency_s(*c.s, a, b));
+  }
+  return step + 2.0 * (g - 1) * lat;
 }
 
 // Per-sample compute seconds of layers [x, y) on device d (forward + backward).

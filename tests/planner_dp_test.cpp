@@ -219,6 +219,20 @@ TEST(PlannerDp, DataParallelIterationMatchesClosedForm) {
   EXPECT_NEAR(p.predicted.epoch_s[0], iters * (compute + ar + opt), 1e-9 * p.predicted.epoch_s[0]);
 }
 
+TEST(PlannerDp, RingAllReduceIsPacedByItsSlowestPairLink) {
+  // bench/testbed-compare: a 1000 Mbit/s switch whose `links` make every pair with w0
+  // 100 Mbit/s, w1-w2 and w1-w3 500, w2-w3 1000. A ring all-reduce of b bytes over g
+  // devices sends 2(g-1)/g * b * 8 bits over every ring edge, paced by the slowest edge,
+  // plus 2(g-1) latencies. Ring w1 w2 w3: slowest edge 500 Mbit/s. With w0: 100 Mbit/s
+  // (a per-device NIC rate, 1000 here, would miss both).
+  Scenario s = scenario_load(kSrc + "/bench/testbed-compare/scenario.json", kSrc + "/profiles");
+  PlanCtx c = plan_ctx_make(s, s.method);
+  const double b = 1e6, lat = link_latency_s(s, 0, 1);
+  EXPECT_NEAR(allreduce_s(c, {1, 2, 3}, b), 2.0 * 2 / 3 * b * 8 / 500e6 + 4 * lat, 1e-12);
+  EXPECT_NEAR(allreduce_s(c, {0, 1, 2, 3}, b), 2.0 * 3 / 4 * b * 8 / 100e6 + 6 * lat, 1e-12);
+  EXPECT_NEAR(allreduce_s(c, {2, 3}, b), 1.0 * b * 8 / 1000e6 + 2 * lat, 1e-12);
+}
+
 TEST(PlannerDp, PaperOutOfMemoryPattern) {
   auto feasible = [&](const char* scen, const char* strategy, const char* method) {
     Scenario s = scenario_load(kSrc + "/scenarios/" + scen + ".json", kSrc + "/profiles");
