@@ -429,7 +429,8 @@ def main():
                     "scenario model that is not a preset (llama-d512-l8)")
     ap.add_argument("--run-args", default="", help="extra pac-run arguments (split on spaces)")
     ap.add_argument("--max-error", type=float, default=None, help="exit 3 when a measured row's epoch-time MAPE "
-                    "exceeds PCT (the CI fidelity gate; rows without a measurement do not fail it)")
+                    "exceeds PCT or a run failed (the CI fidelity gate; rows skipped for a missing capability "
+                    "- no root, no namespaces, no tokenizer - do not fail it)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
     ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
     a = ap.parse_args()
@@ -452,6 +453,8 @@ def main():
         return 2
     strategies = [s for s in a.strategies.split(",") if s]
     run_reason = "--no-run" if a.no_run else run_capability(a.bin_dir, a.timeout, a.run_mode)
+    if not run_reason and not os.path.exists(a.tokenizer):
+        run_reason = "tokenizer %s absent (set PAC_MODEL_DIR or --tokenizer)" % a.tokenizer
     a.run_has_trace = False
     if not run_reason:
         rc, out, _ = run_cmd([os.path.join(a.bin_dir, "pac-run"), "--help"], a.timeout)
@@ -505,7 +508,13 @@ def main():
         for r in over:
             print("FAIL: %s / %s: epoch time MAPE %.1f%% exceeds --max-error %g%%" % (
                 r["scenario"], r["strategy"], r["epoch_mape_pct"], a.max_error))
-        if over:
+        # A run that broke (not one skipped for a missing capability) is a failure too:
+        # otherwise a crashing runtime would pass the gate by measuring nothing.
+        broken = [r for r in rows if r["status"] != "ok" or (r["measured"] or "").startswith(("failed", "validate failed"))]
+        for r in broken:
+            print("FAIL: %s / %s: %s" % (r["scenario"], r["strategy"],
+                                          r["measured"] if r["status"] == "ok" else r["status"]))
+        if over or broken:
             return 3
     return 0
 

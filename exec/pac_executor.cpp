@@ -791,6 +791,18 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   dp_ids_.clear();
   for (auto& d : dps) dp_ids_.push_back(d.first);
   dp_group_.reset();
+  // 6. Join the data-parallel group now, as part of the switch that prepares phase 2
+  //    (every data-parallel device is here at the same time), instead of in the first
+  //    phase-2 step, where the store connect and Gloo's pair setup (~1 s on the testbed)
+  //    would look like a slow training step.
+  if (dp_ && dp_size_ > 1) {
+    CollectiveOptions opt;
+    opt.timeout = timeout_;
+    opt.tag = "data-parallel group join at the switch";
+    CollectiveStore store = CollectiveStore::tcp(dp_store_host_, static_cast<uint16_t>(dp_store_port_), dp_rank_ == 0,
+                                                 dp_size_, timeout_);
+    dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
+  }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json bytes = json::object();
   for (auto& kv : bytes_to_) bytes[kv.first] = kv.second;

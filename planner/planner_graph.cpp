@@ -76,8 +76,18 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
   std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
   double net = 0, disk = 0, total_in = 0, lat = 0, last_chunk = 0;
   for (int d = 0; d < c.n; d++) total_in += f.in[d];
+  // Each device sends its pairs one after another and receives likewise, each pair at
+  // that pair's link rate (the scenario's `links` override, else switch and NICs).
+  std::vector<double> send_t(c.n, 0), recv_t(c.n, 0);
+  for (int d = 0; d < c.n; d++)
+    for (int e = 0; e < c.n; e++) {
+      if (d == e || pair[d][e] <= 0) continue;
+      double t = pair[d][e] * 8 / link_bandwidth_bps(*c.s, d, e);
+      send_t[d] += t;
+      recv_t[e] += t;
+    }
   for (int d = 0; d < c.n; d++) {
-    net = std::max(net, std::max(f.in[d], f.out[d]) * 8 / c.dev_bw_bps[d]);
+    net = std::max(net, std::max(send_t[d], recv_t[d]));
     disk = std::max(disk, f.in[d] / c.s->devices[d].profile.storage_write_bytes_per_s);
     lat = std::max(lat, c.dev_lat_s[d]);
     for (int e = 0; e < c.n; e++) {
