@@ -10,6 +10,7 @@ start=$(date +%s)
 ci_timed "dependencies" bash scripts/setup-deps.sh
 ci_timed "build" bash scripts/build.sh
 build=${BUILD_DIR:-build}
+build_abs=$(cd "$build" && pwd)
 export PAC_MODEL_DIR=${PAC_MODEL_DIR:-$(cd .. && pwd)/shared/models}
 cd "$build"
 jobs=${PAC_TEST_JOBS:-2}
@@ -25,6 +26,16 @@ part() {  # part <name> <command...>: run it timed; remember the first failure
 }
 part "planner quality gate" ctest --output-on-failure --timeout 900 -R '^PlannerQuality'
 part "fidelity harness (simulated side)" ctest --output-on-failure --timeout 900 -R '^SimFidelity'
+# Measured fidelity: one small scenario (PAC's pipeline over 2 emulated devices of 0.5 and
+# 1 core on a 100 Mbit/s switch, d512, 32 samples, 2 epochs; ~15 s) planned, simulated and
+# run on the testbed; fails when the epoch-time MAPE exceeds 20% or the run breaks. Without root / namespaces / the tokenizer the row
+# is skipped with the reason (docs/fidelity.md, "CI gate").
+fid_work=$(mktemp -d /tmp/pac-ci-fidelity.XXXXXX)
+part "fidelity gate (measured on the testbed, <= 20%)" python3 ../bench/fidelity.py --build-dir "$build_abs" \
+  --scenarios ../bench/fidelity/fid-d512-050-100-switched100-nocache.json --strategies pac --max-error 20 \
+  --work "$fid_work/work" --out "$fid_work/fidelity.json" --table "$fid_work/fidelity.md" --plot "" \
+  --trace-dir "$fid_work"
+rm -rf "$fid_work"
 part "unit and integration tests" ctest --output-on-failure -j "$jobs" --timeout 900 -E "$gates"
 echo "[ci] total: $(( $(date +%s) - start )) s" >&2
 exit "$rc"
