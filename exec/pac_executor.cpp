@@ -137,8 +137,8 @@ class PacExecutor : public StageExecutor {
   void trace_add(const char* cat, const std::string& name, double t0_us, double t1_us, const std::string& peer = "");
   // Per step, for the run report: seconds waiting for slices, sending, all-reducing,
   // and bytes sent to each device.
-  double wait_s_ = 0, send_s_ = 0, allreduce_s_ = 0;
-  std::map<std::string, double> bytes_to_;
+  double wait_s_ = 0, allreduce_s_ = 0;
+  LinkStats links_;  // seconds sending and bytes to each device (sends and ring volume)
 };
 
 json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
@@ -325,19 +325,8 @@ torch::Tensor PacExecutor::gather(MsgType type, uint32_t step, int m, const std:
 
 void PacExecutor::send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint32_t step, int m,
                             const RowRange& mine, const torch::Tensor& t) {
-  torch::Tensor part = t.narrow(0, to.rows.begin - mine.begin, to.rows.size()).contiguous();
-  TensorHeader h;
-  h.dtype = TensorDtype::F32;
-  h.micro_batch = static_cast<uint32_t>(m);
-  h.stage = static_cast<uint32_t>(a_.stage);
-  h.tag = step;
-  h.dims = part.sizes().vec();
-  size_t bytes = static_cast<size_t>(part.numel()) * sizeof(float);
-  auto t0 = std::chrono::steady_clock::now();
   double w0 = wall_clock_us();
-  ctx.peer(to.id, to.address).send_tensor(type, h, part.data_ptr<float>(), bytes);
-  send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  bytes_to_[to.id] += static_cast<double>(bytes);
+  stage_send_rows(ctx, to, type, step, m, a_.stage, mine, t, &links_);
   trace_add("send", std::string(msg_type_name(type)) + " mb" + std::to_string(m), w0, wall_clock_us(), to.id);
 }
 
@@ -447,10 +436,7 @@ void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& o
                                   const std::vector<std::string>& ring_ids, int rank) {
   std::vector<torch::Tensor> ps;
   for (auto& kv : params_) ps.push_back(kv.second);
-  double bytes = grads_allreduce_sum(g, ps, opt);
-  LinkStats ring;
-  ring.add_allreduce(ring_ids, rank, bytes);
-  for (auto& kv : ring.bytes_to) bytes_to_[kv.first] += kv.second;
+  links_.add_allreduce(ring_ids, rank, grads_allreduce_sum(g, ps, opt));
 }
 
 void PacExecutor::group_allreduce(uint32_t step) {
@@ -512,8 +498,8 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   if (dp_) return dp_train_step(step, targets, mask, n_tokens);
   optim_->zero_grad();
   loss_part_ = 0;
-  wait_s_ = send_s_ = allreduce_s_ = 0;
-  bytes_to_.clear();
+  wait_s_ = allreduce_s_ = 0;
+  links_.clear();
   micro_.clear();
   new_cached_.clear();
   auto t0 = std::chrono::steady_clock::now();
@@ -532,12 +518,12 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Compute = the step minus its waits, sends and all-reduce (the rest is this
   // device's own forward/backward/optimizer work).
-  double compute = std::max(0.0, secs - wait_s_ - send_s_ - allreduce_s_);
+  double compute = std::max(0.0, secs - wait_s_ - links_.send_s - allreduce_s_);
   json bytes = json::object();
-  for (auto& kv : bytes_to_) bytes[kv.first] = kv.second;
+  for (auto& kv : links_.bytes_to) bytes[kv.first] = kv.second;
   return {{"device", ctx.device_id()}, {"stage", a_.stage},       {"step", step},
           {"loss_part", loss_part_},   {"loss_tokens", n_tokens}, {"seconds", secs},
-          {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", send_s_},
+          {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", links_.send_s},
           {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()},
           {"cached", new_cached_}, {"events", events_}};
 }
@@ -582,8 +568,8 @@ void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, cons
   auto t0 = std::chrono::steady_clock::now();
   double w0 = wall_clock_us();
   ctx.peer(id, address).send_tensor(type, h, c.data_ptr<float>(), bytes, flags);
-  send_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  bytes_to_[id] += static_cast<double>(bytes);
+  links_.send_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  links_.bytes_to[id] += static_cast<double>(bytes);
   trace_add("send", std::string("switch ") + msg_type_name(type), w0, wall_clock_us(), id);
 }
 
@@ -597,8 +583,8 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   trace_ = s.boolean_or("trace", false);
   events_ = json::array();
   auto t0 = std::chrono::steady_clock::now();
-  wait_s_ = send_s_ = allreduce_s_ = 0;
-  bytes_to_.clear();
+  wait_s_ = allreduce_s_ = 0;
+  links_.clear();
   std::vector<JsonIn> sj = s.at("samples").items(), hj = s.at("hashes").items(), oj = s.at("owners").items();
   if (hj.size() != sj.size() || oj.size() != sj.size()) s.fail_at("owners", "expected one hash and one owner per sample");
   std::vector<std::pair<std::string, std::string>> dps;  // id, address
@@ -805,9 +791,9 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json bytes = json::object();
-  for (auto& kv : bytes_to_) bytes[kv.first] = kv.second;
+  for (auto& kv : links_.bytes_to) bytes[kv.first] = kv.second;
   return {{"device", ctx.device_id()}, {"dp_rank", rank},           {"seconds", secs},
-          {"wait_s", wait_s_},         {"send_s", send_s_},         {"records_sent", n_records_sent},
+          {"wait_s", wait_s_},         {"send_s", links_.send_s},         {"records_sent", n_records_sent},
           {"tensors_sent", n_params_sent}, {"records_written", n_records}, {"bytes_to", bytes},
           {"rss_peak_bytes", rss_peak_bytes()}, {"events", events_}};
 }
@@ -820,8 +806,8 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   const std::vector<uint64_t>& hashes = hashes_;
   optim_->zero_grad();
   loss_part_ = 0;
-  wait_s_ = send_s_ = allreduce_s_ = read_s_ = 0;
-  bytes_to_.clear();
+  wait_s_ = allreduce_s_ = read_s_ = 0;
+  links_.clear();
   auto t0 = std::chrono::steady_clock::now();
   std::vector<int64_t> rows;
   for (int64_t i = 0; i < static_cast<int64_t>(ids.size()); i++) {
@@ -880,7 +866,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
           {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes_to_}, {"rss_peak_bytes", rss_peak_bytes()},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", links_.bytes_to}, {"rss_peak_bytes", rss_peak_bytes()},
           {"events", events_}};
 }
 

@@ -15,6 +15,7 @@
 #include "src/llm/safetensors.h"
 #include "src/llm/tokenizer.h"
 #include "src/llm/trainer.h"
+#include "tests/exec_runtime_util.h"
 
 using namespace pac;
 
@@ -29,6 +30,14 @@ static int run_cmd(const std::string& cmd) {
 }
 
 static const std::string kSrc = PAC_SOURCE_DIR;
+
+// pac-run with local workers on dir/plan.json, the report in dir/report.json and its
+// stderr in dir/log.txt; `args` carries the run's own options.
+static std::string pac_run_local(const std::string& dir, const std::string& model, const std::string& tok,
+                                 const std::string& data, const std::string& args) {
+  return bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " + tok +
+         " --data " + data + " " + args + " --report " + dir + "/report.json 2>" + dir + "/log.txt";
+}
 
 static DataOptions data_options(const Tokenizer& tok, int seq) {
   DataOptions d;
@@ -71,10 +80,9 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   std::string data = kSrc + "/data/personal/train.txt";
   const int steps = 3, batch = 8, seq = 32, k = 4;
   const double lr = 2e-3;
-  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " +
-                    tok_path + " --data " + data + " --epochs 1 --max-steps 3 --batch-size 8 --seq-len 32 --k 4" +
-                    " --lr 0.002 --seed 5 --timeout-s 30 --out " + dir + "/side.safetensors --report " + dir +
-                    "/report.json 2>" + dir + "/log.txt";
+  std::string cmd = pac_run_local(dir, model, tok_path, data,
+                                  "--epochs 1 --max-steps 3 --batch-size 8 --seq-len 32 --k 4 --lr 0.002 --seed 5 "
+                                  "--timeout-s 30 --out " + dir + "/side.safetensors");
   ASSERT_EQ(run_cmd(cmd), 0) << cmd;
 
   // The single-device trainer on the same examples, order and hyper-parameters.
@@ -94,8 +102,7 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   ASSERT_EQ(got.tensors.size(), ref.size());
   for (auto& kv : ref) {
     ASSERT_TRUE(got.tensors.count(kv.first)) << kv.first;
-    double rel = (got.tensors[kv.first] - kv.second).norm().item<double>() / std::max(1e-12, kv.second.norm().item<double>());
-    EXPECT_LE(rel, 1e-4) << kv.first;
+    EXPECT_LE(runtime_rel_diff(got.tensors[kv.first], kv.second), 1e-4) << kv.first;
   }
   // The file is a valid fine-tuning result for the backbone (the trainer's loader).
   Llama m = llama_load(model);
@@ -213,10 +220,9 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   // Half of the corpus trains (mini-batches of 8, 32 tokens), the other half is held out.
   std::string data = kSrc + "/data/personal/train.txt";
   const int batch = 8, seq = 32, k = 4;
-  std::string cmd = bin_dir() + "/pac-run " + dir + "/plan.json --local --quiet --model " + model + " --tokenizer " +
-                    tok_path + " --data " + data + " --eval-fraction 0.5 --batch-size 8 --seq-len 32 --k 4" +
-                    " --lr 0.005 --seed 9 --timeout-s 30 --out " + dir + "/out.safetensors --report " + dir +
-                    "/report.json 2>" + dir + "/log.txt";
+  std::string cmd = pac_run_local(dir, model, tok_path, data,
+                                  "--eval-fraction 0.5 --batch-size 8 --seq-len 32 --k 4 --lr 0.005 --seed 9 "
+                                  "--timeout-s 30 --out " + dir + "/out.safetensors");
   ASSERT_EQ(run_cmd(cmd), 0) << cmd;
 
   auto tok = tokenizer_load(tok_path);

@@ -415,10 +415,11 @@ void LlamaImpl::enable_adapters(int bottleneck, uint64_t seed) {
     // drawn per tensor name; `up` stays zero (identity adapter).
     double bound = 1.0 / std::sqrt(static_cast<double>(cfg_.dim));
     std::string pre = "layers." + std::to_string(l) + ".";
-    for (const char* a : {"attn_adapter", "ffn_adapter"}) {
-      BottleneckAdapter& ad = std::string(a) == "attn_adapter" ? L->attn_adapter : L->ffn_adapter;
-      ad->down->weight.uniform_(-bound, bound, name_generator(seed, pre + a + ".down.weight"));
-      ad->down->bias.uniform_(-bound, bound, name_generator(seed, pre + a + ".down.bias"));
+    std::pair<const char*, BottleneckAdapter> adapters[] = {{"attn_adapter", L->attn_adapter},
+                                                            {"ffn_adapter", L->ffn_adapter}};
+    for (auto& [name, ad] : adapters) {
+      ad->down->weight.uniform_(-bound, bound, name_generator(seed, pre + name + ".down.weight"));
+      ad->down->bias.uniform_(-bound, bound, name_generator(seed, pre + name + ".down.bias"));
       ad->to(w.device(), w.scalar_type());
     }
   }
