@@ -315,6 +315,11 @@ int run(int argc, char** argv) {
   if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
   if (!pa) settings.update(train_settings(sc.method, c, as));
   pac_assign_phase(c, as, settings);
+  pac_join_groups(c, as, timeout);
+  // The run's time starts here, as pac-sim's does: connecting, loading the model parts
+  // and joining the groups are setup (reported as setup_s), not training.
+  const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  t0 = std::chrono::steady_clock::now();
   // Phase 2 (data parallel from the activation cache) when the plan has one: the
   // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
   int p2 = -1;
@@ -333,7 +338,9 @@ int run(int argc, char** argv) {
   bool stop = false;
   // Per device (scenario order), summed over steps from the workers' own timings.
   size_t nd = sc.devices.size();
-  std::vector<double> busy(nd, 0), bubble(nd, 0), comm(nd, 0), rss(nd, 0);
+  std::vector<double> busy(nd, 0), bubble(nd, 0), comm(nd, 0), rss(nd, 0), tensor(nd, 0);
+  // Peaks of the cached epochs alone (workers restart their peaks at the end of the switch).
+  std::vector<double> cached_rss(nd, -1), cached_tensor(nd, -1);
   std::map<std::pair<std::string, std::string>, double> link_bytes;
   for (int e = 1; e <= epochs && !stop; e++) {
     if (p2 >= 0 && e == plan.phases[p2].epoch_first && e > 1) {
@@ -349,6 +356,7 @@ int run(int argc, char** argv) {
         comm[d] += j.value("send_s", 0.0);
         bubble[d] += j.value("wait_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
+        tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
         if (j.contains("bytes_to"))
           for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
       }
@@ -386,6 +394,11 @@ int run(int argc, char** argv) {
         bubble[d] += j.value("wait_s", 0.0);
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
+        tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
+        if (in_dp) {
+          cached_rss[d] = std::max(cached_rss[d], j.value("rss_peak_bytes", 0.0));
+          cached_tensor[d] = std::max(cached_tensor[d], j.value("tensor_peak_bytes", 0.0));
+        }
         if (j.contains("bytes_to"))
           for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
       }
@@ -445,7 +458,7 @@ int run(int argc, char** argv) {
       groups += (s ? "-" : "") + std::to_string(plan.phases[0].stages[s].devices.size());
     groups += "]";
     json devs = json::array();
-    for (size_t d = 0; d < nd; d++)
+    for (size_t d = 0; d < nd; d++) {
       devs.push_back({{"id", sc.devices[d].id},
                       {"profile", sc.devices[d].profile.name},
                       {"used", as1[d].stage >= 0 || (in_dp && as2[d].stage >= 0)},
@@ -454,7 +467,13 @@ int run(int argc, char** argv) {
                       {"comm_s", comm[d]},
                       {"idle_s", std::max(0.0, total_s - busy[d] - bubble[d] - comm[d])},
                       {"peak_memory_bytes", rss[d]},
+                      {"peak_tensor_bytes", tensor[d]},
                       {"memory_bytes", sc.devices[d].profile.memory_bytes}});
+      if (in_dp) {
+        devs.back()["cached_peak_memory_bytes"] = std::max(0.0, cached_rss[d]);
+        devs.back()["cached_peak_tensor_bytes"] = std::max(0.0, cached_tensor[d]);
+      }
+    }
     json links = json::array();
     for (auto& kv : link_bytes) links.push_back({{"src", kv.first.first}, {"dst", kv.first.second}, {"bytes", kv.second}});
     json rep = {{"format", "pac-report"},  {"format_version", 1},    {"source", "run"},
@@ -462,7 +481,7 @@ int run(int argc, char** argv) {
                 {"groups", groups},        {"status", "ok"},         {"total_s", total_s},
                 {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens}, {"eval_loss_before", eval_before},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
-                {"switch_s", switch_s},
+                {"switch_s", switch_s},    {"setup_s", setup_s},
                 {"plan_file", std::filesystem::absolute(plan_file).string()},
                 {"run", {{"epochs", epochs}, {"samples", train.size()}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
                          {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed}}},

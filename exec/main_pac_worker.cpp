@@ -12,6 +12,7 @@
 #include "src/common/cli.h"
 #include "exec/executors.h"
 #include "exec/worker.h"
+#include "src/llm/memory.h"
 
 int main(int argc, char** argv) {
   return pac::run_main("pac-worker", [&]() -> int {
@@ -35,6 +36,8 @@ int main(int argc, char** argv) {
     app.add_option("--max-connections", max_connections, "connections served at once; more are closed")
         ->check(CLI::Range(2, 100000));
     if (int rc = pac::cli_parse(app, argc, argv); rc >= 0) return rc;
+    // Count tensor bytes from the start (reports' peak_tensor_bytes; no tensor exists yet).
+    pac::torch_memory_tracking_enable();
     pac::WorkerOptions opt;
     opt.listen = listen;
     opt.peer_timeout = pac::Millis(static_cast<long>(peer_timeout_s * 1000));

@@ -92,6 +92,14 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
   return acks;
 }
 
+void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait) {
+  const json start = {{"op", "join"}};
+  for (int w = 0; w < c.worker_count(); w++)
+    if (as[w].stage >= 0) c.connection(w).send_json(MsgType::Start, start);
+  for (int w = 0; w < c.worker_count(); w++)
+    if (as[w].stage >= 0) result_wait(c, w, wait);
+}
+
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
                              const std::vector<const Example*>& batch, Millis wait, bool trace) {
   json tokens = json::array(), mask = json::array();

@@ -29,6 +29,11 @@ std::string address_host(const std::string& address);
 // "pac-pipeline"; the baselines' executors take the same fragment). Returns the acks.
 std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>& as, const json& settings);
 
+// Every assigned device joins its collective groups (stage group, tied-embedding group)
+// now, all at once, so that the store connects and Gloo pair setup happen before the
+// timed training (as model loading does) rather than inside the first step.
+void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait);
+
 struct PacStepResult {
   double loss = 0;        // the mini-batch's masked mean loss (sum of the slices' parts)
   double max_seconds = 0; // slowest device's step time

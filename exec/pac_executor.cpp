@@ -11,6 +11,7 @@
 #include <tuple>
 #include <unistd.h>
 #include <filesystem>
+#include <malloc.h>
 #include <set>
 
 #include <torch/torch.h>
@@ -58,6 +59,7 @@ class PacExecutor : public StageExecutor {
   json switch_phase(const JsonIn& step, WorkerContext& ctx);
   json save(const JsonIn& step, WorkerContext& ctx);
   void cache_open(int T);
+  torch::Tensor p1_read(int64_t id, uint64_t hash, const std::string& device) const;
   torch::Tensor side_input(const torch::Tensor& b) const;
   void send_tensor_to(WorkerContext& ctx, const std::string& id, const std::string& address, MsgType type,
                       const TensorHeader& h, const torch::Tensor& t, uint32_t flags);
@@ -67,6 +69,7 @@ class PacExecutor : public StageExecutor {
   torch::Tensor gather(MsgType type, uint32_t step, int m, const std::vector<PeerRows>& peers);
   void send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint32_t step, int m, const RowRange& mine,
                  const torch::Tensor& t);
+  void group_join();
   void group_allreduce(uint32_t step);
   void grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt, const std::vector<std::string>& ring_ids, int rank);
 
@@ -144,6 +147,7 @@ class PacExecutor : public StageExecutor {
 json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   f.check_keys({"executor", "assignment", "model", "seed", "side_init", "side_seed", "reduction_k", "lr",
                 "weight_decay", "threads", "timeout_ms", "group_store", "cache", "cache_dtype", "cache_dir", "bind_host"});
+  memory_peaks_reset();  // this run's peaks, from the idle worker up
   Assignment a = assignment_from_json(f.at("assignment"));
   if (a.device_id != ctx.device_id())
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
@@ -439,20 +443,28 @@ void PacExecutor::grads_allreduce(CollectiveGroup& g, const CollectiveOptions& o
   links_.add_allreduce(ring_ids, rank, grads_allreduce_sum(g, ps, opt));
 }
 
+// The stage group's Gloo context. Not at assignment: the coordinator assigns devices one
+// after another, and a join blocks until the whole group is there. pac-run sends "join"
+// to every device once all are assigned (so the ~1 s of store connects and pair setup is
+// not timed as training); a coordinator that does not joins on the first all-reduce.
+void PacExecutor::group_join() {
+  if (group_ || a_.group_size() <= 1) return;
+  CollectiveOptions opt;
+  opt.timeout = timeout_;
+  opt.tag = "stage " + std::to_string(a_.stage) + " group join";
+  CollectiveStore store = CollectiveStore::tcp(store_host_, static_cast<uint16_t>(store_port_), a_.group_rank == 0,
+                                               a_.group_size(), timeout_);
+  group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
+                                             a_.group_size(), opt, bind_host_);
+}
+
 void PacExecutor::group_allreduce(uint32_t step) {
   if (a_.group_size() <= 1) return;
   auto t0 = std::chrono::steady_clock::now();
   CollectiveOptions opt;
   opt.timeout = timeout_;
   opt.tag = "side grads step " + std::to_string(step) + " stage " + std::to_string(a_.stage);
-  if (!group_) {
-    // Joined on the first step, not at assignment: the coordinator assigns devices one
-    // after another, and a join blocks until the whole group is there.
-    CollectiveStore store = CollectiveStore::tcp(store_host_, static_cast<uint16_t>(store_port_), a_.group_rank == 0,
-                                                 a_.group_size(), timeout_);
-    group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
-                                               a_.group_size(), opt, bind_host_);
-  }
+  if (!group_) group_join();
   double w0 = wall_clock_us();
   grads_allreduce(*group_, opt, a_.my_stage().device_ids, a_.group_rank);
   allreduce_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -524,7 +536,7 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()}, {"stage", a_.stage},       {"step", step},
           {"loss_part", loss_part_},   {"loss_tokens", n_tokens}, {"seconds", secs},
           {"compute_s", compute},      {"wait_s", wait_s_},       {"send_s", links_.send_s},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},     {"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()},
           {"cached", new_cached_}, {"events", events_}};
 }
 
@@ -573,6 +585,16 @@ void PacExecutor::send_tensor_to(WorkerContext& ctx, const std::string& id, cons
   trace_add("send", std::string("switch ") + msg_type_name(type), w0, wall_clock_us(), id);
 }
 
+// This stage's cached taps of one sample from the p1 cache ([taps, T, dim]).
+torch::Tensor PacExecutor::p1_read(int64_t id, uint64_t hash, const std::string& device) const {
+  CacheRead rd = cache_p1_->cache_read_sample("p1", id, hash);
+  if (rd.status != CacheStatus::Hit)
+    throw RuntimeError("device " + device + ": cached taps of sample " + std::to_string(id) + " are " +
+                       (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
+                       "; recomputing them needs the backbone the switch has dropped");
+  return rd.taps;
+}
+
 // The switch (docs/runtime.md, "Activation cache and switch"): every device ships its
 // cached taps to each sample's owner and the first device of every stage ships its side
 // tensors with their AdamW moments to every data-parallel device; the data-parallel
@@ -609,27 +631,31 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   const int L = a_.n_layers;
   const auto named = side_->named_parameters();
   int n_records_sent = 0, n_params_sent = 0;
+  // 0. The backbone is not needed any more (its taps are in the p1 cache, its head lives
+  //    on in the side network): drop it first, so its memory holds the records that
+  //    arrive instead of adding to them (the switch was every worker's memory peak).
+  model_ = nullptr;
+  micro_.clear();
+  malloc_trim(0);
 
-  // 1. My cached taps to their owners (kept in place when I am the owner).
+  // 1. My cached taps to their owners. My own samples' pieces stay in the p1 cache
+  //    until their record is complete (read then, step 3): read now, a device would
+  //    hold its whole share of the cache while it waits for the other stages.
+  std::set<int64_t> own_pieces;
   for (auto& kv : cached_) {
     auto it = owner_.find(kv.first);
     if (it == owner_.end())
       throw RuntimeError("device " + ctx.device_id() + " holds cached taps of sample " + std::to_string(kv.first) +
                          ", which the switch does not list");
-    CacheRead rd = cache_p1_->cache_read_sample("p1", kv.first, kv.second);
-    if (rd.status != CacheStatus::Hit)
-      throw RuntimeError("device " + ctx.device_id() + ": cached taps of sample " + std::to_string(kv.first) + " are " +
-                         (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
-                         "; recomputing them needs the backbone the switch is about to drop");
     if (it->second == rank) {
-      std::lock_guard<std::mutex> lk(mu_);
-      sw_taps_[{kv.first, tap_begin_}] = rd.taps;
+      own_pieces.insert(kv.first);
       continue;
     }
+    torch::Tensor taps = p1_read(kv.first, kv.second, ctx.device_id());
     TensorHeader h;
     h.tag = static_cast<uint32_t>(kv.first);
     h.stage = static_cast<uint32_t>(tap_begin_);
-    send_tensor_to(ctx, dps[it->second].first, dps[it->second].second, MsgType::Activation, h, rd.taps,
+    send_tensor_to(ctx, dps[it->second].first, dps[it->second].second, MsgType::Activation, h, taps,
                    kFlagRedistribute);
     n_records_sent++;
   }
@@ -686,10 +712,17 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
         std::unique_lock<std::mutex> lk(mu_);
         for (auto it = todo.begin(); it != todo.end();) {
           // Pieces are keyed (sample, first tap): in tap order; complete when they tile 0..L.
+          // An undefined part is my own piece, still in the p1 cache.
           std::vector<torch::Tensor> parts;
           int next = 0;
-          for (auto p = sw_taps_.lower_bound({*it, 0}); p != sw_taps_.end() && p->first.first == *it; ++p) {
-            if (p->first.second != next) break;
+          for (;;) {
+            if (next == tap_begin_ && own_pieces.count(*it)) {
+              parts.emplace_back();
+              next = tap_end_;
+              continue;
+            }
+            auto p = sw_taps_.find({*it, next});
+            if (p == sw_taps_.end()) break;
             next += static_cast<int>(p->second.size(0));
             parts.push_back(p->second);
           }
@@ -706,7 +739,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
             std::string what;
             if (!todo.empty()) {
               int64_t id = *todo.begin();
-              int have = 0;
+              int have = own_pieces.count(id) ? tap_end_ - tap_begin_ : 0;
               for (auto p = sw_taps_.lower_bound({id, 0}); p != sw_taps_.end() && p->first.first == id; ++p)
                 have += static_cast<int>(p->second.size(0));
               what = std::to_string(todo.size()) + " samples' cached taps (sample " + std::to_string(id) + ": " +
@@ -723,6 +756,8 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
         }
       }
       for (auto& r : ready) {
+        for (torch::Tensor& part : r.second)
+          if (!part.defined()) part = p1_read(r.first, cached_.at(r.first), ctx.device_id());
         torch::Tensor taps = torch::cat(r.second, 0);
         cache_dp_->cache_write_sample("dp", r.first, hash_of[r.first], taps);
         n_records++;
@@ -763,9 +798,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
       s.fail_at("dp_store", "expected {\"host\", \"port\"}: " + std::to_string(dps.size()) + " data-parallel devices");
     }
   }
-  // 5. The backbone is not needed any more (its head lives on in the side network).
-  model_ = nullptr;
-  micro_.clear();
+  // 5. Phase 1's stage group and cache go.
   group_.reset();
   cache_p1_.reset();
   std::error_code ec;
@@ -777,6 +810,13 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   dp_ids_.clear();
   for (auto& d : dps) dp_ids_.push_back(d.first);
   dp_group_.reset();
+  // Give the backbone's and the switch's freed heap back to the system: glibc keeps
+  // freed chunks in its arenas, and phase 2 would otherwise carry phase 1's peak.
+  malloc_trim(0);
+  // This step's result carries the peaks up to here (phase 1 and the switch); the
+  // cached epochs' steps report their own (pac-run keeps both).
+  json peaks = {{"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()}};
+  memory_peaks_reset();
   // 6. Join the data-parallel group now, as part of the switch that prepares phase 2
   //    (every data-parallel device is here at the same time), instead of in the first
   //    phase-2 step, where the store connect and Gloo's pair setup (~1 s on the testbed)
@@ -795,7 +835,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()}, {"dp_rank", rank},           {"seconds", secs},
           {"wait_s", wait_s_},         {"send_s", links_.send_s},         {"records_sent", n_records_sent},
           {"tensors_sent", n_params_sent}, {"records_written", n_records}, {"bytes_to", bytes},
-          {"rss_peak_bytes", rss_peak_bytes()}, {"events", events_}};
+          {"rss_peak_bytes", peaks["rss_peak_bytes"]}, {"tensor_peak_bytes", peaks["tensor_peak_bytes"]}, {"events", events_}};
 }
 
 // Phase 2: this device's rows of the mini-batch (the samples it owns) from its cache,
@@ -818,22 +858,30 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     if (it->second == dp_rank_) rows.push_back(i);
   }
   if (!rows.empty()) {
-    std::vector<torch::Tensor> taps;
+    // Records are copied into one [rows, L+1, T, dim] batch as they are read, so the
+    // step holds the batch plus one record, not the batch twice (a list, then its stack).
+    torch::Tensor taps;
     auto r0 = std::chrono::steady_clock::now();
     double w0 = wall_clock_us();
-    for (int64_t i : rows) {
+    for (size_t j = 0; j < rows.size(); j++) {
+      int64_t i = rows[j];
       CacheRead rd = cache_dp_->cache_read_sample("dp", ids[i], hashes[i]);
       if (rd.status != CacheStatus::Hit)
         throw RuntimeError("device " + a_.device_id + ": cached taps of sample " + std::to_string(ids[i]) + " are " +
                            (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
                            " and the backbone is not loaded in phase 2");
-      taps.push_back(rd.taps);
+      if (!taps.defined()) {
+        std::vector<int64_t> shape = rd.taps.sizes().vec();
+        shape.insert(shape.begin(), static_cast<int64_t>(rows.size()));
+        taps = torch::empty(shape, rd.taps.options());
+      }
+      taps[static_cast<int64_t>(j)].copy_(rd.taps);
     }
     read_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
     double c0 = wall_clock_us();
     trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows", w0, c0);
     torch::Tensor idx = torch::tensor(rows, torch::kLong);
-    torch::Tensor logits = side_->forward(torch::stack(taps, 0));
+    torch::Tensor logits = side_->forward(taps);
     int64_t V = logits.size(-1);
     torch::Tensor per_token = torch::nn::functional::cross_entropy(
         logits.reshape({-1, V}), targets.index_select(0, idx).reshape({-1}),
@@ -866,7 +914,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
           {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", links_.bytes_to}, {"rss_peak_bytes", rss_peak_bytes()},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", links_.bytes_to}, {"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()},
           {"events", events_}};
 }
 
@@ -886,7 +934,11 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!assigned_) s.fail("pac-pipeline executor: Start before Assign");
   }
-  std::string op = s.choice("op", {"train", "switch", "save"});
+  std::string op = s.choice("op", {"train", "switch", "save", "join"});
+  if (op == "join") {
+    group_join();
+    return {{"device", ctx.device_id()}, {"joined", a_.group_size() > 1}};
+  }
   if (op == "train") return train_step(s, ctx);
   if (op == "switch") return switch_phase(s, ctx);
   return save(s, ctx);

@@ -44,6 +44,7 @@ class TrainExecutor : public StageExecutor {
   json save(const JsonIn& step, WorkerContext& ctx);
   void forward(int m, uint32_t step, const StepBatch& batch, WorkerContext& ctx);
   void backward(int m, uint32_t step, int n, WorkerContext& ctx);
+  void groups_join();
   void allreduce(uint32_t step);
 
   TensorInbox inbox_;
@@ -74,6 +75,7 @@ json TrainExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   f.check_keys({"executor", "assignment", "model", "seed", "method", "lora_rank", "lora_alpha", "lora_mlp",
                 "adapter_bottleneck", "lr", "weight_decay", "threads", "timeout_ms", "group_store", "tie_store",
                 "bind_host", "reduction_k", "side_init", "side_seed", "cache", "cache_dtype", "cache_dir"});
+  memory_peaks_reset();  // this run's peaks, from the idle worker up
   Assignment a = assignment_from_json(f.at("assignment"));
   if (a.device_id != ctx.device_id())
     f.at("assignment").fail_at("device_id", "expected this worker's id " + ctx.device_id());
@@ -252,21 +254,39 @@ void TrainExecutor::backward(int m, uint32_t step, int n, WorkerContext& ctx) {
 
 // Stage group first (its own devices only), then the tie group (first + last stage):
 // every device reaches its calls in the same order, so neither can wait on the other.
+// Groups are joined by pac-run's "join" once every device is assigned (not at
+// assignment: the coordinator assigns devices one after another, and a join blocks
+// until the whole group is there), or else on the first all-reduce.
+void TrainExecutor::groups_join() {
+  CollectiveOptions opt;
+  opt.timeout = timeout_;
+  if (a_.group_size() > 1 && !group_) {
+    opt.tag = "stage " + std::to_string(a_.stage) + " group join";
+    std::string host = group_store_["host"];
+    CollectiveStore store = CollectiveStore::tcp(host, static_cast<uint16_t>(group_store_["port"].get<int>()),
+                                                 a_.group_rank == 0, a_.group_size(), timeout_);
+    group_ = std::make_unique<CollectiveGroup>(store, "train-stage" + std::to_string(a_.stage), a_.group_rank,
+                                               a_.group_size(), opt, my_host_);
+  }
+  if (tied_.defined() && !tie_) {
+    opt.tag = "tied embedding group join";
+    int first_size = static_cast<int>(a_.stages.front().devices.size());
+    int size = first_size + static_cast<int>(a_.stages.back().devices.size());
+    int rank = a_.has_embedding() ? a_.group_rank : first_size + a_.group_rank;
+    std::string host = tie_store_["host"];
+    CollectiveStore store = CollectiveStore::tcp(host, static_cast<uint16_t>(tie_store_["port"].get<int>()),
+                                                 rank == 0, size, timeout_);
+    tie_ = std::make_unique<CollectiveGroup>(store, "train-tie", rank, size, opt, my_host_);
+  }
+}
+
 void TrainExecutor::allreduce(uint32_t step) {
   auto t0 = std::chrono::steady_clock::now();
   CollectiveOptions opt;
   opt.timeout = timeout_;
   if (a_.group_size() > 1) {
     opt.tag = "grads step " + std::to_string(step) + " stage " + std::to_string(a_.stage);
-    if (!group_) {
-      // Joined on the first step, not at assignment: the coordinator assigns devices
-      // one after another, and a join blocks until the whole group is there.
-      std::string host = group_store_["host"];
-      CollectiveStore store = CollectiveStore::tcp(host, static_cast<uint16_t>(group_store_["port"].get<int>()),
-                                                   a_.group_rank == 0, a_.group_size(), timeout_);
-      group_ = std::make_unique<CollectiveGroup>(store, "train-stage" + std::to_string(a_.stage), a_.group_rank,
-                                                 a_.group_size(), opt, my_host_);
-    }
+    groups_join();
     std::vector<torch::Tensor> grads;
     for (auto& kv : params_)
       if (!kv.second.is_same(tied_)) grads.push_back(kv.second);
@@ -275,14 +295,8 @@ void TrainExecutor::allreduce(uint32_t step) {
   if (tied_.defined()) {
     opt.tag = "tied embedding grads step " + std::to_string(step);
     int first_size = static_cast<int>(a_.stages.front().devices.size());
-    int size = first_size + static_cast<int>(a_.stages.back().devices.size());
     int rank = a_.has_embedding() ? a_.group_rank : first_size + a_.group_rank;
-    if (!tie_) {
-      std::string host = tie_store_["host"];
-      CollectiveStore store = CollectiveStore::tcp(host, static_cast<uint16_t>(tie_store_["port"].get<int>()),
-                                                   rank == 0, size, timeout_);
-      tie_ = std::make_unique<CollectiveGroup>(store, "train-tie", rank, size, opt, my_host_);
-    }
+    groups_join();
     // Tie ranks: the first stage's devices, then the last stage's (as `rank` above).
     std::vector<std::string> ring = a_.stages.front().device_ids;
     for (const std::string& id : a_.stages.back().device_ids) ring.push_back(id);
@@ -334,7 +348,7 @@ json TrainExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   return {{"device", ctx.device_id()},   {"stage", a_.stage},             {"step", step},
           {"loss_part", loss_part_},     {"loss_tokens", batch.n_tokens}, {"seconds", secs},
           {"compute_s", compute},        {"wait_s", wait_s_},             {"send_s", links_.send_s},
-          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},             {"rss_peak_bytes", rss_peak_bytes()},
+          {"allreduce_s", allreduce_s_}, {"bytes_to", bytes},             {"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()},
           {"events", events}};
 }
 
@@ -357,7 +371,11 @@ json TrainExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!assigned_) s.fail("pipeline-train executor: Start before Assign");
   }
-  std::string op = s.choice("op", {"train", "save"});
+  std::string op = s.choice("op", {"train", "save", "join"});
+  if (op == "join") {
+    groups_join();
+    return {{"device", ctx.device_id()}, {"joined", group_ != nullptr || tie_ != nullptr}};
+  }
   if (op == "train") return train_step(s, ctx);
   return save(s, ctx);
 }

@@ -34,6 +34,9 @@ struct Validation {
   std::vector<ValidateItem> busy;         // per device, seconds
   std::vector<ValidateItem> bubble;       // per device, seconds
   std::vector<ValidateItem> peak_memory;  // per device, bytes
+  // What the measured side of peak_memory is: "tensors" (the run's peak_tensor_bytes, what
+  // the simulator counts) or "resident" (peak RSS: reports without tensor accounting).
+  std::string peak_memory_basis = "resident";
   std::vector<ValidateItem> links;        // per directed pair, bytes
   double epoch_mape_pct = 0;        // mean over epochs of |error|
   double epoch_max_error_pct = 0;   // largest |error| of one epoch

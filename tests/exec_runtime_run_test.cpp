@@ -130,10 +130,19 @@ TEST(ExecRuntimeRun, PipelineOfTwoProcessesMatchesTheTrainer) {
   for (auto& l : rep["links"]) got_links[l["src"].get<std::string>() + ">" + l["dst"].get<std::string>()] = l["bytes"];
   EXPECT_EQ(got_links[first + ">" + second], fwd);
   EXPECT_EQ(got_links[second + ">" + first], bwd);
+  // Memory: every layer of the backbone lives on some worker for the whole of phase 1,
+  // so the workers' tensor peaks add up to at least the backbone's bytes (stage 0 and the
+  // last stage also hold embedding / head); a worker's tensors are part of its RSS.
+  double backbone_bytes = 0, tensor_sum = 0;
+  for (auto& kv : m->backbone_named_parameters()) backbone_bytes += kv.second.numel() * 4.0;
   for (auto& dv : rep["devices"]) {
     EXPECT_GT(dv["busy_s"].get<double>(), 0) << dv.dump();
     EXPECT_GT(dv["peak_memory_bytes"].get<double>(), 0) << dv.dump();
+    EXPECT_GT(dv["peak_tensor_bytes"].get<double>(), 0) << dv.dump();
+    EXPECT_LT(dv["peak_tensor_bytes"].get<double>(), dv["peak_memory_bytes"].get<double>()) << dv.dump();
+    tensor_sum += dv["peak_tensor_bytes"].get<double>();
   }
+  EXPECT_GE(tensor_sum, backbone_bytes);
 }
 
 TEST(ExecRuntimeRun, BadInputExitsTwoNamingTheProblem) {
@@ -195,6 +204,7 @@ TEST(ExecRuntimeRun, WorkerKilledMidRunIsNamed) {
 struct RunCase {
   std::string name, method, cache_dtype;
   int epochs;
+  int stages = 2;  // 1: one stage whose group holds both devices (pac-run's "join" path)
 };
 
 class ExecRuntimeRunPaths : public ::testing::TestWithParam<RunCase> {};
@@ -208,14 +218,15 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json");
-  s.stages = 2;
+  s.stages = rc.stages;
   s.epochs = rc.epochs;
   s.method.kind = rc.method;
   s.method.cache = !rc.cache_dtype.empty();
   if (s.method.cache) s.method.cache_dtype = rc.cache_dtype;
   s.strategy = rc.method == "parallel_adapters" ? "pac" : "ecofl";
   Plan plan = plan_make(s, s.strategy);
-  ASSERT_EQ(plan.phases[0].stages.size(), 2u);
+  ASSERT_EQ(plan.phases[0].stages.size(), static_cast<size_t>(rc.stages));
+  if (rc.stages == 1) ASSERT_EQ(plan.phases[0].stages[0].devices.size(), 2u) << "a group of both devices";
   plan_save(plan, dir + "/plan.json");
   // Half of the corpus trains (mini-batches of 8, 32 tokens), the other half is held out.
   std::string data = kSrc + "/data/personal/train.txt";
@@ -256,5 +267,6 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
 
 INSTANTIATE_TEST_SUITE_P(Paths, ExecRuntimeRunPaths,
                          ::testing::Values(RunCase{"pa_cache_fp16_switch", "parallel_adapters", "fp16", 2},
-                                           RunCase{"lora_pipeline", "lora", "", 1}),
+                                           RunCase{"lora_pipeline", "lora", "", 1},
+                                           RunCase{"pa_group_of_two", "parallel_adapters", "", 1, 1}),
                          [](const ::testing::TestParamInfo<RunCase>& i) { return i.param.name; });

@@ -119,6 +119,24 @@ TEST(SimValidate, BusyMemoryAndLinkErrors) {
   for (const ValidateItem& d : v.peak_memory) EXPECT_NEAR(d.error_pct(), -75.0, 1e-6) << d.name;
   for (const ValidateItem& l : v.links) EXPECT_NEAR(l.error_pct(), 25.0, 1e-6) << l.name;
   EXPECT_NEAR(v.epoch_mape_pct, 0.0, 1e-6);
+  EXPECT_EQ(v.peak_memory_basis, "tensors");  // the fixture is a simulated report
+
+  // A run that counted its tensors is compared on them, not on its RSS: RSS x4 as
+  // above, tensors x2 -> predicted = measured / 2: -50%.
+  m = f.report;
+  m["source"] = "run";
+  for (json& d : m["devices"]) {
+    d["peak_tensor_bytes"] = d["peak_memory_bytes"].get<double>() * 2;
+    d["peak_memory_bytes"] = d["peak_memory_bytes"].get<double>() * 4;
+  }
+  v = validate(m);
+  EXPECT_EQ(v.peak_memory_basis, "tensors");
+  for (const ValidateItem& d : v.peak_memory) EXPECT_NEAR(d.error_pct(), -50.0, 1e-6) << d.name;
+  // Without peak_tensor_bytes on every device: RSS (-75%).
+  m["devices"][0].erase("peak_tensor_bytes");
+  v = validate(m);
+  EXPECT_EQ(v.peak_memory_basis, "resident");
+  for (const ValidateItem& d : v.peak_memory) EXPECT_NEAR(d.error_pct(), -75.0, 1e-6) << d.name;
 
   // A link the measurement left out (reports omit 0-byte pairs) is compared as 0
   // measured bytes: the predicted bytes stay, the relative error is undefined.

@@ -526,4 +526,9 @@ void rss_peak_reset() {
   out << "5";
 }
 
+void memory_peaks_reset() {
+  torch_memory_peak_reset();
+  rss_peak_reset();
+}
+
 }  // namespace pac

@@ -16,6 +16,7 @@
 #include "src/llm/act_cache.h"
 #include "src/llm/dataset.h"
 #include "src/llm/generate.h"
+#include "src/llm/memory.h"
 #include "src/llm/model.h"
 #include "src/llm/side_network.h"
 #include "src/llm/tokenizer.h"
@@ -166,14 +167,5 @@ std::string adapter_load(const std::string& path, Llama& model, SideNetwork* sid
 GenerateResult generate_side(Llama& model, SideNetwork& side, const Tokenizer& tok, const std::vector<int>& prompt,
                              const GenerateOptions& opt);
 
-// LibTorch CPU allocation accounting: wraps the CPU allocator so that live and peak
-// bytes of tensor memory can be read. Call enable once, early (before tensors exist).
-void torch_memory_tracking_enable();
-int64_t torch_memory_live_bytes();
-int64_t torch_memory_peak_bytes();
-void torch_memory_peak_reset();
-// Peak resident set size of this process (VmHWM) and a reset via /proc/self/clear_refs.
-int64_t rss_peak_bytes();
-void rss_peak_reset();
 
 }  // namespace pac
