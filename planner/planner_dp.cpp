@@ -2,10 +2,12 @@
 // pipeline latency model they are judged by. docs/planner.md explains both.
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "planner/planner_internal.h"
 #include "src/core/profile.h"
+#include "src/core/rows.h"
 
 namespace pac {
 
@@ -114,9 +116,11 @@ struct GroupAcc {
   double max_bw = 0;       // max 1/(t_i * NIC rate)
   double lat = 0;          // max latency
   double min_room_t = kInf;  // min (mem_i - fixed) * t_i
+  std::vector<double> ts;    // every t_i, in group order (whole-row pricing)
 
   void add(const PlanCtx& c, const RangeInfo& ri, int d) {
     double t = ri.sample_s[d];
+    ts.push_back(t);
     g++;
     inv += 1.0 / t;
     max_t = std::max(max_t, t);
@@ -141,7 +145,17 @@ struct GroupAcc {
       ev.time = micro * max_t;
     } else {
       kmax = min_room_t * inv / (beta * act) - ri.buffer_per_sample / act;
-      double t = beta / inv;
+      // Whole rows, as the runtime deals them (speed-proportional shares): a
+      // micro-batch of beta rows waits for its slowest part, so a group larger than
+      // the rows it gets is priced by its idle devices too, not as beta / sum(1/t_i).
+      double t;
+      if (g == 1) {
+        t = beta * ts[0];
+      } else {
+        std::vector<double> shares;
+        for (double ti : ts) shares.push_back(1.0 / ti / inv);
+        t = stage_whole_rows_time(static_cast<int>(std::lround(c.batch)), c.M, shares, ts, ri.x == 0 && ri.y == c.L);
+      }
       if (mc.cache) t = std::max(t, beta * ri.lc.tap_bytes * max_w / inv);
       for (int cut : {ri.x - 1, ri.y - 1}) {
         if (cut < 0 || cut == c.L - 1) continue;
@@ -350,6 +364,51 @@ static double cycle_period_s(const std::vector<double>& F, const std::vector<dou
   return hi;
 }
 
+std::vector<std::vector<int>> stage_rows(const Layout& lay, const StagePlan& st) {
+  return stage_rows_per_micro_batch(static_cast<int>(std::lround(lay.batch)), lay.micro_batches, st.shares);
+}
+
+StageTime stage_time_whole_rows(const PlanCtx& c, const Layout& lay, const StagePlan& st) {
+  const std::string& dtype = c.s->method.dtype;
+  std::vector<std::vector<int>> rows = stage_rows(lay, st);
+  // The only stage: its devices run their rows back to back (the busiest device's
+  // total); otherwise each micro-batch waits for its slowest part (src/core/rows.h).
+  const bool alone = lay.stages.size() == 1;
+  // stage_time per (device, row count), computed once: counts differ by at most a few.
+  std::vector<std::map<int, StageTime>> memo(st.devices.size());
+  std::vector<StageTime> busy(st.devices.size());
+  StageTime sum;
+  for (const std::vector<int>& count : rows) {
+    StageTime worst;
+    for (size_t k = 0; k < count.size(); k++) {
+      if (count[k] <= 0) continue;
+      auto it = memo[k].find(count[k]);
+      if (it == memo[k].end())
+        it = memo[k].emplace(count[k], stage_time(c.mc, c.s->devices[st.devices[k]].profile, dtype, st.layer_begin,
+                                                  st.layer_end, count[k])).first;
+      worst.fwd = std::max(worst.fwd, it->second.fwd);
+      worst.bwd = std::max(worst.bwd, it->second.bwd);
+      worst.cache_write = std::max(worst.cache_write, it->second.cache_write);
+      busy[k].fwd += it->second.fwd;
+      busy[k].bwd += it->second.bwd;
+      busy[k].cache_write += it->second.cache_write;
+    }
+    sum.fwd += worst.fwd;
+    sum.bwd += worst.bwd;
+    sum.cache_write += worst.cache_write;
+  }
+  if (alone) {
+    sum = StageTime();
+    for (const StageTime& b : busy)
+      if (b.total() > sum.total()) sum = b;
+  }
+  double M = rows.empty() ? 1.0 : static_cast<double>(rows.size());
+  sum.fwd /= M;
+  sum.bwd /= M;
+  sum.cache_write /= M;
+  return sum;
+}
+
 PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_model) {
   const int S = (int)lay.stages.size();
   const double beta = lay.batch / lay.micro_batches;
@@ -357,12 +416,19 @@ PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_mod
   std::vector<double> F(S, 0), B(S, 0), Wr(S, 0), Cf(S, 0), Cb(S, 0), tail_local(S, 0);
   for (int j = 0; j < S; j++) {
     const StagePlan& st = lay.stages[j];
-    for (size_t k = 0; k < st.devices.size(); k++) {
-      const DeviceProfile& p = c.s->devices[st.devices[k]].profile;
-      StageTime t = stage_time(c.mc, p, dtype, st.layer_begin, st.layer_end, st.shares[k] * beta);
-      F[j] = std::max(F[j], t.fwd);
-      B[j] = std::max(B[j], t.bwd);
-      Wr[j] = std::max(Wr[j], t.cache_write);
+    if (paper_model) {  // the paper's model: every device a fluid share of every micro-batch
+      for (size_t k = 0; k < st.devices.size(); k++) {
+        const DeviceProfile& p = c.s->devices[st.devices[k]].profile;
+        StageTime t = stage_time(c.mc, p, dtype, st.layer_begin, st.layer_end, st.shares[k] * beta);
+        F[j] = std::max(F[j], t.fwd);
+        B[j] = std::max(B[j], t.bwd);
+        Wr[j] = std::max(Wr[j], t.cache_write);
+      }
+    } else {
+      StageTime t = stage_time_whole_rows(c, lay, st);
+      F[j] = t.fwd;
+      B[j] = t.bwd;
+      Wr[j] = t.cache_write;
     }
     if (j + 1 < S) {
       Cf[j] = stage_cut_s(c, lay, j, beta, false);

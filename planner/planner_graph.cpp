@@ -2,10 +2,12 @@
 // iteration per segment, resident memory, and the predicted times, memory and energy.
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <queue>
 
 #include "planner/planner_internal.h"
 #include "src/core/profile.h"
+#include "src/core/rows.h"
 
 namespace pac {
 
@@ -158,18 +160,22 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
   r.peak_memory.assign(c.n, 0);
   r.busy_s.assign(c.n, 0);
   const int S = (int)lay.stages.size();
-  const double beta = lay.batch / lay.micro_batches;
   int pipeline_epochs = uses_cache_phase(c, lay) ? 1 : E;
   for (int j = 0; j < S; j++) {
     const StagePlan& st = lay.stages[j];
     int inflight = std::min(S - j, lay.async ? S : lay.micro_batches);
+    std::vector<std::vector<int>> rows = stage_rows(lay, st);  // whole rows, as the runtime deals them
     for (size_t k = 0; k < st.devices.size(); k++) {
       int d = st.devices[k];
-      double micro = st.shares[k] * beta;
+      double micro = 0, busy = 0;
+      for (const std::vector<int>& count : rows) {
+        micro = std::max(micro, (double)count[k]);
+        if (count[k] > 0)
+          busy += stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin, st.layer_end, count[k]).total();
+      }
       StageMemory m = stage_memory(c.mc, st.layer_begin, st.layer_end, inflight * micro, micro);
       r.peak_memory[d] = std::max(r.peak_memory[d], m.total());
-      StageTime t = stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin, st.layer_end, micro);
-      r.busy_s[d] += (double)r.iters * pipeline_epochs * lay.micro_batches * t.total();
+      r.busy_s[d] += (double)r.iters * pipeline_epochs * busy;
     }
   }
   double per_epoch = 0;  // an asynchronous pipeline fills and drains once per epoch
@@ -266,10 +272,16 @@ static std::string mb_label(const char* what, int stage, int mb) {
 static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_cache) {
   const Scenario& s = *c.s;
   const int S = (int)lay.stages.size(), M = lay.micro_batches;
-  const double beta = lay.batch / M;
+  const int n = (int)std::lround(lay.batch);
   GraphBuilder gb;
-  // Ids by [stage][device slot][micro-batch].
+  // Ids by [stage][device slot][micro-batch]; -1 where the device has no rows of that
+  // micro-batch (the runtime deals whole rows, src/core/rows.h, and a device without
+  // rows skips the micro-batch).
   std::vector<std::vector<std::vector<int>>> F(S), B(S);
+  // Each device's contiguous rows of each micro-batch: split[j][m][k].
+  std::vector<std::vector<std::vector<RowRange>>> split(S);
+  for (int j = 0; j < S; j++)
+    for (int m = 0; m < M; m++) split[j].push_back(stage_split(micro_batch_rows(n, M, m), lay.stages[j].shares));
   for (int j = 0; j < S; j++) {
     const StagePlan& st = lay.stages[j];
     LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
@@ -277,10 +289,16 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
     B[j] = F[j];
     for (size_t k = 0; k < st.devices.size(); k++) {
       int d = st.devices[k];
-      double micro = st.shares[k] * beta;
-      if (micro <= 0) continue;
-      StageTime t = stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin, st.layer_end, micro);
+      std::map<int, StageTime> memo;  // per row count
+      int last_w = -1;
       for (int m = 0; m < M; m++) {
+        int rows = split[j][m][k].size();
+        if (rows <= 0) continue;
+        auto it = memo.find(rows);
+        if (it == memo.end())
+          it = memo.emplace(rows, stage_time(c.mc, s.devices[d].profile, s.method.dtype, st.layer_begin,
+                                             st.layer_end, rows)).first;
+        const StageTime& t = it->second;
         int f = gb.add(TaskKind::Forward, d, mb_label("F", j, m));
         int b = gb.add(TaskKind::Backward, d, mb_label("B", j, m));
         for (int id : {f, b}) {
@@ -289,13 +307,13 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
           x.micro_batch = m;
           x.layer_begin = st.layer_begin;
           x.layer_end = st.layer_end;
-          x.samples = micro;
+          x.samples = rows;
         }
-        gb.tasks[f].flops = micro * (lc.fwd_flops + lc.side_fwd_flops);
+        gb.tasks[f].flops = rows * (lc.fwd_flops + lc.side_fwd_flops);
         gb.tasks[f].seconds = t.fwd;
-        gb.tasks[f].mem_alloc_bytes = micro * lc.act_bytes;
+        gb.tasks[f].mem_alloc_bytes = rows * lc.act_bytes;
         gb.tasks[f].mem_free_task = b;
-        gb.tasks[b].flops = micro * (lc.bwd_flops + lc.side_bwd_flops);
+        gb.tasks[b].flops = rows * (lc.bwd_flops + lc.side_bwd_flops);
         gb.tasks[b].seconds = t.bwd;
         F[j][k][m] = f;
         B[j][k][m] = b;
@@ -305,15 +323,18 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
           gb.tasks[w].micro_batch = m;
           gb.tasks[w].layer_begin = st.layer_begin;
           gb.tasks[w].layer_end = st.layer_end;
-          gb.tasks[w].samples = micro;
-          gb.tasks[w].bytes = micro * lc.tap_bytes;
+          gb.tasks[w].samples = rows;
+          gb.tasks[w].bytes = rows * lc.tap_bytes;
           gb.tasks[w].seconds = t.cache_write;
           gb.dep(w, f);
-          if (m > 0) gb.dep(w, w - 3);  // storage writes one at a time (F, B, W per micro-batch)
+          if (last_w >= 0) gb.dep(w, last_w);  // storage writes one at a time
+          last_w = w;
         }
       }
       // 1F1B on this device: warm-up forwards, then one forward one backward, then
-      // the remaining backwards; each compute task waits for the previous one.
+      // the remaining backwards, over the micro-batches it has rows of (the runtime's
+      // loop over all M, where a micro-batch without rows is a no-op); each compute
+      // task waits for the previous one.
       int warm = std::min(S - 1 - j, M);
       std::vector<int> seq;
       for (int m = 0; m < warm; m++) seq.push_back(F[j][k][m]);
@@ -322,26 +343,31 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
         seq.push_back(B[j][k][m - warm]);
       }
       for (int m = M - warm; m < M; m++) seq.push_back(B[j][k][m]);
+      seq.erase(std::remove(seq.begin(), seq.end(), -1), seq.end());
       for (size_t q = 1; q < seq.size(); q++) gb.dep(seq[q], seq[q - 1]);
       // Asynchronous (no flush): 1F1B continues across mini-batches, so forward m of the
       // next iteration waits only for backward M+m-warm-1 of this one; that keeps the
       // stage at warm+1 micro-batches in flight, the memory the planner charges.
       if (lay.async) {
-        for (int m = 0; m <= warm && m < M; m++) gb.tasks[F[j][k][m]].prev_deps.push_back(B[j][k][std::max(0, M + m - warm - 1)]);
+        for (int m = 0; m <= warm && m < M; m++) {
+          int bb = B[j][k][std::max(0, M + m - warm - 1)];
+          if (F[j][k][m] >= 0 && bb >= 0) gb.tasks[F[j][k][m]].prev_deps.push_back(bb);
+        }
       }
     }
   }
-  // Messages between adjacent groups, split by both sides' shares.
+  // Messages between adjacent groups: the rows both devices hold of each micro-batch.
   for (int j = 0; j + 1 < S; j++) {
     const StagePlan& a = lay.stages[j];
     const StagePlan& b = lay.stages[j + 1];
     const LayerCost& cut = c.mc.layers[a.layer_end - 1];
     for (size_t p = 0; p < a.devices.size(); p++) {
       for (size_t q = 0; q < b.devices.size(); q++) {
-        double part = a.shares[p] * b.shares[q] * beta;
-        if (part <= 0) continue;
         int d = a.devices[p], e = b.devices[q];
         for (int m = 0; m < M; m++) {
+          const RowRange &ra = split[j][m][p], &rb = split[j + 1][m][q];
+          int part = std::min(ra.end, rb.end) - std::max(ra.begin, rb.begin);
+          if (part <= 0) continue;
           int sf = gb.add(TaskKind::Send, d, mb_label("act", j, m));
           gb.tasks[sf].peer = e;
           gb.tasks[sf].stage = j;
@@ -368,6 +394,13 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
     LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
     int ar = -1;
     std::vector<int> members;
+    // A device's last backward of the mini-batch (-1: it had no rows at all).
+    std::vector<int> last_b(st.devices.size(), -1);
+    for (size_t k = 0; k < st.devices.size(); k++)
+      for (int m = 0; m < M; m++)
+        if (B[j][k][m] >= 0) last_b[k] = B[j][k][m];
+    // Every device of the group joins the all-reduce and steps, rows or not (the
+    // runtime's group calls it on all of them).
     for (size_t k = 0; k < st.devices.size(); k++) {
       if (st.shares[k] > 0) members.push_back(st.devices[k]);
     }
@@ -378,7 +411,7 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       gb.tasks[ar].bytes = lc.trainable * c.mc.grad_bytes;
       gb.tasks[ar].seconds = allreduce_s(c, members, gb.tasks[ar].bytes);
       for (size_t k = 0; k < st.devices.size(); k++) {
-        if (st.shares[k] > 0) gb.dep(ar, B[j][k][M - 1]);
+        if (last_b[k] >= 0) gb.dep(ar, last_b[k]);
       }
     }
     for (size_t k = 0; k < st.devices.size(); k++) {
@@ -388,8 +421,8 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       gb.tasks[o].stage = j;
       gb.tasks[o].flops = 12 * lc.trainable;
       gb.tasks[o].seconds = gb.tasks[o].flops / c.rate_layer[d];
-      gb.dep(o, ar >= 0 ? ar : B[j][k][M - 1]);
-      gb.dep(o, B[j][k][M - 1]);
+      if (ar >= 0) gb.dep(o, ar);
+      if (last_b[k] >= 0) gb.dep(o, last_b[k]);
     }
   }
   return gb.finish();
@@ -488,7 +521,6 @@ Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strat
   LayoutTimes t = layout_predict(c, lay);
   bool cached = uses_cache_phase(c, lay);
   const int E = s.epochs;
-  const double beta = lay.batch / lay.micro_batches;
 
   Phase first;
   first.kind = lay.stages.size() == 1 ? "data_parallel" : "pipeline";
@@ -505,8 +537,12 @@ Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strat
   seg.repeat = t.iters * (first.epoch_last - first.epoch_first + 1);
   seg.resident_bytes.assign(c.n, 0);
   for (const StagePlan& st : lay.stages) {
-    for (size_t k = 0; k < st.devices.size(); k++)
-      seg.resident_bytes[st.devices[k]] = stage_memory(c.mc, st.layer_begin, st.layer_end, 0, st.shares[k] * beta).total();
+    std::vector<std::vector<int>> rows = stage_rows(lay, st);
+    for (size_t k = 0; k < st.devices.size(); k++) {
+      int most = 0;  // the largest micro-batch part this device computes (its buffers)
+      for (const std::vector<int>& count : rows) most = std::max(most, count[k]);
+      seg.resident_bytes[st.devices[k]] = stage_memory(c.mc, st.layer_begin, st.layer_end, 0, most).total();
+    }
   }
   seg.graph = pipeline_graph(c, lay, c.mc.cache);
   seg.overlap = lay.async;

@@ -87,6 +87,13 @@ std::vector<StagePlan> partition_stages(const PlanCtx& c, StageCostKind kind, co
 // `paper_model` leaves bandwidth out of the steady state (the paper's stage-count
 // choice); otherwise messages, cache writes and a shared medium count.
 double pipeline_iter_s(const PlanCtx& c, const Layout& lay, bool paper_model);
+// Whole rows (src/core/rows.h): the rows each device of stage `st` computes in each
+// micro-batch of a `batch`-row mini-batch, rows[m][k], as the runtime deals them.
+std::vector<std::vector<int>> stage_rows(const Layout& lay, const StagePlan& st);
+// A stage's mean forward / backward / cache-write time per micro-batch over those
+// rows: each micro-batch waits for the slowest of its parts.
+StageTime stage_time_whole_rows(const PlanCtx& c, const Layout& lay, const StagePlan& st);
+
 struct PipelineTimes {
   double warm = 0, steady = 0, drain = 0, tail = 0;  // tail: all-reduces and optimizer step
 };

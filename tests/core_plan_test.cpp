@@ -1,4 +1,6 @@
 // Plan JSON: round trip, and validation errors that name the task or device.
+#include <cmath>
+#include <map>
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -9,6 +11,7 @@
 #include "tests/test_util.h"
 #include "src/common/fs.h"
 #include "src/core/plan.h"
+#include "src/core/rows.h"
 
 using namespace pac;
 
@@ -51,16 +54,30 @@ TEST(Plan, TasksAreTopologicalAndSegmentsRepeat) {
   }
   // Every forward's activations are freed by its own backward (same stage, micro-batch, device).
   int forwards = 0;
+  std::map<int, double> stage_rows;
   for (const Task& t : pipe.graph.tasks) {
     if (t.kind != TaskKind::Forward) continue;
     forwards++;
+    stage_rows[t.stage] += t.samples;
+    EXPECT_EQ(t.samples, std::floor(t.samples)) << t.label << ": the runtime computes whole rows";
     const Task& b = pipe.graph.tasks[t.mem_free_task];
     EXPECT_EQ(b.kind, TaskKind::Backward);
     EXPECT_EQ(b.device, t.device);
     EXPECT_EQ(b.micro_batch, t.micro_batch);
   }
-  // 8 devices x 4 micro-batches, each device in exactly one stage.
-  EXPECT_EQ(forwards, 32);
+  // Every stage computes each of the mini-batch's 16 rows once.
+  const Phase& ph = p.phases[0];
+  ASSERT_EQ(stage_rows.size(), ph.stages.size());
+  for (auto& kv : stage_rows) EXPECT_EQ(kv.second, 16.0) << "stage " << kv.first;
+  // One forward per (device, micro-batch) that has rows: 8 devices over 4 micro-batches
+  // of 4 rows; a device of a group gets no task for a micro-batch without rows of it.
+  int expected = 0;
+  for (const StagePlan& st : ph.stages)
+    for (int m = 0; m < ph.micro_batches; m++)
+      for (const RowRange& r : stage_split(micro_batch_rows(16, ph.micro_batches, m), st.shares))
+        expected += r.size() > 0;
+  EXPECT_EQ(forwards, expected);
+  EXPECT_LE(forwards, 32);
 }
 
 TEST(Plan, ValidationNamesTheTaskOrDevice) {
