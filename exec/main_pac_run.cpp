@@ -315,16 +315,16 @@ int run(int argc, char** argv) {
   if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
   if (!pa) settings.update(train_settings(sc.method, c, as));
   pac_assign_phase(c, as, settings);
-  pac_join_groups(c, as, timeout);
-  // The run's time starts here, as pac-sim's does: connecting, loading the model parts
-  // and joining the groups are setup (reported as setup_s), not training.
-  const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  t0 = std::chrono::steady_clock::now();
   // Phase 2 (data parallel from the activation cache) when the plan has one: the
   // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
   int p2 = -1;
   if (pa && sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
   std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
+  pac_join_groups(c, as, timeout, as2);
+  // The run's time starts here, as pac-sim's does: connecting, loading the model parts
+  // and joining the groups are setup (reported as setup_s), not training.
+  const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  t0 = std::chrono::steady_clock::now();
   const std::vector<Assignment> as1 = as;
   CacheHolders holders;
   double switch_s = -1;

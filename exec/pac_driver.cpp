@@ -92,10 +92,23 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
   return acks;
 }
 
-void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait) {
-  const json start = {{"op", "join"}};
-  for (int w = 0; w < c.worker_count(); w++)
-    if (as[w].stage >= 0) c.connection(w).send_json(MsgType::Start, start);
+void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
+                     const std::vector<Assignment>& next) {
+  json dp_store;
+  if (!next.empty() && next[0].stages.size() == 1 && next[0].stages[0].devices.size() > 1) {
+    std::string host = address_host(c.worker(next[0].stages[0].devices[0]).address);
+    dp_store = {{"host", host}, {"port", tcp_free_port(host)}};
+  }
+  for (int w = 0; w < c.worker_count(); w++) {
+    if (as[w].stage < 0) continue;
+    json start = {{"op", "join"}};
+    if (!dp_store.is_null() && next[w].stage >= 0) {
+      start["dp_store"] = dp_store;
+      start["dp_rank"] = next[w].group_rank;
+      start["dp_size"] = next[w].group_size();
+    }
+    c.connection(w).send_json(MsgType::Start, start);
+  }
   for (int w = 0; w < c.worker_count(); w++)
     if (as[w].stage >= 0) result_wait(c, w, wait);
 }

@@ -31,8 +31,11 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
 
 // Every assigned device joins its collective groups (stage group, tied-embedding group)
 // now, all at once, so that the store connects and Gloo pair setup happen before the
-// timed training (as model loading does) rather than inside the first step.
-void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait);
+// timed training (as model loading does) rather than inside the first step. `next`
+// (optional): the data-parallel phase after the switch; its devices join that group now
+// too, instead of during the switch.
+void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
+                     const std::vector<Assignment>& next = {});
 
 struct PacStepResult {
   double loss = 0;        // the mini-batch's masked mean loss (sum of the slices' parts)

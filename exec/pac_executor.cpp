@@ -120,6 +120,7 @@ class PacExecutor : public StageExecutor {
   std::string dp_store_host_;
   int dp_store_port_ = 0;
   std::unique_ptr<CollectiveGroup> dp_group_;
+  int dp_joined_rank_ = -1, dp_joined_size_ = 0;  // dp_group_ joined before training ("join")
   double read_s_ = 0;
   // Switch inbox (guarded by mu_): record pieces (sample, first tap) and side tensors
   // (parameter index -> AdamW step, [3, numel] = value, exp_avg, exp_avg_sq).
@@ -266,6 +267,8 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   cached_.clear();
   dp_ = false;
   dp_group_.reset();
+  dp_joined_rank_ = -1;
+  dp_joined_size_ = 0;
   owner_.clear();
   assigned_ = true;
   int64_t n_params = 0;
@@ -756,6 +759,15 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
         }
       }
       for (auto& r : ready) {
+        // My own record of all taps (a stage that is the whole model): the p1 record is
+        // already the phase-2 record (same key, same bytes), so it moves, not copies;
+        // the plan prices samples a device keeps as free.
+        if (r.second.size() == 1 && !r.second[0].defined() &&
+            cache_p1_->key().hash() == cache_dp_->key().hash()) {
+          std::filesystem::rename(cache_p1_->sample_path("p1", r.first), cache_dp_->sample_path("dp", r.first));
+          n_records++;
+          continue;
+        }
         for (torch::Tensor& part : r.second)
           if (!part.defined()) part = p1_read(r.first, cached_.at(r.first), ctx.device_id());
         torch::Tensor taps = torch::cat(r.second, 0);
@@ -809,7 +821,9 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   dp_size_ = static_cast<int>(dps.size());
   dp_ids_.clear();
   for (auto& d : dps) dp_ids_.push_back(d.first);
-  dp_group_.reset();
+  // A data-parallel group joined before training (pac-run's "join") is kept when it is
+  // this one; otherwise the devices join below.
+  if (!(dp_ && dp_group_ && dp_joined_rank_ == dp_rank_ && dp_joined_size_ == dp_size_)) dp_group_.reset();
   // Give the backbone's and the switch's freed heap back to the system: glibc keeps
   // freed chunks in its arenas, and phase 2 would otherwise carry phase 1's peak.
   malloc_trim(0);
@@ -821,7 +835,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   //    (every data-parallel device is here at the same time), instead of in the first
   //    phase-2 step, where the store connect and Gloo's pair setup (~1 s on the testbed)
   //    would look like a slow training step.
-  if (dp_ && dp_size_ > 1) {
+  if (dp_ && dp_size_ > 1 && !dp_group_) {
     CollectiveOptions opt;
     opt.timeout = timeout_;
     opt.tag = "data-parallel group join at the switch";
@@ -936,8 +950,24 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
   }
   std::string op = s.choice("op", {"train", "switch", "save", "join"});
   if (op == "join") {
+    s.check_keys({"op", "dp_store", "dp_rank", "dp_size"});
     group_join();
-    return {{"device", ctx.device_id()}, {"joined", a_.group_size() > 1}};
+    // The data-parallel group of the phase after the switch, joined now too (the switch
+    // keeps it when its rank and size are these).
+    if (auto g = s.find("dp_store")) {
+      g->check_keys({"host", "port"});
+      int size = static_cast<int>(s.integer("dp_size", 2, 1 << 20));
+      int rank = static_cast<int>(s.integer("dp_rank", 0, size - 1));
+      CollectiveOptions opt;
+      opt.timeout = timeout_;
+      opt.tag = "data-parallel group join before training";
+      CollectiveStore store = CollectiveStore::tcp(g->string("host"), static_cast<uint16_t>(g->integer("port", 1, 65535)),
+                                                   rank == 0, size, timeout_);
+      dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", rank, size, opt, bind_host_);
+      dp_joined_rank_ = rank;
+      dp_joined_size_ = size;
+    }
+    return {{"device", ctx.device_id()}, {"joined", a_.group_size() > 1 || dp_group_ != nullptr}};
   }
   if (op == "train") return train_step(s, ctx);
   if (op == "switch") return switch_phase(s, ctx);

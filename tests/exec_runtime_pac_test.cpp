@@ -263,6 +263,9 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, ExecRuntimePacSwitch,
     ::testing::Values(
         SwitchShape{"one", 1, 2, {runtime_stage(0, 4, {0}, {1.0})}, {0}, {1.0}, "fp32"},
+        // One stage of the whole model on a group: each device's p1 records are whole and
+        // move into its phase-2 cache unchanged (renamed, not re-written).
+        SwitchShape{"group_of_two_dp2", 2, 2, {runtime_stage(0, 4, {0, 1}, {0.5, 0.5})}, {0, 1}, {0.5, 0.5}, "fp32"},
         SwitchShape{"two_stages_dp2", 2, 3, {runtime_stage(0, 2, {0}, {1.0}), runtime_stage(2, 4, {1}, {1.0})}, {0, 1}, {0.5, 0.5},
                     "fp32"},
         SwitchShape{"three_2_1_dp3_fp16", 3, 2, {runtime_stage(0, 1, {0, 1}, {0.5, 0.5}), runtime_stage(1, 4, {2}, {1.0})}, {0, 1, 2},
