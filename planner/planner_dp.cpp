@@ -149,15 +149,12 @@ struct GroupAcc {
       // micro-batch of beta rows waits for its slowest part, so a group larger than
       // the rows it gets is priced by its idle devices too, not as beta / sum(1/t_i).
       // The search prices each device at the most rows the rule gives it in one
-      // micro-batch, ceil(share * beta) (or, when the stage is the whole model and no
-      // neighbour waits, ceil(share * batch) over the mini-batch / M): O(g) per group,
-      // where dealing the rows (stage_whole_rows_time, what pipeline_times and the task
-      // graphs use for the chosen plan) costs O(batch x g) and made pac-opt 60x slower.
-      double t = 0;
+      // micro-batch (stage_rows_bound_s), or, when the stage is the whole model and no
+      // neighbour waits, over the mini-batch / M: O(g) per group, where dealing the
+      // rows (what pipeline_times and the task graphs do for the chosen plan) costs
+      // O(batch x g) per evaluation and made pac-opt 60x slower.
       const bool alone = ri.x == 0 && ri.y == c.L;
-      const double rows = alone ? std::round(c.batch) : beta;
-      for (double ti : ts) t = std::max(t, std::ceil(rows / (ti * inv) - 1e-9) * ti);
-      if (alone) t /= c.M;
+      double t = alone ? stage_rows_bound_s(std::round(c.batch), ts, inv) / c.M : stage_rows_bound_s(beta, ts, inv);
       if (mc.cache) t = std::max(t, beta * ri.lc.tap_bytes * max_w / inv);
       for (int cut : {ri.x - 1, ri.y - 1}) {
         if (cut < 0 || cut == c.L - 1) continue;

@@ -127,28 +127,29 @@ TEST(ExecRuntimeAssignment, EqualSharesSplitEqually) {
   EXPECT_EQ(split_of(5, 2, 1, {1.0})[0].end, 5);
 }
 
-// The planner's price of whole rows (src/core/rows.h), closed form. Shares 1/3 : 2/3
-// over 8 rows in 4 micro-batches of 2: the row rule gives rows to devices 1,0 | 1,1 |
-// 0,1 | 1,0, i.e. (1,1), (0,2), (1,1), (1,1). With 2 s and 1 s per row every micro-batch
-// waits 2 s for its slowest part: mean 2.0 s, where the fluid model says
-// 2 / (1/2 + 1) = 1.33 s. Alone (no neighbour stage) the busiest device decides:
-// device 0 has 3 rows x 2 s = 6 s, device 1 5 x 1 s = 5 s: 6 / 4 = 1.5 s per micro-batch.
-TEST(ExecRuntimeAssignment, WholeRowsPriceClosedForm) {
+// Whole rows (src/core/rows.h), closed form. Shares 1/3 : 2/3 over 8 rows in 4
+// micro-batches of 2: the row rule gives rows to devices 1,0 | 1,1 | 0,1 | 1,0, i.e.
+// (1,1), (0,2), (1,1), (1,1). The planner's search bound, with 2 s and 1 s per row,
+// prices each device at its fullest micro-batch: ceil(2/3) x 2 s = ceil(4/3) x 1 s = 2 s,
+// which is also every micro-batch's slowest part above (the fluid model: 2 / (1/2 + 1)
+// = 1.33 s). Over the whole mini-batch (a stage no neighbour waits on): ceil(8/3) x 2 s
+// = 6 s, ceil(16/3) x 1 s = 6 s, matching the deal's 3 and 5 rows (6 s and 5 s).
+TEST(ExecRuntimeAssignment, WholeRowsClosedForm) {
   std::vector<double> shares = {1.0 / 3, 2.0 / 3}, row_s = {2.0, 1.0};
   std::vector<std::vector<int>> rows = stage_rows_per_micro_batch(8, 4, shares);
   std::vector<std::vector<int>> want = {{1, 1}, {0, 2}, {1, 1}, {1, 1}};
   EXPECT_EQ(rows, want);
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, shares, row_s), 2.0);
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, shares, row_s, true), 1.5);
-  // One device: all rows of each micro-batch, 2 x 3 s, either way.
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, {1.0}, {3.0}), 6.0);
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, {1.0}, {3.0}, true), 6.0);
+  EXPECT_DOUBLE_EQ(stage_rows_bound_s(2, row_s), 2.0);
+  EXPECT_DOUBLE_EQ(stage_rows_bound_s(8, row_s), 6.0);
+  // One device: all rows, 2 x 3 s.
+  EXPECT_DOUBLE_EQ(stage_rows_bound_s(2, {3.0}), 6.0);
   // Four equal devices on 2-row micro-batches: two idle in every micro-batch, so a
-  // micro-batch takes one row's time (1 s), twice the fluid 0.5 s; alone, each device
-  // has 2 rows in all: 2 / 4 = 0.5 s.
-  std::vector<double> four(4, 0.25), one(4, 1.0);
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, four, one), 1.0);
-  EXPECT_DOUBLE_EQ(stage_whole_rows_time(8, 4, four, one, true), 0.5);
+  // micro-batch takes one row's time (1 s), twice the fluid 0.5 s; the deal agrees.
+  std::vector<double> one(4, 1.0);
+  EXPECT_DOUBLE_EQ(stage_rows_bound_s(2, one), 1.0);
+  for (const std::vector<int>& c : stage_rows_per_micro_batch(8, 4, std::vector<double>(4, 0.25)))
+    EXPECT_EQ(*std::max_element(c.begin(), c.end()), 1);
+  EXPECT_DOUBLE_EQ(stage_rows_bound_s(8, one), 2.0);  // 2 rows each over the mini-batch
 }
 
 TEST(ExecRuntimeAssignment, ShortLastMiniBatch) {

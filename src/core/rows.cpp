@@ -97,21 +97,13 @@ std::vector<std::vector<int>> stage_rows_per_micro_batch(int n, int M, const std
   return out;
 }
 
-double stage_whole_rows_time(int n, int M, const std::vector<double>& shares, const std::vector<double>& row_s,
-                             bool alone) {
-  if (M <= 0) return 0;
-  double sum = 0;
-  std::vector<double> busy(shares.size(), 0);
-  for (const std::vector<int>& count : stage_rows_per_micro_batch(n, M, shares)) {
-    double worst = 0;
-    for (size_t g = 0; g < count.size(); g++) {
-      worst = std::max(worst, count[g] * row_s[g]);
-      busy[g] += count[g] * row_s[g];
-    }
-    sum += worst;
-  }
-  if (alone) return (busy.empty() ? 0 : *std::max_element(busy.begin(), busy.end())) / M;
-  return sum / M;
+double stage_rows_bound_s(double rows, const std::vector<double>& row_s, double inv) {
+  double t = 0;
+  if (inv <= 0)
+    for (double r : row_s) inv += 1.0 / r;
+  // 1e-9: a share that is a whole number of rows (2 of 4 at even shares) is that many.
+  for (double r : row_s) t = std::max(t, std::ceil(rows / (r * inv) - 1e-9) * r);
+  return t;
 }
 
 }  // namespace pac

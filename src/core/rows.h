@@ -52,15 +52,13 @@ std::vector<RowRange> stage_split(const RowRange& mb, const std::vector<double>&
 // of M micro-batches: rows[m][g].
 std::vector<std::vector<int>> stage_rows_per_micro_batch(int n, int M, const std::vector<double>& shares);
 
-// A stage's mean time per micro-batch when its devices compute whole rows:
-// (1/M) sum over m of max over g of rows[m][g] * row_s[g] (a micro-batch leaves the
-// stage when its slowest part is done). The fluid share model would give
-// (n/M) / sum(1/row_s[g]) (every device a fraction of every row), which is optimistic
-// when a micro-batch has few rows for the group.
-// `alone`: the stage is the whole model (no neighbour stage waits for a micro-batch's
-// parts), so each device runs its rows back to back and the stage takes the busiest
-// device's total: (1/M) max over g of sum over m of rows[m][g] * row_s[g].
-double stage_whole_rows_time(int n, int M, const std::vector<double>& shares, const std::vector<double>& row_s,
-                             bool alone = false);
+// The planner's search price of a group computing `rows` rows (a micro-batch, or a whole
+// mini-batch for a stage no neighbour waits on) in whole rows at speed-proportional
+// shares (share_g = (1/row_s[g]) / sum 1/row_s): every device at the most rows the row
+// rule can give it, max over g of ceil(share_g * rows) * row_s[g]. O(g), where dealing
+// the rows (stage_rows_per_micro_batch) is O(rows x g); the fluid model would give
+// rows / sum(1/row_s), optimistic when the group has few rows per device.
+// `inv`: sum of 1/row_s when the caller has it (0: computed here).
+double stage_rows_bound_s(double rows, const std::vector<double>& row_s, double inv = 0);
 
 }  // namespace pac
