@@ -329,6 +329,7 @@ int run(int argc, char** argv) {
   CacheHolders holders;
   double switch_s = -1;
   bool in_dp = false;
+  std::vector<int> dp_owners;  // per training sample: the DP rank whose cache holds it
 
   int64_t n = static_cast<int64_t>(train.size());
   int64_t nb = (n + batch - 1) / batch;
@@ -361,6 +362,7 @@ int run(int argc, char** argv) {
           for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
       }
       switch_s = sw.seconds;
+      dp_owners = sw.owners;
       // The plan puts the switch at the end of the last pipeline epoch (its switch
       // segment has epoch_first = epoch_last = 1), and so does pac-sim: count it there,
       // so measured and simulated epochs compare like with like.
@@ -372,7 +374,11 @@ int run(int argc, char** argv) {
       in_dp = true;
     }
     auto te = std::chrono::steady_clock::now();
-    std::vector<int64_t> order = epoch_order(n, seed, e);  // the trainer's order
+    // The trainer's order; in the cached data-parallel epochs each mini-batch takes its
+    // rows from every owner in proportion to what it owns (epoch_order_by_owner), so
+    // every device computes its planned share of every step instead of whichever of its
+    // samples a plain shuffle puts there.
+    std::vector<int64_t> order = in_dp ? epoch_order_by_owner(dp_owners, seed, e) : epoch_order(n, seed, e);
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
     prog.set_quiet(quiet);
     for (int64_t b = 0; b < nb; b++) {
@@ -482,6 +488,7 @@ int run(int argc, char** argv) {
                 {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens}, {"eval_loss_before", eval_before},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
                 {"switch_s", switch_s},    {"setup_s", setup_s},
+                {"dp_owners", dp_owners},
                 {"plan_file", std::filesystem::absolute(plan_file).string()},
                 {"run", {{"epochs", epochs}, {"samples", train.size()}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
                          {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed}}},

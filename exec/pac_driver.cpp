@@ -220,6 +220,7 @@ SwitchResult pac_switch(Coordinator& c, const std::vector<Assignment>& p1, const
     involved.push_back(w);
   }
   SwitchResult r;
+  r.owners = owner;
   for (int w : involved) {
     json j = result_wait(c, w, wait);
     r.results.push_back(j);

@@ -68,6 +68,7 @@ struct SwitchResult {
   double seconds = 0;
   std::vector<json> results;
   std::vector<int> workers;
+  std::vector<int> owners;  // per sample passed to pac_switch: the DP rank holding its record
 };
 
 // The phase switch: every device of `phase1` ships its cached taps to their owners and

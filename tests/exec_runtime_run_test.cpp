@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 
 #include "planner/planner.h"
 #include "src/llm/checkpoint.h"
+#include "src/llm/dataset.h"
 #include "src/llm/safetensors.h"
 #include "src/llm/tokenizer.h"
 #include "src/llm/trainer.h"
@@ -246,11 +248,31 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   TrainSetup setup;
   setup.load_backbone = [&] { return llama_load(model); };
   data_prepare(data, "", 0.5, *tok, d, o.seed, &setup.train, &setup.heldout);
+  json rep = json::parse(std::ifstream(dir + "/report.json"));
+  // The cached data-parallel epochs visit the samples by owner (the switch's owners,
+  // in the report): the trainer replays that order.
+  std::vector<int> owners = rep.value("dp_owners", std::vector<int>());
+  if (s.method.cache) {
+    ASSERT_EQ(owners.size(), setup.train.size());
+    // Both devices own half of the samples (shares 1/2 each)...
+    EXPECT_EQ(std::count(owners.begin(), owners.end(), 0), static_cast<long>(setup.train.size() / 2));
+  }
   Trainer tr(o, setup);
-  for (int e = 1; e <= rc.epochs; e++) tr.train_epoch(e, nullptr);
+  for (int e = 1; e <= rc.epochs; e++) {
+    std::vector<int64_t> order;
+    if (e > 1 && s.method.cache) {
+      order = epoch_order_by_owner(owners, o.seed, e);
+      // ...and every full mini-batch of 8 takes 4 rows from each.
+      for (size_t b = 0; b + batch <= order.size(); b += batch) {
+        int from0 = 0;
+        for (int i = 0; i < batch; i++) from0 += owners[order[b + i]] == 0;
+        EXPECT_EQ(from0, batch / 2) << "epoch " << e << " batch at " << b;
+      }
+    }
+    tr.train_epoch(e, nullptr, order.empty() ? nullptr : &order);
+  }
   double ref_eval = tr.evaluate();
 
-  json rep = json::parse(std::ifstream(dir + "/report.json"));
   EXPECT_EQ(rep["method"], rc.method);
   ASSERT_EQ(rep["epochs"].size(), static_cast<size_t>(rc.epochs));
   if (s.method.cache) {

@@ -3,6 +3,7 @@
 
 #include "tests/test_util.h"
 
+#include <cmath>
 #include <set>
 
 #include "src/common/error.h"
@@ -126,6 +127,45 @@ TEST(LlmDataset, EpochOrderIsSeededPermutation) {
   EXPECT_EQ(seen.size(), 50u);
   EXPECT_EQ(*seen.begin(), 0);
   EXPECT_EQ(*seen.rbegin(), 49);
+}
+
+// The data-parallel order by owner: a permutation; with owners of 12 and 12 samples every
+// mini-batch of 8 has exactly 4 from each (alternating places, the deficits tie and the
+// lower rank goes first); with 6 : 12 : 6 every prefix of length k holds owner g's samples
+// within one of count_g x k / n (so a batch of 8 has 2, 4 and 2: 6/24 x 8 = 2 exactly);
+// each owner's samples are shuffled per epoch; one owner is the trainer's epoch_order.
+TEST(LlmDataset, EpochOrderByOwnerGivesEachOwnerItsShare) {
+  std::vector<int> two(24), three(24);
+  for (int i = 0; i < 24; i++) {
+    two[i] = (i * 7) % 24 < 12 ? 0 : 1;
+    three[i] = i % 4 == 0 ? 0 : (i % 4 == 2 ? 2 : 1);  // 6, 12, 6
+  }
+  std::vector<int64_t> o = epoch_order_by_owner(two, 5, 2);
+  std::set<int64_t> seen(o.begin(), o.end());
+  EXPECT_EQ(o.size(), 24u);
+  EXPECT_EQ(seen.size(), 24u);
+  for (int k = 0; k < 24; k++) EXPECT_EQ(two[o[k]], k % 2) << "place " << k;
+  o = epoch_order_by_owner(three, 5, 2);
+  seen = std::set<int64_t>(o.begin(), o.end());
+  EXPECT_EQ(seen.size(), 24u);
+  const int count[3] = {6, 12, 6};
+  int placed[3] = {0, 0, 0};
+  for (int k = 1; k <= 24; k++) {
+    placed[three[o[k - 1]]]++;
+    for (int g = 0; g < 3; g++) EXPECT_LT(std::fabs(placed[g] - count[g] * k / 24.0), 1.0) << "prefix " << k << " owner " << g;
+    if (k % 8 == 0) {
+      EXPECT_EQ(placed[0], 2 * k / 8);
+      EXPECT_EQ(placed[1], 4 * k / 8);
+    }
+  }
+  // Another epoch: the same places per owner, other samples in them; the same epoch again
+  // gives the same order.
+  std::vector<int64_t> e3 = epoch_order_by_owner(three, 5, 3);
+  EXPECT_NE(e3, o);
+  EXPECT_EQ(epoch_order_by_owner(three, 5, 2), o);
+  for (int k = 0; k < 24; k++) EXPECT_EQ(three[e3[k]], three[o[k]]);
+  EXPECT_EQ(epoch_order_by_owner(std::vector<int>(24, 0), 5, 2), epoch_order(24, 5, 2));
+  EXPECT_THROW(epoch_order_by_owner({0, -1}, 5, 2), InputError);
 }
 
 TEST(LlmDataset, SplitIsDisjointAndSized) {

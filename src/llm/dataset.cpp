@@ -164,6 +164,40 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int epoch) {
   return order;
 }
 
+std::vector<int64_t> epoch_order_by_owner(const std::vector<int>& owner, uint64_t seed, int epoch) {
+  int64_t n = static_cast<int64_t>(owner.size());
+  int G = 0;
+  for (int o : owner) {
+    if (o < 0) throw InputError("epoch_order_by_owner: sample without an owner");
+    G = std::max(G, o + 1);
+  }
+  if (G <= 1) return epoch_order(n, seed, epoch);
+  std::vector<std::vector<int64_t>> mine(G);
+  for (int64_t i = 0; i < n; i++) mine[owner[i]].push_back(i);
+  for (int g = 0; g < G; g++)
+    shuffle_indices(&mine[g], (seed * 1000003ull + static_cast<uint64_t>(epoch) + 1) * 0x100000001b3ull +
+                                  static_cast<uint64_t>(g));
+  // Position k goes to the owner furthest behind its proportional count:
+  // deficit_g = count_g x (k+1) - placed_g x n (integers; ties to the lower rank).
+  std::vector<int64_t> order, placed(G, 0);
+  order.reserve(n);
+  for (int64_t k = 0; k < n; k++) {
+    int best = -1;
+    int64_t best_def = 0;
+    for (int g = 0; g < G; g++) {
+      int64_t cnt = static_cast<int64_t>(mine[g].size());
+      if (placed[g] == cnt) continue;
+      int64_t def = cnt * (k + 1) - placed[g] * n;
+      if (best < 0 || def > best_def) {
+        best = g;
+        best_def = def;
+      }
+    }
+    order.push_back(mine[best][placed[best]++]);
+  }
+  return order;
+}
+
 void dataset_split(const std::vector<TextSample>& all, double heldout_fraction, uint64_t seed,
                    std::vector<TextSample>* train, std::vector<TextSample>* heldout) {
   if (heldout_fraction < 0 || heldout_fraction >= 1)

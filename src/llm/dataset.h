@@ -65,6 +65,16 @@ void dataset_split(const std::vector<TextSample>& all, double heldout_fraction, 
 // of (seed, epoch), so it is the same on every platform and standard library.
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int epoch);
 
+// Visiting order of a data-parallel epoch over samples that live on their owners
+// (owner[i] in 0..G-1: the rank whose activation cache holds sample i). Every prefix of
+// the order holds each owner's samples in proportion to how many it owns, within one
+// (largest-deficit interleave), so a mini-batch of B gives owner g floor or ceil of
+// B x count_g / n rows: the share the plan prices, where a plain shuffle gives each rank
+// whatever its samples' positions give (1-4 of 8 rows on two ranks of 4 each). Which of
+// its samples fill an owner's places is a Fisher-Yates shuffle of (seed, epoch, g), as in
+// DistributedSampler. With one owner this is epoch_order (the trainer's order).
+std::vector<int64_t> epoch_order_by_owner(const std::vector<int>& owner, uint64_t seed, int epoch);
+
 uint64_t splitmix64(uint64_t* state);
 
 // Number of target tokens that count in the loss.

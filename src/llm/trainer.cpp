@@ -299,7 +299,7 @@ StepStats Trainer::train_step(const std::vector<const Example*>& batch, int epoc
   return s;
 }
 
-EpochStats Trainer::train_epoch(int epoch, std::vector<StepStats>* steps) {
+EpochStats Trainer::train_epoch(int epoch, std::vector<StepStats>* steps, const std::vector<int64_t>* given) {
   EpochStats es;
   es.epoch = epoch;
   int64_t hits0 = cache_ ? cache_->hits : 0, miss0 = cache_ ? cache_->misses : 0,
@@ -307,7 +307,11 @@ EpochStats Trainer::train_epoch(int epoch, std::vector<StepStats>* steps) {
   int loads0 = backbone_loads_;
   const auto& ex = setup_.train;
   int64_t n = static_cast<int64_t>(ex.size());
-  std::vector<int64_t> order = epoch_order(n, opt_.seed, epoch);
+  std::vector<int64_t> order = given ? *given : epoch_order(n, opt_.seed, epoch);
+  if (static_cast<int64_t>(order.size()) != n)
+    throw InputError("train_epoch: an order of " + std::to_string(order.size()) + " samples for " + std::to_string(n));
+  for (int64_t i : order)
+    if (i < 0 || i >= n) throw InputError("train_epoch: sample index " + std::to_string(i) + " out of range");
   int64_t nb = (n + opt_.batch_size - 1) / opt_.batch_size;
   Progress prog("epoch " + std::to_string(epoch) + "/" + std::to_string(opt_.epochs) + " step", nb);
   prog.set_quiet(opt_.quiet);

@@ -106,8 +106,10 @@ class Trainer {
 
   // Mean per-token loss over the held-out examples (no update).
   double evaluate(int64_t* tokens = nullptr);
-  // One epoch (1-based) over the training examples in the seeded order.
-  EpochStats train_epoch(int epoch, std::vector<StepStats>* steps);
+  // One epoch (1-based) over the training examples in the seeded order, or in `order`
+  // (indices into the training examples) when given: pac-run's data-parallel epochs
+  // visit samples by owner (epoch_order_by_owner), and the equivalence tests replay that.
+  EpochStats train_epoch(int epoch, std::vector<StepStats>* steps, const std::vector<int64_t>* order = nullptr);
   // One optimizer step on `batch` (used by train_epoch and the benchmarks).
   StepStats train_step(const std::vector<const Example*>& batch, int epoch);
   // evaluate, all epochs, evaluate.
