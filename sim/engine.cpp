@@ -113,6 +113,11 @@ struct DevState {
   double busy_seg_start = 0;
   bool computes_in_segment = false;
   bool dispatch_pending = false;
+  // One core for everything (a testbed device of cpu_quota <= 1): its cache reads and
+  // writes are CPU work (copies, dtype conversion, hashing, page-cache writes) on the same
+  // quota as its compute, so they queue on the compute engine instead of overlapping it.
+  bool storage_on_cpu = false;
+  double cpu_storage_seg = 0;  // storage time on the compute engine in this segment
 };
 
 class Engine {
@@ -345,6 +350,7 @@ void Engine::segment_prepare(int si) {
   for (int d = 0; d < n_; d++) {
     dev_[d].computes_in_segment = false;
     dev_[d].busy_seg_start = res_.devices[d].busy_s;
+    dev_[d].cpu_storage_seg = 0;
     dev_[d].compute_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
     dev_[d].storage_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
   }
@@ -366,7 +372,8 @@ void Engine::segment_prepare(int si) {
 void Engine::segment_close() {
   for (int d = 0; d < n_; d++) {
     if (!dev_[d].computes_in_segment) continue;
-    res_.devices[d].bubble_s += (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start);
+    res_.devices[d].bubble_s +=
+        (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start) - dev_[d].cpu_storage_seg;
   }
   res_.segments[seg_i_].end_s = now_;
 }
@@ -437,7 +444,8 @@ void Engine::task_ready(int t) {
     std::push_heap(q.begin(), q.end(), LaterInstance{this});
     dispatch_mark(task.device);
   } else if (kind_is_storage(task.kind)) {
-    auto& q = dev_[task.device].storage_queue;
+    DevState& ds = dev_[task.device];
+    auto& q = ds.storage_on_cpu ? ds.compute_queue : ds.storage_queue;
     q.push_back(t);
     std::push_heap(q.begin(), q.end(), LaterInstance{this});
     dispatch_mark(task.device);
@@ -597,6 +605,11 @@ void Engine::task_finish(int t) {
     DevState& ds = dev_[d];
     res_.devices[d].busy_s += now_ - ds.compute_start;
     ds.compute_cur = -1;
+  } else if (kind_is_storage(task.kind) && dev_[d].compute_cur == t) {
+    DevState& ds = dev_[d];
+    res_.devices[d].storage_s += now_ - ds.compute_start;
+    ds.cpu_storage_seg += now_ - ds.compute_start;
+    ds.compute_cur = -1;
   } else if (kind_is_storage(task.kind)) {
     DevState& ds = dev_[d];
     res_.devices[d].storage_s += now_ - ds.storage_start;
@@ -711,6 +724,7 @@ SimResult Engine::run() {
     double c = shared ? nic : (nic > 0 ? std::min(nic, ns.bandwidth_bps) : ns.bandwidth_bps);
     up[d] = down[d] = c > 0 ? c / 8 : 0;
     dev_[d].mem_cap = sc_.devices[d].profile.memory_bytes;
+    dev_[d].storage_on_cpu = sc_.devices[d].cpu_quota > 0 && sc_.devices[d].cpu_quota <= 1.0;
   }
   net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
   pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);
@@ -819,7 +833,13 @@ SimResult Engine::run() {
   for (int d = 0; d < n_; d++) {
     DevState& ds = dev_[d];
     SimDeviceStats& st = res_.devices[d];
-    if (ds.compute_cur >= 0) st.busy_s += now_ - ds.compute_start;
+    if (ds.compute_cur >= 0) {
+      if (kind_is_storage(task_of(ds.compute_cur).kind)) {
+        st.storage_s += now_ - ds.compute_start;
+        ds.cpu_storage_seg += now_ - ds.compute_start;
+      } else
+        st.busy_s += now_ - ds.compute_start;
+    }
     if (ds.storage_cur >= 0) st.storage_s += now_ - ds.storage_start;
     if (ds.flows_live > 0) st.comm_s += now_ - ds.comm_since;
   }

@@ -6,7 +6,9 @@
 // - Each device has three engines that run at the same time: a compute engine (Forward,
 //   Backward, Optimizer; one task at a time, the ready task with the lowest id first, so
 //   the planner's task order is the schedule), a storage engine (CacheWrite/CacheRead,
-//   one at a time) and its NIC (any number of flows, sharing the uplink and downlink).
+//   one at a time; on a device of cpu_quota <= 1 core, an emulated testbed device, the
+//   storage tasks queue on the compute engine: one core does both) and its NIC (any
+//   number of flows, sharing the uplink and downlink).
 // - Send = one flow; AllReduce = ring of 2(n-1) steps, AllGather = n-1 steps, each step n
 //   concurrent flows of bytes/n (next step when all have arrived). A flow starts after the
 //   pair's latency and then moves at the max-min fair rate of sim/network.h.

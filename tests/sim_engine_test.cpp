@@ -417,17 +417,25 @@ TEST(SimEngine, LinkDegradeSlowsAFlowInFlight) {
 
 TEST(SimEngine, ComputeOverlapsCommunicationAndStorage) {
   // d0: compute 2 s while sending 125 MB (1 s) and writing the cache (1.5 s), all
-  // independent: makespan = max(2, 1, 1.5) = 2 s.
-  SimPlanBuilder pb(2, 1e9, 0);
-  pb.seg("x", 1, 1, 1);
-  pb.compute(TaskKind::Forward, 0, 2.0, {});
-  pb.send(0, 1, 125e6, {});
-  pb.compute(TaskKind::CacheWrite, 0, 1.5, {});
-  SimResult r = sim_run(pb.plan);
-  ASSERT_TRUE(r.ok);
-  EXPECT_NEAR(r.makespan_s, 2.0, 1e-12);
-  EXPECT_NEAR(r.devices[0].storage_s, 1.5, 1e-12);
-  EXPECT_NEAR(r.devices[0].busy_s, 2.0, 1e-12);
+  // independent: makespan = max(2, 1, 1.5) = 2 s (no cpu_quota; 1.5 cores the same).
+  // On a testbed device of cpu_quota 1 (and 0.5) its one core does the cache write's CPU
+  // work too, so forward and write run one after the other (the lower task id first):
+  // makespan 2 + 1.5 = 3.5 s; busy stays the compute's 2 s, storage 1.5 s, and the
+  // compute engine never waits (bubble 0). The send overlaps in every case (NIC).
+  for (double q : {0.0, 1.5, 1.0, 0.5}) {
+    SimPlanBuilder pb(2, 1e9, 0);
+    pb.plan.scenario.devices[0].cpu_quota = q;
+    pb.seg("x", 1, 1, 1);
+    pb.compute(TaskKind::Forward, 0, 2.0, {});
+    pb.send(0, 1, 125e6, {});
+    pb.compute(TaskKind::CacheWrite, 0, 1.5, {});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, q > 0 && q <= 1 ? 3.5 : 2.0, 1e-12) << q;
+    EXPECT_NEAR(r.devices[0].storage_s, 1.5, 1e-12) << q;
+    EXPECT_NEAR(r.devices[0].busy_s, 2.0, 1e-12) << q;
+    EXPECT_NEAR(r.devices[0].bubble_s, 0.0, 1e-12) << q;
+  }
 }
 
 TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
