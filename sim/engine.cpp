@@ -372,8 +372,10 @@ void Engine::segment_prepare(int si) {
 void Engine::segment_close() {
   for (int d = 0; d < n_; d++) {
     if (!dev_[d].computes_in_segment) continue;
-    res_.devices[d].bubble_s +=
-        (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start) - dev_[d].cpu_storage_seg;
+    // max(0): the three terms tile the segment, and their rounding must not make a
+    // device that never waited report -2e-16 s.
+    res_.devices[d].bubble_s += std::max(
+        0.0, (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start) - dev_[d].cpu_storage_seg);
   }
   res_.segments[seg_i_].end_s = now_;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <sys/wait.h>
 
 #include "planner/planner.h"
@@ -339,6 +340,30 @@ TEST(SimFidelityHarness, SimulatesEveryStrategyAndSaysWhyNothingWasMeasured) {
 // The committed testbed profiles (bench/calibrate_testbed.sh): each loads as a device
 // profile, and each calibrated rate is the no-quota 1-thread rate of its kind and
 // micro-batch (recomputed here from the reference timing table) x min(1, quota).
+// Every fidelity scenario's plan of every strategy simulates to times a report can carry:
+// busy + bubble + idle = makespan on every used device, none below zero (a device whose cache I/O queues on
+// its one core once ended a segment with bubble -2e-16 s, and --validate refused the
+// simulation's own report).
+TEST(SimFidelityHarness, EveryScenarioSimulatesToNonNegativeTimes) {
+  int checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(kSrc + "/bench/fidelity")) {
+    if (entry.path().extension() != ".json") continue;
+    Scenario sc = scenario_load(entry.path().string(), kSrc + "/profiles");
+    for (const char* strategy : {"pac", "pac-opt", "standalone", "eddl", "ecofl", "asteroid"}) {
+      SimResult r = sim_run(plan_make(sc, strategy));
+      ASSERT_TRUE(r.ok) << entry.path() << " " << strategy;
+      for (size_t d = 0; d < r.devices.size(); d++) {
+        const SimDeviceStats& st = r.devices[d];
+        EXPECT_GE(st.bubble_s, 0.0) << entry.path() << " " << strategy << " device " << d;
+        EXPECT_GE(st.idle_s, 0.0) << entry.path() << " " << strategy << " device " << d;
+        if (st.used) EXPECT_NEAR(st.busy_s + st.bubble_s + st.idle_s, r.makespan_s, 1e-9 * r.makespan_s);
+      }
+      checked++;
+    }
+  }
+  EXPECT_GE(checked, 8 * 6);
+}
+
 TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
   int checked = 0;
   for (const char* q : {"q025", "q050", "q075", "q100"})
