@@ -209,6 +209,16 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     row["epoch_mape_pct"] = v["epoch_mape_pct"]
     row["epoch_max_error_pct"] = v["epoch_max_error_pct"]
     row["validation"] = v
+    # How much of this host the run used: the workers' CPU seconds (every thread) and the
+    # coordinator's, over host cores x training time. Near 1 the devices also compete
+    # for the host (docs/fidelity.md, "Where the host runs out").
+    rep = json.load(open(report))
+    cpu = [dv.get("cpu_s") for dv in rep.get("devices", []) if dv.get("used")]
+    coord = rep.get("coordinator_cpu_s")
+    if cpu and all(c is not None for c in cpu) and coord is not None and rep.get("total_s"):
+        row["measured_cpu"] = {"devices_cpu_s": [round(c, 3) for c in cpu], "coordinator_cpu_s": round(coord, 3),
+                               "host_cores": os.cpu_count(),
+                               "host_use": round((sum(cpu) + coord) / (os.cpu_count() * rep["total_s"]), 3)}
     return row
 
 

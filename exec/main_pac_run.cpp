@@ -32,6 +32,7 @@
 #include "exec/testbed.h"
 #include "exec/train_driver.h"
 #include "exec/train_executor.h"
+#include "src/common/cgroup.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -320,11 +321,12 @@ int run(int argc, char** argv) {
   int p2 = -1;
   if (pa && sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
   std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
-  pac_join_groups(c, as, timeout, as2);
+  std::vector<double> cpu_join = pac_join_groups(c, as, timeout, as2);
   // The run's time starts here, as pac-sim's does: connecting, loading the model parts
   // and joining the groups are setup (reported as setup_s), not training.
   const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   t0 = std::chrono::steady_clock::now();
+  const double coordinator_cpu0 = process_cpu_s();
   const std::vector<Assignment> as1 = as;
   CacheHolders holders;
   double switch_s = -1;
@@ -340,6 +342,9 @@ int run(int argc, char** argv) {
   // Per device (scenario order), summed over steps from the workers' own timings.
   size_t nd = sc.devices.size();
   std::vector<double> busy(nd, 0), bubble(nd, 0), comm(nd, 0), rss(nd, 0), tensor(nd, 0);
+  // Each worker's process CPU seconds in its latest result (cumulative), against its
+  // value at the join: the CPU the device used for training, all its threads.
+  std::vector<double> cpu_last(nd, -1);
   // Peaks of the cached epochs alone (workers restart their peaks at the end of the switch).
   std::vector<double> cached_rss(nd, -1), cached_tensor(nd, -1);
   std::map<std::pair<std::string, std::string>, double> link_bytes;
@@ -358,6 +363,7 @@ int run(int argc, char** argv) {
         bubble[d] += j.value("wait_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
         tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
+        cpu_last[d] = j.value("cpu_s", cpu_last[d]);
         if (j.contains("bytes_to"))
           for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
       }
@@ -401,6 +407,7 @@ int run(int argc, char** argv) {
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
         rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
         tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
+        cpu_last[d] = j.value("cpu_s", cpu_last[d]);
         if (in_dp) {
           cached_rss[d] = std::max(cached_rss[d], j.value("rss_peak_bytes", 0.0));
           cached_tensor[d] = std::max(cached_tensor[d], j.value("tensor_peak_bytes", 0.0));
@@ -418,6 +425,7 @@ int run(int argc, char** argv) {
                            {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double coordinator_cpu_s = process_cpu_s() - coordinator_cpu0;
 
   double eval_loss = -1, eval_tokens = 0;
   if (!out.empty()) {
@@ -475,6 +483,7 @@ int run(int argc, char** argv) {
                       {"peak_memory_bytes", rss[d]},
                       {"peak_tensor_bytes", tensor[d]},
                       {"memory_bytes", sc.devices[d].profile.memory_bytes}});
+      if (cpu_last[d] >= 0 && d < cpu_join.size() && cpu_join[d] >= 0) devs.back()["cpu_s"] = cpu_last[d] - cpu_join[d];
       if (in_dp) {
         devs.back()["cached_peak_memory_bytes"] = std::max(0.0, cached_rss[d]);
         devs.back()["cached_peak_tensor_bytes"] = std::max(0.0, cached_tensor[d]);
@@ -488,7 +497,7 @@ int run(int argc, char** argv) {
                 {"eval_loss", eval_loss}, {"eval_tokens", eval_tokens}, {"eval_loss_before", eval_before},
                 {"perplexity", eval_loss >= 0 ? std::exp(eval_loss) : -1.0},
                 {"switch_s", switch_s},    {"setup_s", setup_s},
-                {"dp_owners", dp_owners},
+                {"dp_owners", dp_owners},  {"coordinator_cpu_s", coordinator_cpu_s},
                 {"plan_file", std::filesystem::absolute(plan_file).string()},
                 {"run", {{"epochs", epochs}, {"samples", train.size()}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
                          {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed}}},

@@ -92,8 +92,8 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
   return acks;
 }
 
-void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
-                     const std::vector<Assignment>& next) {
+std::vector<double> pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
+                                    const std::vector<Assignment>& next) {
   json dp_store;
   if (!next.empty() && next[0].stages.size() == 1 && next[0].stages[0].devices.size() > 1) {
     std::string host = address_host(c.worker(next[0].stages[0].devices[0]).address);
@@ -109,8 +109,10 @@ void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis w
     }
     c.connection(w).send_json(MsgType::Start, start);
   }
+  std::vector<double> cpu(c.worker_count(), -1);
   for (int w = 0; w < c.worker_count(); w++)
-    if (as[w].stage >= 0) result_wait(c, w, wait);
+    if (as[w].stage >= 0) cpu[w] = result_wait(c, w, wait).value("cpu_s", -1.0);
+  return cpu;
 }
 
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,

@@ -33,9 +33,11 @@ std::vector<json> pac_assign_phase(Coordinator& c, const std::vector<Assignment>
 // now, all at once, so that the store connects and Gloo pair setup happen before the
 // timed training (as model loading does) rather than inside the first step. `next`
 // (optional): the data-parallel phase after the switch; its devices join that group now
-// too, instead of during the switch.
-void pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
-                     const std::vector<Assignment>& next = {});
+// too, instead of during the switch. Returns each worker's CPU seconds so far (its
+// result's `cpu_s`; -1 for a worker without a stage or an answer without it), the
+// baseline of the report's per-device `cpu_s`.
+std::vector<double> pac_join_groups(Coordinator& c, const std::vector<Assignment>& as, Millis wait,
+                                    const std::vector<Assignment>& next = {});
 
 struct PacStepResult {
   double loss = 0;        // the mini-batch's masked mean loss (sum of the slices' parts)

@@ -1,5 +1,7 @@
 #include "exec/worker.h"
 
+#include "src/common/cgroup.h"
+
 #include <cstdio>
 
 namespace pac {
@@ -262,6 +264,7 @@ void Worker::handle_control(const std::shared_ptr<Connection>& sc, const Frame& 
         MsgType type = MsgType::Result;
         try {
           reply = ex->run_step(doc, *this);
+          if (reply.is_object()) reply["cpu_s"] = process_cpu_s();
         } catch (const std::exception& e) {
           std::string msg = "device " + options_.device_id + ": step failed: " + e.what();
           log(msg);

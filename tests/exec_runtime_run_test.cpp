@@ -285,6 +285,18 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   EXPECT_NEAR(rep["eval_loss"].get<double>(), ref_eval, 1e-4 * ref_eval) << rc.name;
   // Training moved the result well beyond the tolerance (the comparison is not vacuous).
   EXPECT_GT(rep["eval_loss_before"].get<double>() - ref_eval, 0.05) << rc.name;
+  // CPU accounting: every training device used CPU, and only over the training window
+  // (from its join: the model load before it is not counted), so at most the 2 cores
+  // this host could give one process over total_s, with 0.5 s of slack for the last
+  // result's round trip.
+  double total = rep["total_s"].get<double>();
+  for (const json& d : rep["devices"]) {
+    if (!d["used"].get<bool>()) continue;
+    ASSERT_TRUE(d.contains("cpu_s")) << rc.name << " " << d["id"];
+    EXPECT_GT(d["cpu_s"].get<double>(), 0.0) << rc.name << " " << d["id"];
+    EXPECT_LT(d["cpu_s"].get<double>(), 2 * total + 0.5) << rc.name << " " << d["id"];
+  }
+  EXPECT_GE(rep["coordinator_cpu_s"].get<double>(), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, ExecRuntimeRunPaths,

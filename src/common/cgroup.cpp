@@ -1,6 +1,7 @@
 #include "src/common/cgroup.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -35,6 +36,13 @@ bool cgroup_write(const std::string& path, const std::string& text, std::string*
   }
   ::close(fd);
   return true;
+}
+
+double process_cpu_s() {
+  rusage u{};
+  if (getrusage(RUSAGE_SELF, &u) != 0) return -1;
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 }  // namespace pac
