@@ -229,6 +229,38 @@ def order(rows, key):
     return [r["strategy"] for r in sorted(ok, key=lambda r: r[key])]
 
 
+def sim_tied(x, y):
+    """Two simulated totals the simulator cannot order: equal to 1e-9 relative (in
+    practice, strategies that chose the same plan, e.g. pac and pac-opt both [2])."""
+    return abs(x - y) <= 1e-9 * max(abs(x), abs(y))
+
+
+def order_text(rows, key, tie=None):
+    """"a < b = c": the order by `key`, with `=` between neighbours `tie` says are tied."""
+    ok = sorted([r for r in rows if r.get(key) is not None], key=lambda r: r[key])
+    out = ""
+    for i, r in enumerate(ok):
+        if i:
+            out += " = " if tie and tie(ok[i - 1][key], r[key]) else " < "
+        out += r["strategy"]
+    return out
+
+
+def ranking_agrees(rows):
+    """The measured order agrees with the simulated one when every pair of measured
+    strategies that the simulation orders (not tied) is measured in that order. A pair the
+    simulation ties (the same plan) may be measured either way: that is run-to-run noise,
+    not a ranking."""
+    meas = [r for r in rows if r.get("measured_total_s") is not None and r.get("sim_total_s") is not None]
+    for i, a in enumerate(meas):
+        for b in meas[i + 1:]:
+            if sim_tied(a["sim_total_s"], b["sim_total_s"]):
+                continue
+            if (a["sim_total_s"] < b["sim_total_s"]) != (a["measured_total_s"] < b["measured_total_s"]):
+                return False
+    return True
+
+
 def summarize(rows):
     by_scen = {}
     for r in rows:
@@ -238,15 +270,14 @@ def summarize(rows):
     for name, rs in by_scen.items():
         sim_order = order(rs, "sim_total_s")
         meas = [r for r in rs if r["epoch_mape_pct"] is not None]
-        s = {"scenario": name, "sim_order": sim_order, "measured_order": None, "ranking_agrees": None,
-             "epoch_mape_pct": None}
+        s = {"scenario": name, "sim_order": sim_order, "sim_order_text": order_text(rs, "sim_total_s", sim_tied),
+             "measured_order": None, "ranking_agrees": None, "epoch_mape_pct": None}
         if meas:
             s["epoch_mape_pct"] = sum(r["epoch_mape_pct"] for r in meas) / len(meas)
             measured_mapes.append(s["epoch_mape_pct"])
             s["measured_order"] = order(rs, "measured_total_s")
-            # Compared on the strategies both sides have.
-            common = [x for x in sim_order if x in s["measured_order"]]
-            s["ranking_agrees"] = common == [x for x in s["measured_order"] if x in common]
+            # Compared on the strategies both sides have; simulated ties are not an order.
+            s["ranking_agrees"] = ranking_agrees(rs)
         scen_out.append(s)
     summary = {"rows": len(rows), "rows_measured": sum(1 for r in rows if r["epoch_mape_pct"] is not None),
                "scenarios": scen_out, "target_mean_pct": TARGET_MEAN_PCT,
@@ -277,11 +308,11 @@ def markdown(rows, summary):
             fmt_list(r["planner_epoch_s"]), fmt_list(r["measured_epoch_s"]),
             "n/a" if r["epoch_mape_pct"] is None else "%.1f%%" % r["epoch_mape_pct"], status.replace("|", "/")))
     out.append("")
-    out.append("| scenario | simulated order (fastest first) | measured order | same ranking | scenario MAPE |")
+    out.append("| scenario | simulated order (fastest first; = the same time) | measured order | same ranking | scenario MAPE |")
     out.append("|---|---|---|---|---|")
     for s in summary["scenarios"]:
         out.append("| %s | %s | %s | %s | %s |" % (
-            s["scenario"], " < ".join(s["sim_order"]) or "-",
+            s["scenario"], s.get("sim_order_text") or " < ".join(s["sim_order"]) or "-",
             " < ".join(s["measured_order"]) if s["measured_order"] else "n/a",
             "n/a" if s["ranking_agrees"] is None else ("yes" if s["ranking_agrees"] else "**no**"),
             "n/a" if s["epoch_mape_pct"] is None else "%.1f%%" % s["epoch_mape_pct"]))
@@ -413,6 +444,20 @@ def update_docs(doc, table):
     write_atomic(doc, text)
 
 
+def resummarize(a):
+    doc = json.load(open(a.resummarize))
+    rows = doc["rows"]
+    doc["summary"] = summarize(rows)
+    write_atomic(a.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    table = markdown(rows, doc["summary"])
+    if a.table:
+        write_atomic(a.table, table)
+    if a.update_docs:
+        update_docs(os.path.join(ROOT, "docs/fidelity.md"), table)
+    sys.stdout.write(table)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", "build"))
@@ -428,6 +473,9 @@ def main():
                     "(default: the first scenario with its own strategy)")
     ap.add_argument("--update-docs", action="store_true", help="put the table into docs/fidelity.md")
     ap.add_argument("--no-run", action="store_true", help="simulate only (measured columns n/a)")
+    ap.add_argument("--resummarize", metavar="RESULTS_JSON", default=None,
+                    help="run nothing: recompute the summary, the tables (--table, --update-docs) and --out "
+                    "from the rows of an earlier results file (after a change to how rows are summarized)")
     ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
                     help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
                     "scenarios of 1-core devices on >= 1 Gbit/s links")
@@ -444,6 +492,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
     ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
     a = ap.parse_args()
+    if a.resummarize:
+        return resummarize(a)
     a.bin_dir = os.path.join(a.build_dir if os.path.isabs(a.build_dir) else os.path.join(ROOT, a.build_dir), "bin")
     for tool in ("pac-plan", "pac-sim"):
         if not os.path.exists(os.path.join(a.bin_dir, tool)):

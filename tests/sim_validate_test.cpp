@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sys/wait.h>
 
 #include "planner/planner.h"
@@ -362,6 +363,31 @@ TEST(SimFidelityHarness, EveryScenarioSimulatesToNonNegativeTimes) {
     }
   }
   EXPECT_GE(checked, 8 * 6);
+}
+
+// The harness's ranking rule: strategies the simulation ties (the same plan, e.g. pac and
+// pac-opt both [2]) may be measured in either order; every other pair must be measured in
+// the simulated order.
+TEST(SimFidelityHarness, RankingIgnoresOnlySimulatedTies) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py =
+      "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
+      "r = lambda s, sim, m: {'strategy': s, 'sim_total_s': sim, 'measured_total_s': m}\n"
+      "tie = [r('pac', 2.0, 2.2), r('pac-opt', 2.0, 2.1), r('eddl', 3.0, 3.5)]\n"
+      "assert f.ranking_agrees(tie)\n"
+      "assert f.order_text(tie, 'sim_total_s', f.sim_tied) == 'pac = pac-opt < eddl'\n"
+      "assert not f.ranking_agrees([r('pac', 2.0, 2.2), r('pac-opt', 2.1, 2.1)])\n"
+      "assert not f.ranking_agrees(tie + [r('ecofl', 1.0, 2.15)])\n"
+      "assert f.ranking_agrees(tie + [r('ecofl', 1.0, 2.05), r('standalone', 9.0, None)])\n"
+      "print('ok')\n";
+  std::string file = ::testing::TempDir() + "/ranking_check.py";
+  {
+    std::ofstream o(file);
+    o << py;
+  }
+  ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+  EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }
 
 TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
