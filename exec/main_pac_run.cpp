@@ -309,9 +309,14 @@ int run(int argc, char** argv) {
   Coordinator c(addrs, key, CoordinatorOptions{"pac-run", timeout, std::chrono::milliseconds(500), 50});
   c.connect_all();
   std::vector<Assignment> as = assignments_make(plan, 0);
+  // The workers cache activations only when the plan does (its tasks write the cache):
+  // a baseline's plan (standalone, eddl, ecofl, asteroid) has no cache tasks even when
+  // the scenario's method says cache, and caching anyway would be work the plan and
+  // pac-sim do not have (CPU on a one-core device, and a cached epoch 2 for standalone).
+  const bool plan_caches = plan_writes_cache(plan);
   json settings = {{"seed", seed}, {"side_init", side_init}, {"reduction_k", k}, {"lr", lr},
                    {"weight_decay", wd}, {"threads", threads}, {"timeout_ms", timeout.count()},
-                   {"cache", sc.method.cache}, {"cache_dtype", sc.method.cache_dtype}};
+                   {"cache", sc.method.cache && plan_caches}, {"cache_dtype", sc.method.cache_dtype}};
   settings["model"] = model;
   if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
   if (!pa) settings.update(train_settings(sc.method, c, as));
@@ -319,7 +324,7 @@ int run(int argc, char** argv) {
   // Phase 2 (data parallel from the activation cache) when the plan has one: the
   // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
   int p2 = -1;
-  if (pa && sc.method.cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
+  if (pa && sc.method.cache && plan_caches && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
   std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
   std::vector<double> cpu_join = pac_join_groups(c, as, timeout, as2);
   // The run's time starts here, as pac-sim's does: connecting, loading the model parts

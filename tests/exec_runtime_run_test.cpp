@@ -207,6 +207,7 @@ struct RunCase {
   std::string name, method, cache_dtype;
   int epochs;
   int stages = 2;  // 1: one stage whose group holds both devices (pac-run's "join" path)
+  std::string strategy = "";  // default: pac for parallel adapters, ecofl otherwise
 };
 
 class ExecRuntimeRunPaths : public ::testing::TestWithParam<RunCase> {};
@@ -225,8 +226,13 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   s.method.kind = rc.method;
   s.method.cache = !rc.cache_dtype.empty();
   if (s.method.cache) s.method.cache_dtype = rc.cache_dtype;
-  s.strategy = rc.method == "parallel_adapters" ? "pac" : "ecofl";
+  s.strategy = !rc.strategy.empty() ? rc.strategy : rc.method == "parallel_adapters" ? "pac" : "ecofl";
   Plan plan = plan_make(s, s.strategy);
+  // The run caches only when the plan does: a baseline's plan on a cache scenario has no
+  // cache tasks, and then the reference is the trainer without a cache (the cache dtype
+  // rounds the taps, so a run that cached anyway would not match it).
+  const bool plan_caches = plan_writes_cache(plan);
+  EXPECT_EQ(plan_caches, s.method.cache && s.strategy == "pac") << rc.name;
   ASSERT_EQ(plan.phases[0].stages.size(), static_cast<size_t>(rc.stages));
   if (rc.stages == 1) ASSERT_EQ(plan.phases[0].stages[0].devices.size(), 2u) << "a group of both devices";
   plan_save(plan, dir + "/plan.json");
@@ -241,7 +247,7 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   auto tok = tokenizer_load(tok_path);
   DataOptions d = data_options(*tok, seq);
   TrainOptions o = reference_options(rc.method, batch, seq, 0.005, 9, k, rc.epochs);
-  if (s.method.cache) {
+  if (plan_caches) {
     o.cache_dir = dir + "/trainer-cache";
     o.cache_dtype = rc.cache_dtype;
   }
@@ -252,7 +258,7 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   // The cached data-parallel epochs visit the samples by owner (the switch's owners,
   // in the report): the trainer replays that order.
   std::vector<int> owners = rep.value("dp_owners", std::vector<int>());
-  if (s.method.cache) {
+  if (plan_caches) {
     ASSERT_EQ(owners.size(), setup.train.size());
     // Both devices own half of the samples (shares 1/2 each)...
     EXPECT_EQ(std::count(owners.begin(), owners.end(), 0), static_cast<long>(setup.train.size() / 2));
@@ -260,7 +266,7 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   Trainer tr(o, setup);
   for (int e = 1; e <= rc.epochs; e++) {
     std::vector<int64_t> order;
-    if (e > 1 && s.method.cache) {
+    if (e > 1 && plan_caches) {
       order = epoch_order_by_owner(owners, o.seed, e);
       // ...and every full mini-batch of 8 takes 4 rows from each.
       for (size_t b = 0; b + batch <= order.size(); b += batch) {
@@ -275,7 +281,7 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
 
   EXPECT_EQ(rep["method"], rc.method);
   ASSERT_EQ(rep["epochs"].size(), static_cast<size_t>(rc.epochs));
-  if (s.method.cache) {
+  if (plan_caches) {
     EXPECT_EQ(rep["epochs"][0]["phase"], "pipeline");
     EXPECT_EQ(rep["epochs"][1]["phase"], "data_parallel");
     EXPECT_GT(rep["switch_s"].get<double>(), 0);
@@ -302,5 +308,6 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
 INSTANTIATE_TEST_SUITE_P(Paths, ExecRuntimeRunPaths,
                          ::testing::Values(RunCase{"pa_cache_fp16_switch", "parallel_adapters", "fp16", 2},
                                            RunCase{"lora_pipeline", "lora", "", 1},
-                                           RunCase{"pa_group_of_two", "parallel_adapters", "", 1, 1}),
+                                           RunCase{"pa_group_of_two", "parallel_adapters", "", 1, 1},
+                                           RunCase{"pa_cache_scenario_eddl_plan", "parallel_adapters", "fp16", 2, 1, "eddl"}),
                          [](const ::testing::TestParamInfo<RunCase>& i) { return i.param.name; });

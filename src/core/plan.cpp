@@ -323,4 +323,11 @@ void plan_validate(const Plan& p, const std::string& file) {
   }
 }
 
+bool plan_writes_cache(const Plan& p) {
+  for (const Segment& seg : p.segments)
+    for (const Task& t : seg.graph.tasks)
+      if (t.kind == TaskKind::CacheWrite) return true;
+  return false;
+}
+
 }  // namespace pac

@@ -107,6 +107,9 @@ json plan_to_json(const Plan& p);
 Plan plan_from_json(const JsonIn& doc);
 Plan plan_load(const std::string& file);
 void plan_save(const Plan& p, const std::string& file);  // atomic
+// True when some task of the plan writes the activation cache (pac and pac-opt with a
+// cached phase); a baseline's plan has none even on a scenario whose method caches.
+bool plan_writes_cache(const Plan& p);
 
 // Checks a plan: every graph acyclic with deps pointing backwards, every layer placed
 // exactly once per phase, every device index valid, shares summing to 1, no device
