@@ -313,10 +313,10 @@ int run(int argc, char** argv) {
   // a baseline's plan (standalone, eddl, ecofl, asteroid) has no cache tasks even when
   // the scenario's method says cache, and caching anyway would be work the plan and
   // pac-sim do not have (CPU on a one-core device, and a cached epoch 2 for standalone).
-  const bool plan_caches = plan_writes_cache(plan);
+  const bool cache = sc.method.cache && plan_writes_cache(plan);
   json settings = {{"seed", seed}, {"side_init", side_init}, {"reduction_k", k}, {"lr", lr},
                    {"weight_decay", wd}, {"threads", threads}, {"timeout_ms", timeout.count()},
-                   {"cache", sc.method.cache && plan_caches}, {"cache_dtype", sc.method.cache_dtype}};
+                   {"cache", cache}, {"cache_dtype", sc.method.cache_dtype}};
   settings["model"] = model;
   if (!cache_dir.empty()) settings["cache_dir"] = std::filesystem::absolute(cache_dir).string();
   if (!pa) settings.update(train_settings(sc.method, c, as));
@@ -324,7 +324,7 @@ int run(int argc, char** argv) {
   // Phase 2 (data parallel from the activation cache) when the plan has one: the
   // switch runs before its first epoch. Without a cache the pipeline runs every epoch.
   int p2 = -1;
-  if (pa && sc.method.cache && plan_caches && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
+  if (pa && cache && plan.phases.size() > 1 && plan.phases[1].kind == "data_parallel") p2 = 1;
   std::vector<Assignment> as2 = p2 >= 0 ? assignments_make(plan, p2) : std::vector<Assignment>();
   std::vector<double> cpu_join = pac_join_groups(c, as, timeout, as2);
   // The run's time starts here, as pac-sim's does: connecting, loading the model parts
@@ -353,6 +353,16 @@ int run(int argc, char** argv) {
   // Peaks of the cached epochs alone (workers restart their peaks at the end of the switch).
   std::vector<double> cached_rss(nd, -1), cached_tensor(nd, -1);
   std::map<std::pair<std::string, std::string>, double> link_bytes;
+  // What every result of device d carries, from a switch or a step: bubble, peaks, CPU,
+  // bytes to each peer.
+  auto note_result = [&](int d, const json& j) {
+    bubble[d] += j.value("wait_s", 0.0);
+    rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
+    tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
+    cpu_last[d] = j.value("cpu_s", cpu_last[d]);
+    if (j.contains("bytes_to"))
+      for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
+  };
   for (int e = 1; e <= epochs && !stop; e++) {
     if (p2 >= 0 && e == plan.phases[p2].epoch_first && e > 1) {
       std::vector<const Example*> all;
@@ -365,12 +375,7 @@ int run(int argc, char** argv) {
         int d = sw.workers[i];
         trace.add_result(d, -1, j);
         comm[d] += j.value("send_s", 0.0);
-        bubble[d] += j.value("wait_s", 0.0);
-        rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
-        tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
-        cpu_last[d] = j.value("cpu_s", cpu_last[d]);
-        if (j.contains("bytes_to"))
-          for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
+        note_result(d, j);
       }
       switch_s = sw.seconds;
       dp_owners = sw.owners;
@@ -408,17 +413,12 @@ int run(int argc, char** argv) {
         int d = sc.device_index(j.value("device", std::string()));
         if (d < 0) continue;
         busy[d] += j.value("compute_s", 0.0) + j.value("cache_read_s", 0.0);
-        bubble[d] += j.value("wait_s", 0.0);
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
-        rss[d] = std::max(rss[d], j.value("rss_peak_bytes", 0.0));
-        tensor[d] = std::max(tensor[d], j.value("tensor_peak_bytes", 0.0));
-        cpu_last[d] = j.value("cpu_s", cpu_last[d]);
+        note_result(d, j);
         if (in_dp) {
           cached_rss[d] = std::max(cached_rss[d], j.value("rss_peak_bytes", 0.0));
           cached_tensor[d] = std::max(cached_tensor[d], j.value("tensor_peak_bytes", 0.0));
         }
-        if (j.contains("bytes_to"))
-          for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
       }
       step++;
       char extra[64];

@@ -70,6 +70,7 @@ class PacExecutor : public StageExecutor {
   void send_rows(WorkerContext& ctx, const PeerRows& to, MsgType type, uint32_t step, int m, const RowRange& mine,
                  const torch::Tensor& t);
   void group_join();
+  void dp_group_join(const std::string& host, int port, int rank, int size, const std::string& tag);
   void group_allreduce(uint32_t step);
   void grads_allreduce(CollectiveGroup& g, const CollectiveOptions& opt, const std::vector<std::string>& ring_ids, int rank);
 
@@ -120,7 +121,7 @@ class PacExecutor : public StageExecutor {
   std::string dp_store_host_;
   int dp_store_port_ = 0;
   std::unique_ptr<CollectiveGroup> dp_group_;
-  int dp_joined_rank_ = -1, dp_joined_size_ = 0;  // dp_group_ joined before training ("join")
+  int dp_joined_rank_ = -1, dp_joined_size_ = 0;  // dp_group_'s rank and size (dp_group_join)
   double read_s_ = 0;
   // Switch inbox (guarded by mu_): record pieces (sample, first tap) and side tensors
   // (parameter index -> AdamW step, [3, numel] = value, exp_avg, exp_avg_sq).
@@ -459,6 +460,18 @@ void PacExecutor::group_join() {
                                                a_.group_size(), timeout_);
   group_ = std::make_unique<CollectiveGroup>(store, "stage" + std::to_string(a_.stage), a_.group_rank,
                                              a_.group_size(), opt, bind_host_);
+}
+
+// The data-parallel group of the cached phase: joined before training when pac-run's
+// "join" names it, else at the switch (both block until the whole group is there).
+void PacExecutor::dp_group_join(const std::string& host, int port, int rank, int size, const std::string& tag) {
+  CollectiveOptions opt;
+  opt.timeout = timeout_;
+  opt.tag = tag;
+  CollectiveStore store = CollectiveStore::tcp(host, static_cast<uint16_t>(port), rank == 0, size, timeout_);
+  dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", rank, size, opt, bind_host_);
+  dp_joined_rank_ = rank;
+  dp_joined_size_ = size;
 }
 
 void PacExecutor::group_allreduce(uint32_t step) {
@@ -835,14 +848,8 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   //    (every data-parallel device is here at the same time), instead of in the first
   //    phase-2 step, where the store connect and Gloo's pair setup (~1 s on the testbed)
   //    would look like a slow training step.
-  if (dp_ && dp_size_ > 1 && !dp_group_) {
-    CollectiveOptions opt;
-    opt.timeout = timeout_;
-    opt.tag = "data-parallel group join at the switch";
-    CollectiveStore store = CollectiveStore::tcp(dp_store_host_, static_cast<uint16_t>(dp_store_port_), dp_rank_ == 0,
-                                                 dp_size_, timeout_);
-    dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
-  }
+  if (dp_ && dp_size_ > 1 && !dp_group_)
+    dp_group_join(dp_store_host_, dp_store_port_, dp_rank_, dp_size_, "data-parallel group join at the switch");
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json bytes = json::object();
   for (auto& kv : links_.bytes_to) bytes[kv.first] = kv.second;
@@ -910,11 +917,8 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     CollectiveOptions opt;
     opt.timeout = timeout_;
     opt.tag = "side grads step " + std::to_string(step) + " data parallel";
-    if (!dp_group_) {
-      CollectiveStore store = CollectiveStore::tcp(dp_store_host_, static_cast<uint16_t>(dp_store_port_), dp_rank_ == 0,
-                                                   dp_size_, timeout_);
-      dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", dp_rank_, dp_size_, opt, bind_host_);
-    }
+    // The switch joined the group (or kept the one joined before training).
+    if (!dp_group_) throw RuntimeError("device " + a_.device_id + ": data-parallel step without a group");
     double w0 = wall_clock_us();
     grads_allreduce(*dp_group_, opt, dp_ids_, dp_rank_);
     trace_add("collective", "allreduce dp", w0, wall_clock_us());
@@ -958,14 +962,8 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
       g->check_keys({"host", "port"});
       int size = static_cast<int>(s.integer("dp_size", 2, 1 << 20));
       int rank = static_cast<int>(s.integer("dp_rank", 0, size - 1));
-      CollectiveOptions opt;
-      opt.timeout = timeout_;
-      opt.tag = "data-parallel group join before training";
-      CollectiveStore store = CollectiveStore::tcp(g->string("host"), static_cast<uint16_t>(g->integer("port", 1, 65535)),
-                                                   rank == 0, size, timeout_);
-      dp_group_ = std::make_unique<CollectiveGroup>(store, "dp", rank, size, opt, bind_host_);
-      dp_joined_rank_ = rank;
-      dp_joined_size_ = size;
+      dp_group_join(g->string("host"), static_cast<int>(g->integer("port", 1, 65535)), rank, size,
+                    "data-parallel group join before training");
     }
     return {{"device", ctx.device_id()}, {"joined", a_.group_size() > 1 || dp_group_ != nullptr}};
   }

@@ -117,7 +117,7 @@ struct DevState {
   // writes are CPU work (copies, dtype conversion, hashing, page-cache writes) on the same
   // quota as its compute, so they queue on the compute engine instead of overlapping it.
   bool storage_on_cpu = false;
-  double cpu_storage_seg = 0;  // storage time on the compute engine in this segment
+  double storage_seg_start = 0;  // storage_s when the segment began
 };
 
 class Engine {
@@ -188,6 +188,7 @@ class Engine {
   int64_t iter_of(int inst) const { return slot_iter_[inst / nt_]; }
   void segment_prepare(int si);
   void segment_close();
+  void compute_engine_charge(int d);
   void iterations_try_start();
   void iteration_begin(int64_t j);
   void iterations_retire();
@@ -350,7 +351,7 @@ void Engine::segment_prepare(int si) {
   for (int d = 0; d < n_; d++) {
     dev_[d].computes_in_segment = false;
     dev_[d].busy_seg_start = res_.devices[d].busy_s;
-    dev_[d].cpu_storage_seg = 0;
+    dev_[d].storage_seg_start = res_.devices[d].storage_s;
     dev_[d].compute_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
     dev_[d].storage_queue.reserve(static_cast<size_t>(slots_) * own_total_[d]);
   }
@@ -369,13 +370,24 @@ void Engine::segment_prepare(int si) {
 
 // Bubble of the segment: for a device that computes in it, the time its compute engine
 // waited. Iterations tile the segment, so this equals the sum over iterations.
+// The compute engine's current task ran from compute_start to now: busy time for
+// compute, storage time for cache I/O queued there (a one-core device).
+void Engine::compute_engine_charge(int d) {
+  const DevState& ds = dev_[d];
+  SimDeviceStats& st = res_.devices[d];
+  (kind_is_storage(task_of(ds.compute_cur).kind) ? st.storage_s : st.busy_s) += now_ - ds.compute_start;
+}
+
 void Engine::segment_close() {
   for (int d = 0; d < n_; d++) {
     if (!dev_[d].computes_in_segment) continue;
-    // max(0): the three terms tile the segment, and their rounding must not make a
-    // device that never waited report -2e-16 s.
-    res_.devices[d].bubble_s += std::max(
-        0.0, (now_ - seg_start_) - (res_.devices[d].busy_s - dev_[d].busy_seg_start) - dev_[d].cpu_storage_seg);
+    // On a one-core device the compute engine also ran the segment's cache I/O.
+    const DevState& ds = dev_[d];
+    double engine_s = res_.devices[d].busy_s - ds.busy_seg_start;
+    if (ds.storage_on_cpu) engine_s += res_.devices[d].storage_s - ds.storage_seg_start;
+    // max(0): the terms tile the segment, and their rounding must not make a device that
+    // never waited report -2e-16 s.
+    res_.devices[d].bubble_s += std::max(0.0, (now_ - seg_start_) - engine_s);
   }
   res_.segments[seg_i_].end_s = now_;
 }
@@ -603,15 +615,9 @@ void Engine::task_finish(int t) {
       mem_trace(ta.device);
     }
   }
-  if (kind_is_compute(task.kind)) {
-    DevState& ds = dev_[d];
-    res_.devices[d].busy_s += now_ - ds.compute_start;
-    ds.compute_cur = -1;
-  } else if (kind_is_storage(task.kind) && dev_[d].compute_cur == t) {
-    DevState& ds = dev_[d];
-    res_.devices[d].storage_s += now_ - ds.compute_start;
-    ds.cpu_storage_seg += now_ - ds.compute_start;
-    ds.compute_cur = -1;
+  if (dev_[d].compute_cur == t) {  // compute, or cache I/O on a one-core device's compute engine
+    compute_engine_charge(d);
+    dev_[d].compute_cur = -1;
   } else if (kind_is_storage(task.kind)) {
     DevState& ds = dev_[d];
     res_.devices[d].storage_s += now_ - ds.storage_start;
@@ -835,13 +841,7 @@ SimResult Engine::run() {
   for (int d = 0; d < n_; d++) {
     DevState& ds = dev_[d];
     SimDeviceStats& st = res_.devices[d];
-    if (ds.compute_cur >= 0) {
-      if (kind_is_storage(task_of(ds.compute_cur).kind)) {
-        st.storage_s += now_ - ds.compute_start;
-        ds.cpu_storage_seg += now_ - ds.compute_start;
-      } else
-        st.busy_s += now_ - ds.compute_start;
-    }
+    if (ds.compute_cur >= 0) compute_engine_charge(d);
     if (ds.storage_cur >= 0) st.storage_s += now_ - ds.storage_start;
     if (ds.flows_live > 0) st.comm_s += now_ - ds.comm_since;
   }
