@@ -9,6 +9,9 @@
 #   BUILD_DIR=build-val bash bench/calibrate_testbed.sh            # everything (~3 min quiet)
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
+#   OUT=/tmp/p/devices RESULTS=/tmp/p/raw MODELS=llama-d512-l8 QUOTAS="0.5 1.0" bash bench/calibrate_testbed.sh
+#       # elsewhere (bench/fidelity.py --calibrate does this on a machine the committed
+#       # profiles were not measured on); no docs table then
 #
 # Why the rates are not simply the medians measured under the quota: a CFS quota of q
 # cores gives the group q x 100 ms of CPU per 100 ms period and then stops it until the
@@ -35,8 +38,9 @@ quotas=${QUOTAS:-"0.25 0.5 0.75 1.0"}
 models=${MODELS:-"stories260K llama-d512-l8"}
 seq=${SEQ:-128}
 repeats=${REPEATS:-7}
-results=bench/results/calibration
-mkdir -p "$results"
+results=${RESULTS:-bench/results/calibration}
+out_dir=${OUT:-profiles/devices}
+mkdir -p "$results" "$out_dir"
 
 model_tag() {
   case "$1" in
@@ -64,10 +68,10 @@ for model in $models; do
   for q in $quotas; do
     qt=$(quota_tag "$q")
     name=testbed-$qt-$tag
-    echo "calibrate_testbed: $model under $q core(s) -> profiles/devices/$name.json"
+    echo "calibrate_testbed: $model under $q core(s) -> $out_dir/$name.json"
     "$profile_exe" --model "$model" --threads 1 --cpu-quota "$q" "${common[@]}" --name "$name" \
       -o "$results/$name.raw.json" --json > "$results/$name.table.json"
-    python3 - "$results/$name.raw.json" "$ref.profile.json" "$q" "profiles/devices/$name.json" <<'EOF'
+    python3 - "$results/$name.raw.json" "$ref.profile.json" "$q" "$out_dir/$name.json" <<'EOF'
 import json, os, sys
 raw_file, ref_file, q, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 raw = json.load(open(raw_file))
@@ -125,4 +129,5 @@ if [ "${HOSTS:-0}" = 1 ]; then
     > bench/results/profile_host-1core.json
 fi
 echo "calibrate_testbed: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 bench/calibrate_table.py
+# The docs table describes the committed profiles only.
+if [ "$out_dir" = profiles/devices ]; then python3 bench/calibrate_table.py; fi

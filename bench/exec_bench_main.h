@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "src/common/blas.h"
 #include "src/common/fs.h"
 
 inline int exec_bench_main(int argc, char** argv, const char* json_name, void (*register_all)()) {
+  pac::blas_kernel_fix(argv);
   std::vector<char*> args(argv, argv + argc);
   // CMake compiles with absolute paths, so __FILE__ locates the repository (bench
   // targets get no PAC_SOURCE_DIR definition).

@@ -117,6 +117,98 @@ def quota_mismatches(scen_file, scen, profiles_dir):
     return bad
 
 
+def host_info(bin_dir, timeout_s):
+    """This machine's CPU and BLAS kernel as pac-profile sees them ({cpu, blas_core, cores});
+    None when pac-profile is not built or too old to say."""
+    rc, out, _ = run_cmd([os.path.join(bin_dir, "pac-profile"), "--host-info"], timeout_s)
+    if rc != 0:
+        return None
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
+def scenario_profiles(files, profiles_dir):
+    """{profile name: (model, cpu_quota, calibration or None)} for every named device
+    profile the scenarios use (profiles given as a path or inline are the user's own)."""
+    used = {}
+    for f in files:
+        try:
+            scen = json.load(open(f))
+        except (OSError, ValueError):
+            continue  # main() reports it
+        for d in scen.get("cluster", {}).get("devices", []):
+            ref = d.get("profile")
+            if not isinstance(ref, str) or ref.endswith(".json") or ref in used:
+                continue
+            try:
+                cal = json.load(open(os.path.join(profiles_dir, "devices", ref + ".json"))).get("calibration")
+            except (OSError, ValueError):
+                cal = None
+            model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
+            used[ref] = (model, d.get("cpu_quota", 0), cal)
+    return used
+
+
+def profiles_for_this_host(a, files, host):
+    """The profiles folder the suite should use. A testbed profile is this machine's only
+    if it was measured on this CPU with this BLAS kernel (calibration.cpu, blas_core): on
+    another machine the committed rates can be 3x off (docs/profiling.md, "Another
+    machine"), and the comparison would measure the machine, not the simulator. With
+    --calibrate auto (default) such profiles are re-measured into <work>/profiles with
+    bench/calibrate_testbed.sh (one reference run per model, one run per quota); always:
+    every profile the scenarios use; never: the given folder as it is, with a warning."""
+    used = scenario_profiles(files, a.profiles)
+    a.calibration = {"mode": a.calibrate, "host": host, "profiles_dir": a.profiles, "recalibrated": []}
+    if a.calibrate == "never" or not used:
+        stale = [n for n, (_, _, cal) in used.items() if host and cal and
+                 (cal.get("cpu"), cal.get("blas_core")) != (host.get("cpu"), host.get("blas_core"))]
+        if stale:
+            log("warning: profiles %s were measured on another machine (--calibrate never)" % ", ".join(sorted(stale)))
+        return a.profiles
+    if host is None:
+        log("warning: pac-profile --host-info unavailable: cannot tell whether the profiles are this machine's")
+        return a.profiles
+    todo = {}
+    for name, (model, quota, cal) in sorted(used.items()):
+        same = cal is not None and (cal.get("cpu"), cal.get("blas_core")) == (host["cpu"], host["blas_core"])
+        if a.calibrate == "always" or not same:
+            if not quota:
+                log("warning: %s has no cpu_quota in its scenario: not recalibrated" % name)
+                continue
+            todo.setdefault(model, set()).add(quota)
+    if not todo:
+        return a.profiles
+    out = os.path.join(a.work, "profiles")
+    devices = os.path.join(out, "devices")
+    os.makedirs(devices, exist_ok=True)
+    for p in glob.glob(os.path.join(a.profiles, "devices", "*.json")):
+        dst = os.path.join(devices, os.path.basename(p))
+        with open(p) as fi, open(dst, "w") as fo:
+            fo.write(fi.read())
+    models = os.path.join(out, "models")
+    if not os.path.exists(models):
+        os.symlink(os.path.abspath(os.path.join(a.profiles, "models")), models)
+    build = os.path.dirname(a.bin_dir)
+    for model, quotas in sorted(todo.items()):
+        qs = " ".join("%g" % q for q in sorted(quotas))
+        log("calibrating %s at quota(s) %s on this machine (%s, BLAS %s) -> %s" % (
+            model, qs, host["cpu"], host["blas_core"], devices))
+        env = dict(os.environ, BUILD_DIR=build, OUT=devices, RESULTS=os.path.join(out, "raw"), MODELS=model,
+                   QUOTAS=qs, REPEATS=str(a.calibrate_repeats))
+        t0 = time.time()
+        p = subprocess.run(["bash", os.path.join(ROOT, "bench/calibrate_testbed.sh")], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit("fidelity: calibrating %s failed (exit %d): %s" % (model, p.returncode,
+                                                                                 last_line(p.stderr or p.stdout)))
+        a.calibration["recalibrated"].append({"model": model, "quotas": sorted(quotas),
+                                              "wall_s": round(time.time() - t0, 1)})
+    a.calibration["profiles_dir"] = out
+    return out
+
+
 def write_train_data(path, samples, source):
     """`samples` paragraphs (cycling through `source`). A paragraph longer than seq_len+1
     tokens becomes several examples, so pac-run also gets `--samples 0`: it trains on the
@@ -489,6 +581,10 @@ def main():
     ap.add_argument("--max-error", type=float, default=None, help="exit 3 when a measured row's epoch-time MAPE "
                     "exceeds PCT or a run failed (the CI fidelity gate; rows skipped for a missing capability "
                     "- no root, no namespaces, no tokenizer - do not fail it)")
+    ap.add_argument("--calibrate", choices=["auto", "always", "never"], default="auto",
+                    help="auto: re-measure (into <work>/profiles) the scenarios' testbed profiles that were not "
+                    "calibrated on this CPU with this BLAS kernel; always: all of them; never: use --profiles as is")
+    ap.add_argument("--calibrate-repeats", type=int, default=5, help="timed repeats per layer when calibrating")
     ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
     ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
     a = ap.parse_args()
@@ -521,6 +617,10 @@ def main():
         a.run_has_trace = "--trace" in out
     if run_reason:
         log("measured columns n/a: " + run_reason)
+        a.calibration = {"mode": "not needed (nothing measured)", "profiles_dir": a.profiles, "recalibrated": []}
+    else:
+        # Measured rows compare the simulator with this machine: its profiles must be this machine's.
+        a.profiles = profiles_for_this_host(a, files, host_info(a.bin_dir, a.timeout))
 
     rows = []
     t0 = time.time()
@@ -554,6 +654,7 @@ def main():
     doc = {"format": "pac-fidelity", "format_version": 1, "measured_available": not run_reason,
            "run_mode": a.run_mode,
            "measured_skip_reason": run_reason or None, "plot_x": x_label.split(" - X: ")[-1].lower(),
+           "calibration": a.calibration,
            "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     write_atomic(a.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     table = markdown(rows, summary)

@@ -16,6 +16,7 @@
 #include <ctime>
 #include <filesystem>
 
+#include "src/common/blas.h"
 #include "src/common/fs.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/trainer.h"
@@ -175,6 +176,7 @@ static void register_all() {
 }
 
 int main(int argc, char** argv) {
+  pac::blas_kernel_fix(argv);
   torch_memory_tracking_enable();
   register_all();
   benchmark::Initialize(&argc, argv);

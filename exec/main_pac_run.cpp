@@ -27,6 +27,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "src/common/blas.h"
 #include "exec/pac_driver.h"
 #include "exec/run_trace.h"
 #include "exec/testbed.h"
@@ -522,4 +523,7 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return pac::run_main("pac-run", [&] { return run(argc, argv); }); }
+int main(int argc, char** argv) {
+  pac::blas_kernel_fix(argv);
+  return pac::run_main("pac-run", [&] { return run(argc, argv); });
+}

@@ -9,12 +9,14 @@
 
 #include <CLI/CLI.hpp>
 
+#include "src/common/blas.h"
 #include "src/common/cli.h"
 #include "exec/executors.h"
 #include "exec/worker.h"
 #include "src/llm/memory.h"
 
 int main(int argc, char** argv) {
+  pac::blas_kernel_fix(argv);
   return pac::run_main("pac-worker", [&]() -> int {
     CLI::App app{"PAC worker: serves one device for a coordinator (pac-run)"};
     std::string listen, key_file, device_id;

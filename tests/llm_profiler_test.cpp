@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "src/common/blas.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "src/core/cost_model.h"
@@ -208,6 +209,49 @@ TEST(Profiler, CliWritesLoadableProfile) {
   EXPECT_GT(p.power_busy_w, 3);
   EXPECT_TRUE(p.eff_flops_by_kind.count("layer@1"));
   EXPECT_TRUE(p.eff_flops_by_kind.count("side_bwd@1"));
+  // The profile says which machine and BLAS kernel it was measured on, as --host-info does.
+  json cal = json::parse(file_read(out_file))["calibration"];
+  ASSERT_EQ(run(tool() + " --host-info", &out), 0) << out;
+  json host = json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(cal["cpu"], host["cpu"]);
+  EXPECT_EQ(cal["blas_core"], host["blas_core"]);
+}
+
+// The CPU id against /proc/cpuinfo read here, and the kernel fix against what OpenBLAS
+// chose in this (unfixed) test process: a pre-AVX kernel on an AVX2 + FMA CPU must be
+// replaced, anything else kept; a user's OPENBLAS_CORETYPE and PAC_BLAS_FIX=0 win.
+TEST(Profiler, HostInfoAndBlasKernelFix) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, model_name;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      model_name = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  std::string out;
+  ASSERT_EQ(run(tool() + " --host-info", &out), 0) << out;
+  json host = json::parse(out.substr(out.find('{')));
+  if (!model_name.empty()) {
+    EXPECT_EQ(host["cpu"].get<std::string>().rfind(model_name + " (family ", 0), 0u) << out;
+  }
+  std::string own = blas_core_name();  // OpenBLAS's own pick: nothing fixed this process
+  if (own.empty()) GTEST_SKIP() << "LibTorch's BLAS is not OpenBLAS here";
+  ASSERT_EQ(run("PAC_BLAS_FIX=0 " + tool() + " --host-info", &out), 0) << out;
+  EXPECT_EQ(json::parse(out.substr(out.find('{')))["blas_core"], own);
+  const bool pre_avx = own == "Prescott" || own == "Core2" || own == "Nehalem" || own == "Penryn";
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  std::string fixed = host["blas_core"];
+  if (pre_avx && avx2) {
+    EXPECT_TRUE(fixed == "SkylakeX" || fixed == "Haswell") << "OpenBLAS chose " << own << ", fixed to " << fixed;
+  } else {
+    EXPECT_EQ(fixed, own);
+  }
+  if (avx2) {  // the user's choice is kept (Haswell runs on every AVX2 + FMA CPU)
+    ASSERT_EQ(run("OPENBLAS_CORETYPE=Haswell " + tool() + " --host-info", &out), 0) << out;
+    EXPECT_EQ(json::parse(out.substr(out.find('{')))["blas_core"], "Haswell");
+  }
 }
 
 TEST(Profiler, CliBadInputExitsTwo) {

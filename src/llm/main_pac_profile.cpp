@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "src/common/blas.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -18,6 +19,7 @@
 using namespace pac;
 
 int main(int argc, char** argv) {
+  pac::blas_kernel_fix(argv);
   return run_main("pac-profile", [&]() -> int {
     CLI::App app{"Time real LibTorch layers of a model config and write a calibrated device profile"};
     std::string model_ref, profiles_dir, name, output, storage_dir = "/tmp";
@@ -26,8 +28,9 @@ int main(int argc, char** argv) {
     double cpu_quota = 0, storage_mb = 64, memory_bytes = 0, memory_reserve = 2.0 * (1 << 30);
     double power_idle = 5, power_busy_per_core = 10, power_busy = 0;
     double nic_bps = 1e9, nic_latency = 1e-4, storage_read = 200e6, storage_write = 100e6;
-    bool json_out = false;
-    app.add_option("--model", model_ref, "model config: a name in <profiles>/models/, a .json path, or a model.h preset (llama-d768-l12, tiny, ...)")->required();
+    bool json_out = false, host_info = false;
+    app.add_option("--model", model_ref, "model config: a name in <profiles>/models/, a .json path, or a model.h preset (llama-d768-l12, tiny, ...)");
+    app.add_flag("--host-info", host_info, "print this machine's CPU and BLAS kernel (what calibration.cpu / blas_core record) as JSON and exit");
     app.add_option("--profiles-dir", profiles_dir, "folder with devices/ and models/ (default: the repository's profiles/)");
     app.add_option("--name", name, "profile name (default host-<cores>core)");
     app.add_option("-o,--output", output, "write the device profile here (atomically); without -o and --json it goes to stdout");
@@ -58,6 +61,13 @@ int main(int argc, char** argv) {
     app.add_flag("--json", json_out, "print the raw timing table (JSON) on stdout");
     app.add_flag("--quiet", o.quiet, "no progress lines");
     if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
+    if (host_info) {
+      json h = {{"cpu", host_cpu_id()}, {"blas_core", blas_core_name()},
+                {"cores", (int)std::max(1u, std::thread::hardware_concurrency())}};
+      std::printf("%s\n", h.dump().c_str());
+      return 0;
+    }
+    if (model_ref.empty()) throw InputError("--model is required (a model config to time)");
 
     // Bad input fails before any timing.
     std::string dir = profiles_dir_resolve(profiles_dir, "");

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "src/common/blas.h"
 #include "src/llm/threads.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
@@ -221,5 +222,6 @@ static int body(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
+  pac::blas_kernel_fix(argv);
   return run_main("pac-train", [&] { return body(argc, argv); });
 }

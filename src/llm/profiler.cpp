@@ -1,3 +1,4 @@
+#include "src/common/blas.h"
 #include "src/llm/threads.h"
 #include "src/llm/profiler.h"
 
@@ -286,6 +287,8 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"profile_threads", threads},
                       {"micro_batches", o.micro_batches},
                       {"cpu_quota", host.cpu_quota},
+                      {"cpu", host_cpu_id()},
+                      {"blas_core", blas_core_name()},
                       {"load_average_before", host.load_before},
                       {"load_average_after", host.load_after},
                       {"warmup", o.warmup},
