@@ -89,6 +89,10 @@ for key in raw["eff_flops_by_kind"]:
     by_kind[key] = ref_rate[(kind, mb)] * factor
 raw["eff_flops_by_kind"] = by_kind
 raw["eff_flops"] = {"fp32": by_kind["layer"]}
+# The activation cache's rates are CPU work too (conversion, SHA-256, copies from the page
+# cache): the reference run's rates x min(1, q), as for compute.
+for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
+    raw[k] = ref[k] * factor
 # The check: the longest rows measured under the quota against the sustained rule.
 check = []
 for row in raw["calibration"]["timings"]:
@@ -103,6 +107,9 @@ c["rates"] = ("sustained: no-quota 1-thread rate of the same kind and micro-batc
               % (os.path.basename(ref_file), ref["calibration"]["load_average_before"],
                  ref["calibration"]["load_average_after"], factor))
 c["sustained_factor"] = factor
+c["storage_rates"] = ("activation cache write/read (pac-profile cache_measure) of the reference run x %.2f; the "
+                      "reference's raw device rates are in reference_storage_device" % factor)
+c["reference_storage_device"] = ref["calibration"].get("storage_device")
 c["reference_timings"] = ref["calibration"]["timings"]
 c["quota_check"] = check
 raw["notes"] = ("Testbed device: one pac-worker under a %.2f-core cgroup CPU quota, 1 thread, %s. "

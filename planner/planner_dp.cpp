@@ -30,6 +30,8 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
     c.rate_side.push_back(device_rate(d.profile, method.dtype, "side", beta));
     c.rate_layer_bwd.push_back(device_rate(d.profile, method.dtype, "layer_bwd", beta));
     c.rate_side_bwd.push_back(device_rate(d.profile, method.dtype, "side_bwd", beta));
+    auto opt = d.profile.eff_flops_by_kind.find("optimizer");
+    c.rate_opt.push_back(opt != d.profile.eff_flops_by_kind.end() ? opt->second : 0.0);
     c.mem.push_back(d.profile.memory_bytes);
   }
   return c;
@@ -435,7 +437,7 @@ PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_mod
     }
     LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
     double opt = 0;
-    for (int d : st.devices) opt = std::max(opt, 12 * lc.trainable / c.rate_layer[d]);  // AdamW: ~12 FLOP/param
+    for (int d : st.devices) opt = std::max(opt, 12 * lc.trainable / optimizer_rate(c, d, c.rate_layer[d]));  // AdamW: ~12 FLOP/param
     tail_local[j] = allreduce_s(c, st.devices, lc.trainable * c.mc.grad_bytes) + opt;
   }
   PipelineTimes r;

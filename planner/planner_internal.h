@@ -29,6 +29,9 @@ struct PlanCtx {
   std::vector<double> rate_layer;  // per device: FLOP/s for backbone work at one micro-batch
   std::vector<double> rate_side;   // per device: FLOP/s for side-network work
   std::vector<double> rate_layer_bwd, rate_side_bwd;  // the same for backward work
+  // per device: FLOP/s of the AdamW step (12 FLOPs per parameter) when the profile times it
+  // ("optimizer", pac-profile); 0 = not calibrated, then each caller's compute rate.
+  std::vector<double> rate_opt;
   std::vector<double> mem;         // per device: usable bytes
   double medium_bps = 0;           // shared medium capacity (shared networks)
   // Per layer range [x, y): costs that do not depend on the device order, filled on
@@ -113,6 +116,13 @@ Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strat
 
 // Ring all-reduce of `bytes` over `group` (Patarasuk & Yuan: 2(g-1)/g of the data per
 // device, 2(g-1) latency steps).
+// The optimizer step's rate on device d: the profile's calibrated "optimizer" rate (the
+// AdamW step, mostly per-tensor dispatch) when it has one, else `fallback` (the compute
+// rate the caller used before profiles timed it).
+inline double optimizer_rate(const PlanCtx& c, int d, double fallback) {
+  return c.rate_opt[d] > 0 ? c.rate_opt[d] : fallback;
+}
+
 double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes);
 
 }  // namespace pac

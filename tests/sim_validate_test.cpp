@@ -357,7 +357,9 @@ TEST(SimFidelityHarness, EveryScenarioSimulatesToNonNegativeTimes) {
         const SimDeviceStats& st = r.devices[d];
         EXPECT_GE(st.bubble_s, 0.0) << entry.path() << " " << strategy << " device " << d;
         EXPECT_GE(st.idle_s, 0.0) << entry.path() << " " << strategy << " device " << d;
-        if (st.used) EXPECT_NEAR(st.busy_s + st.bubble_s + st.idle_s, r.makespan_s, 1e-9 * r.makespan_s);
+        if (st.used) {
+          EXPECT_NEAR(st.busy_s + st.bubble_s + st.idle_s, r.makespan_s, 1e-9 * r.makespan_s);
+        }
       }
       checked++;
     }
@@ -417,5 +419,61 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       }
       EXPECT_EQ(p.memory_bytes, 4e9) << file;
     }
-  EXPECT_EQ(checked, 8 * 20);  // 4 kinds x (4 micro-batches + the plain key) per profile
+  EXPECT_EQ(checked, 8 * 21);  // 4 kinds x (4 micro-batches + the plain key) + the optimizer per profile
+}
+
+// The harness at the probed machine speed: plan_at_speed divides every compute task's
+// seconds by the speed and leaves communication and cache I/O alone, so the simulated
+// standalone plan (compute only) takes exactly 1/speed as long, and a plan with
+// all-reduces less than that; the summary at machine speed uses the adjusted columns.
+TEST(SimFidelityHarness, PlanAtMachineSpeed) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/sim_fidelity_speed";
+  dir_create(dir);
+  Scenario sc = scenario_load(kSrc + "/bench/fidelity/fid-d512-2x100-switched1000-cache.json", kSrc + "/profiles");
+  for (const char* strategy : {"standalone", "eddl"}) {
+    Plan p = plan_make(sc, strategy);
+    std::string plan = dir + "/" + strategy + ".json", slow = dir + "/" + strategy + "-slow.json";
+    file_write_atomic(plan, plan_to_json(p).dump());
+    std::string py = "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
+                     "f.plan_at_speed('" + plan + "', 0.5, '" + slow + "')\n";
+    std::string file = dir + "/speed.py";
+    {
+      std::ofstream o(file);
+      o << py;
+    }
+    ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+    SimResult base = sim_run(p);
+    SimResult half = sim_run(plan_from_json(JsonIn::load_file(slow)));
+    ASSERT_TRUE(base.ok && half.ok);
+    double comm = 0;
+    for (const SimDeviceStats& d : base.devices) comm = std::max(comm, d.comm_s);
+    if (std::string(strategy) == "standalone") {
+      ASSERT_EQ(comm, 0);
+      EXPECT_NEAR(half.makespan_s, 2 * base.makespan_s, 1e-9 * base.makespan_s);  // compute only: x 1/0.5
+    } else {
+      ASSERT_GT(comm, 0);  // the all-reduces do not slow down with the CPU
+      EXPECT_LT(half.makespan_s, 2 * base.makespan_s - 0.5 * comm);
+      EXPECT_GT(half.makespan_s, base.makespan_s);
+    }
+  }
+  std::string py =
+      "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
+      "r = lambda s, sim, m, e, adj_sim, adj_e: {'scenario': 'x', 'strategy': s, 'sim_total_s': sim,\n"
+      "    'measured_total_s': m, 'epoch_mape_pct': e, 'adj_sim_total_s': adj_sim, 'adj_epoch_mape_pct': adj_e,\n"
+      "    'machine_speed': [0.7, 0.8]}\n"
+      "s = f.summarize([r('pac', 2.0, 3.0, 30.0, 3.2, 6.0), r('eddl', 3.5, 2.9, 20.0, 2.95, 4.0)])\n"
+      "assert abs(s['epoch_mape_mean_pct'] - 25.0) < 1e-9 and not s['scenarios'][0]['ranking_agrees']\n"
+      "a = s['at_machine_speed']\n"
+      "assert abs(a['epoch_mape_mean_pct'] - 5.0) < 1e-9 and a['scenarios'][0]['ranking_agrees']\n"
+      "assert s['machine_speed_range'] == [0.7, 0.8] and a['targets_met']\n"
+      "print('ok')\n";
+  std::string file = dir + "/summary.py";
+  {
+    std::ofstream o(file);
+    o << py;
+  }
+  ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+  EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }

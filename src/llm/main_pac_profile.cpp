@@ -119,6 +119,18 @@ int main(int argc, char** argv) {
       if (!o.quiet)
         std::fprintf(stderr, "pac-profile: storage %s: write %.0f MB/s, read %.0f MB/s\n", storage_dir.c_str(),
                      host.storage_write_bytes_per_s / 1e6, host.storage_read_bytes_per_s / 1e6);
+      // What a cache task costs is the cache's own path, not the device's raw rate: time
+      // ActCache records of this model (one per sample: n_layers + 1 taps) over the same bytes.
+      host.device_read_bytes_per_s = host.storage_read_bytes_per_s;
+      host.device_write_bytes_per_s = host.storage_write_bytes_per_s;
+      const int n_taps = o.model.total_layers() + 1;
+      const double record = (double)n_taps * o.seq_len * o.model.hidden * 4;
+      const int samples = std::max(4, (int)std::ceil(storage_mb * (1 << 20) / record));
+      cache_measure(storage_dir, n_taps, o.seq_len, o.model.hidden, samples, &host.storage_read_bytes_per_s,
+                    &host.storage_write_bytes_per_s);
+      if (!o.quiet)
+        std::fprintf(stderr, "pac-profile: activation cache (%d records of %.1f MB): write %.0f MB/s, read %.0f MB/s\n",
+                     samples, record / 1e6, host.storage_write_bytes_per_s / 1e6, host.storage_read_bytes_per_s / 1e6);
     }
 
     host.load_before = host_load_average();

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -25,6 +26,7 @@
 #include "src/common/progress.h"
 #include "src/core/cost_model.h"
 #include "src/core/profile.h"
+#include "src/llm/act_cache.h"
 #include "src/llm/model.h"
 #include "src/llm/side_network.h"
 
@@ -169,7 +171,7 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
 
   const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
   std::vector<ProfileTiming> out;
-  Progress progress("timing " + o.model.name, (long)(o.threads.size() * o.micro_batches.size() * kKindCount), 2.0);
+  Progress progress("timing " + o.model.name, (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + 1)), 2.0);
   progress.set_quiet(o.quiet);
   long done = 0;
   for (int threads : o.threads) {
@@ -214,6 +216,26 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
                      [&] { y = model->classify(model->final_norm(xg)); }, [&] { y.backward(gl); }));
       y = torch::Tensor();
     }
+    // The optimizer step as the trainer takes it (torch::optim::AdamW with weight decay)
+    // over one side block's parameters. Its time is mostly per-tensor dispatch, not the 12
+    // FLOPs per parameter the cost model counts, so it has a rate of its own ("optimizer",
+    // FLOPs = 12 x parameters); on the small models it is milliseconds per step where the
+    // side rate would say microseconds. Recorded at the largest micro-batch (it has none).
+    {
+      std::vector<torch::Tensor> params = side->parameters();
+      double n = 0;
+      for (torch::Tensor& p : params) {
+        p.mutable_grad() = torch::randn_like(p) * 1e-3;
+        n += (double)p.numel();
+      }
+      torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4).weight_decay(0.01));
+      int mb_max = *std::max_element(o.micro_batches.begin(), o.micro_batches.end());
+      ProfileTiming t = measure("optimizer", threads, mb_max, 12 * n, o.warmup, o.repeats, [] {}, [&] { opt.step(); });
+      out.push_back(t);
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "threads %d optimizer %.4f s", threads, t.median_s);
+      progress.update(++done, buf);
+    }
   }
   return out;
 }
@@ -247,6 +269,10 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
   p.peak_flops_fp32 = host.peak_flops_fp32;
   for (const ProfileTiming& t : timings) {
     if (t.threads != threads) continue;
+    if (t.kind == "optimizer") {  // one rate: the step does not depend on the micro-batch
+      p.eff_flops_by_kind["optimizer"] = t.rate();
+      continue;
+    }
     if (t.kind != "layer" && t.kind != "layer_bwd" && t.kind != "side" && t.kind != "side_bwd") continue;
     p.eff_flops_by_kind[t.kind + "@" + std::to_string(t.micro_batch)] = t.rate();
     if (t.micro_batch == mb_max) p.eff_flops_by_kind[t.kind] = t.rate();
@@ -269,7 +295,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
         << (host.cpu_quota > 0 ? ", CPU quota " + std::to_string(host.cpu_quota).substr(0, 4) + " cores" : ", no CPU quota")
         << "; 'layer' is the no-grad forward (the frozen backbone), '<kind>' without @ is the rate at micro-batch "
         << mb_max << ". Power: not measurable here (no RAPL), taken from options. NIC: from options (the testbed sets "
-        << "links with tc). Storage: " << (host.storage_measured ? "measured (fsync'd write, uncached read)" : "from options")
+        << "links with tc). Storage: " << (host.device_read_bytes_per_s > 0 ? "the activation cache's own write and read rates (ActCache records through the page cache; raw device rates in calibration.storage_device)" : host.storage_measured ? "measured (fsync'd write, uncached read)" : "from options")
         << ". Memory: usable = physical (or cgroup limit) minus a reserve.";
   if (!host.notes.empty()) notes << " " << host.notes;
 
@@ -294,6 +320,9 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"warmup", o.warmup},
                       {"repeats", o.repeats},
                       {"timings", profile_timings_json(timings)}};
+  if (host.device_read_bytes_per_s > 0)
+    j["calibration"]["storage_device"] = {{"read_bytes_per_s", host.device_read_bytes_per_s},
+                                          {"write_bytes_per_s", host.device_write_bytes_per_s}};
   // What we write must load: the planner's own loader is the check.
   device_profile_from_json(JsonIn::from(j, host.name));
   return j;
@@ -338,6 +367,40 @@ void storage_measure(const std::string& dir, long long bytes, double* read_bps, 
   close(fd);
   unlink(path.c_str());
   if (got != bytes) throw RuntimeError("storage measurement: read back " + std::to_string(got) + " of " + std::to_string(bytes) + " bytes from " + path);
+  *write_bps = bytes / std::max(tw, 1e-9);
+  *read_bps = bytes / std::max(tr, 1e-9);
+}
+
+void cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples, double* read_bps,
+                   double* write_bps) {
+  std::string folder = path_join(dir, ".pac-profile-cache." + std::to_string(getpid()));
+  CacheKey key;
+  key.weights_sha256 = "pac-profile";
+  key.tokenizer_sha256 = "pac-profile";
+  key.seq_len = seq_len;
+  key.dtype = CacheDtype::F32;
+  key.dim = dim;
+  key.n_taps = n_taps;
+  torch::Tensor taps = torch::randn({n_taps, seq_len, dim});
+  double tw = 0, tr = 0, bytes = 0;
+  {
+    ActCache cache(folder, key);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < samples; i++) cache.cache_write_sample("train", i, 1000 + i, taps);
+    tw = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < samples; i++) {
+      CacheRead r = cache.cache_read_sample("train", i, 1000 + i);
+      if (r.status != CacheStatus::Hit) {
+        std::filesystem::remove_all(folder);
+        throw RuntimeError("cache measurement: record " + std::to_string(i) + " in " + folder + " did not read back: " +
+                           r.problem);
+      }
+    }
+    tr = seconds_since(t0);
+    bytes = (double)cache.bytes_written;
+  }
+  std::filesystem::remove_all(folder);
   *write_bps = bytes / std::max(tw, 1e-9);
   *read_bps = bytes / std::max(tr, 1e-9);
 }

@@ -82,6 +82,9 @@ struct HostFigures {
   double nic_bandwidth_bps = 0, nic_latency_s = 0;
   double storage_read_bytes_per_s = 0, storage_write_bytes_per_s = 0;
   bool storage_measured = false;
+  // Raw device rates (storage_measure) when the storage rates above are the cache's own
+  // (cache_measure); 0 = not measured. Kept in calibration.storage_device.
+  double device_read_bytes_per_s = 0, device_write_bytes_per_s = 0;
   // 1-minute load average before and after timing (/proc/loadavg): on a shared machine
   // it says how much the numbers were disturbed. -1 = unknown.
   double load_before = -1, load_after = -1;
@@ -102,6 +105,16 @@ json profile_timings_json(const std::vector<ProfileTiming>& timings);
 // (fsync included), drops it from the page cache and reads it back. RuntimeError naming
 // the folder when it cannot.
 void storage_measure(const std::string& dir, long long bytes, double* read_bytes_per_s, double* write_bytes_per_s);
+
+// The activation cache's own rates: writes and reads back `samples` records of
+// [n_taps, seq_len, dim] fp32 through ActCache (cache_write_sample: dtype conversion,
+// SHA-256, atomic file write; cache_read_sample: file read from the page cache, checksum,
+// copy) in a fresh folder under `dir`, removed afterwards. Bytes/s of stored record
+// bytes. This, not the raw device rate of storage_measure, is what a cache task costs:
+// the records of an epoch are read back from the page cache, and the time goes to the CPU
+// work around the bytes (docs/profiling.md, "Storage").
+void cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples, double* read_bytes_per_s,
+                   double* write_bytes_per_s);
 
 // Physical memory and what a job may use (MemTotal, or the cgroup memory limit when
 // lower, minus `reserve_bytes` for the OS and runtime).
