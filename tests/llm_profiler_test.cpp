@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -112,8 +113,8 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
   o.repeats = 1;
   o.quiet = true;
   std::vector<ProfileTiming> ts = profile_time_layers(o);
-  // 8 kinds x 2 micro-batches x 1 thread count.
-  ASSERT_EQ(ts.size(), 16u);
+  // 8 kinds x 2 micro-batches x 1 thread count, + the optimizer step once per thread count.
+  ASSERT_EQ(ts.size(), 17u);
   for (const ProfileTiming& t : ts) {
     EXPECT_GT(t.median_s, 0) << t.kind;
     // FLOPs of a micro-batch = micro_batch x per-sample FLOPs (layer_bwd: 311296 per sample).
@@ -122,6 +123,11 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
     }
     if (t.kind == "embed") {
       EXPECT_EQ(t.flops, 0.0);
+    }
+    if (t.kind == "optimizer") {  // 12 FLOPs per parameter of one side block, at the largest micro-batch
+      EXPECT_EQ(t.micro_batch, 2);
+      EXPECT_GT(t.flops, 0);
+      EXPECT_DOUBLE_EQ(std::fmod(t.flops, 12.0), 0.0);
     }
   }
 
@@ -146,8 +152,12 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
   EXPECT_EQ(p.nic_bandwidth_bps, 1e8);
   EXPECT_EQ(p.storage_write_bytes_per_s, 1e8);
   EXPECT_EQ(p.power_busy_w, 15);
-  // Keys: 4 kinds x (2 micro-batches + the unqualified fallback) = 12.
-  EXPECT_EQ(p.eff_flops_by_kind.size(), 12u);
+  // Keys: 4 kinds x (2 micro-batches + the unqualified fallback) + optimizer = 13.
+  EXPECT_EQ(p.eff_flops_by_kind.size(), 13u);
+  for (const ProfileTiming& t : ts)
+    if (t.kind == "optimizer") {
+      EXPECT_DOUBLE_EQ(p.eff_flops_by_kind.at("optimizer"), t.flops / t.median_s);
+    }
 
   auto median = [&](const std::string& kind, int mb) {
     for (const ProfileTiming& t : ts)

@@ -477,3 +477,21 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
   ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
   EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }
+
+// The planner prices every Optimizer task with the profile's timed AdamW rate when the
+// profile has one (the testbed profiles do): seconds = 12 x parameters / that rate.
+TEST(SimFidelityHarness, OptimizerTasksUseTheTimedRate) {
+  Scenario sc = scenario_load(kSrc + "/bench/fidelity/fid-d512-2x100-switched1000-cache.json", kSrc + "/profiles");
+  int checked = 0;
+  for (const char* strategy : {"pac", "eddl", "standalone"}) {
+    Plan p = plan_make(sc, strategy);
+    for (const Segment& seg : p.segments)
+      for (const Task& t : seg.graph.tasks) {
+        if (t.kind != TaskKind::Optimizer) continue;
+        double rate = sc.devices[t.device].profile.eff_flops_by_kind.at("optimizer");
+        EXPECT_NEAR(t.seconds, t.flops / rate, 1e-12 * t.seconds) << strategy << " " << t.label;
+        checked++;
+      }
+  }
+  EXPECT_GT(checked, 0);
+}
