@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -95,21 +96,34 @@ def local_mode_reason(scen):
     return ""
 
 
+def profile_calibration(profiles_dir, ref, scen_file=None):
+    """The `calibration` block of a scenario device's profile reference: a name in
+    <profiles_dir>/devices/, or (with scen_file) a .json path, relative to the scenario.
+    {} for a profile without one; None for an inline profile, a path without scen_file,
+    or a missing or broken file (pac-plan reports those itself)."""
+    if not isinstance(ref, str):
+        return None
+    if ref.endswith(".json"):
+        if scen_file is None:
+            return None
+        path = ref if os.path.isabs(ref) else os.path.join(os.path.dirname(scen_file), ref)
+    else:
+        path = os.path.join(profiles_dir, "devices", ref + ".json")
+    try:
+        return json.load(open(path)).get("calibration") or {}
+    except (OSError, ValueError):
+        return None
+
+
 def quota_mismatches(scen_file, scen, profiles_dir):
     """Devices whose cpu_quota differs from the quota their calibrated profile was taken
     under: the simulation would describe another device than the testbed emulates."""
     bad = []
     for i, d in enumerate(scen["cluster"]["devices"]):
         ref = d.get("profile")
-        if not isinstance(ref, str):
+        cal = profile_calibration(profiles_dir, ref, scen_file)
+        if cal is None:
             continue
-        path = ref if ref.endswith(".json") else os.path.join(profiles_dir, "devices", ref + ".json")
-        if not os.path.isabs(path) and ref.endswith(".json"):
-            path = os.path.join(os.path.dirname(scen_file), ref)
-        try:
-            cal = json.load(open(path)).get("calibration", {})
-        except (OSError, ValueError):
-            continue  # pac-plan reports a missing or broken profile itself
         q = cal.get("cpu_quota")
         if q and abs(q - d.get("cpu_quota", 0)) > 1e-9:
             bad.append("%s: $.cluster.devices[%d].cpu_quota: expected %g (the quota %s was calibrated under), got %g"
@@ -142,10 +156,7 @@ def scenario_profiles(files, profiles_dir):
             ref = d.get("profile")
             if not isinstance(ref, str) or ref.endswith(".json") or ref in used:
                 continue
-            try:
-                cal = json.load(open(os.path.join(profiles_dir, "devices", ref + ".json"))).get("calibration")
-            except (OSError, ValueError):
-                cal = None
+            cal = profile_calibration(profiles_dir, ref)
             model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
             used[ref] = (model, d.get("cpu_quota", 0), cal)
     return used
@@ -161,19 +172,21 @@ def profiles_for_this_host(a, files, host):
     every profile the scenarios use; never: the given folder as it is, with a warning."""
     used = scenario_profiles(files, a.profiles)
     a.calibration = {"mode": a.calibrate, "host": host, "profiles_dir": a.profiles, "recalibrated": []}
-    if a.calibrate == "never" or not used:
-        stale = [n for n, (_, _, cal) in used.items() if host and cal and
-                 (cal.get("cpu"), cal.get("blas_core")) != (host.get("cpu"), host.get("blas_core"))]
-        if stale:
-            log("warning: profiles %s were measured on another machine (--calibrate never)" % ", ".join(sorted(stale)))
+    if not used:
         return a.profiles
     if host is None:
         log("warning: pac-profile --host-info unavailable: cannot tell whether the profiles are this machine's")
         return a.profiles
+    # Names of the profiles not measured on this CPU with this BLAS kernel.
+    stale = {n for n, (_, _, cal) in used.items()
+             if not cal or (cal.get("cpu"), cal.get("blas_core")) != (host["cpu"], host["blas_core"])}
+    if a.calibrate == "never":
+        if stale:
+            log("warning: profiles %s were measured on another machine (--calibrate never)" % ", ".join(sorted(stale)))
+        return a.profiles
     todo = {}
     for name, (model, quota, cal) in sorted(used.items()):
-        same = cal is not None and (cal.get("cpu"), cal.get("blas_core")) == (host["cpu"], host["blas_core"])
-        if a.calibrate == "always" or not same:
+        if a.calibrate == "always" or name in stale:
             if not quota:
                 log("warning: %s has no cpu_quota in its scenario: not recalibrated" % name)
                 continue
@@ -184,9 +197,7 @@ def profiles_for_this_host(a, files, host):
     devices = os.path.join(out, "devices")
     os.makedirs(devices, exist_ok=True)
     for p in glob.glob(os.path.join(a.profiles, "devices", "*.json")):
-        dst = os.path.join(devices, os.path.basename(p))
-        with open(p) as fi, open(dst, "w") as fo:
-            fo.write(fi.read())
+        shutil.copy(p, devices)
     models = os.path.join(out, "models")
     if not os.path.exists(models):
         os.symlink(os.path.abspath(os.path.join(a.profiles, "models")), models)
@@ -218,12 +229,8 @@ def speed_probe(a, scen, work_dir):
     was measured to swing 55-92 GFLOP/s between runs a few seconds apart, docs/fidelity.md).
     None when it cannot be measured (no profile with reference timings)."""
     devs = scen.get("cluster", {}).get("devices", [])
-    ref = devs[0].get("profile") if devs else None
-    if not isinstance(ref, str) or ref.endswith(".json"):
-        return None
-    try:
-        cal = json.load(open(os.path.join(a.profiles, "devices", ref + ".json"))).get("calibration") or {}
-    except (OSError, ValueError):
+    cal = profile_calibration(a.profiles, devs[0].get("profile")) if devs else None
+    if cal is None:
         return None
     rows = [t for t in cal.get("reference_timings") or cal.get("timings") or [] if t.get("threads") == 1]
     if not rows or not cal.get("model_file"):

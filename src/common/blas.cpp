@@ -10,10 +10,11 @@
 
 namespace pac {
 
+void* openblas_symbol(const char* name) { return dlsym(RTLD_DEFAULT, name); }
+
 std::string blas_core_name() {
-  // Looked up at run time so this file links without OpenBLAS (pac-plan, pac-sim).
   using CoreNameFn = char* (*)();
-  auto fn = reinterpret_cast<CoreNameFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  auto fn = reinterpret_cast<CoreNameFn>(openblas_symbol("openblas_get_corename"));
   if (!fn) return "";
   const char* name = fn();
   return name ? std::string(name) : std::string();

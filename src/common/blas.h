@@ -6,6 +6,11 @@
 
 namespace pac {
 
+// A function of the OpenBLAS the process loaded, looked up at run time (so that programs
+// without it, and machines whose libblas.so.3 is another BLAS, still link and run);
+// nullptr when there is none.
+void* openblas_symbol(const char* name);
+
 // OpenBLAS's kernel name ("SkylakeX", "Haswell", "Prescott", ...), "" when the process
 // did not load OpenBLAS (the reference BLAS, or no torch at all).
 std::string blas_core_name();

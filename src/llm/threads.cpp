@@ -1,15 +1,14 @@
 #include "src/llm/threads.h"
 
-#include <dlfcn.h>
+#include "src/common/blas.h"
 
 #include <ATen/Parallel.h>
 
 namespace pac {
 
-// Looked up at run time: LibTorch reaches OpenBLAS through libblas.so.3, which may be
-// another BLAS on other machines; then there is no second pool to set.
-static void* openblas_symbol(const char* name) { return dlsym(RTLD_DEFAULT, name); }
-
+// OpenBLAS's pool is found with openblas_symbol (src/common/blas.h): LibTorch reaches
+// OpenBLAS through libblas.so.3, which may be another BLAS on other machines; then there
+// is no second pool to set.
 void compute_threads_set(int n) {
   if (n <= 0) return;
   at::set_num_threads(n);
