@@ -396,6 +396,10 @@ int run(int argc, char** argv) {
     // every device computes its planned share of every step instead of whichever of its
     // samples a plain shuffle puts there.
     std::vector<int64_t> order = in_dp ? epoch_order_by_owner(dp_owners, seed, e) : epoch_order(n, seed, e);
+    // Phase 2 prefetches: each step names the mini-batch after it (the next epoch's
+    // first one at an epoch's end), whose rows the devices read while it all-reduces.
+    std::vector<int64_t> order_next;
+    if (in_dp && e < epochs) order_next = epoch_order_by_owner(dp_owners, seed, e + 1);
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
     prog.set_quiet(quiet);
     for (int64_t b = 0; b < nb; b++) {
@@ -407,7 +411,15 @@ int run(int argc, char** argv) {
       std::vector<const Example*> mb;
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
-      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing);
+      std::vector<const Example*> next;
+      if (in_dp && !(max_steps > 0 && step + 1 >= max_steps)) {
+        if (b + 1 < nb) {
+          for (int64_t i = (b + 1) * batch; i < std::min(n, (b + 2) * batch); i++) next.push_back(&train[order[i]]);
+        } else if (!order_next.empty()) {
+          for (int64_t i = 0; i < std::min<int64_t>(n, batch); i++) next.push_back(&train[order_next[i]]);
+        }
+      }
+      PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing, &next);
       if (p2 >= 0) pac_note_cached(r, &holders);
       for (size_t i = 0; i < r.results.size(); i++) trace.add_result(r.workers[i], static_cast<int>(step), r.results[i]);
       for (const json& j : r.results) {

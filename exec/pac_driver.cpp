@@ -116,7 +116,8 @@ std::vector<double> pac_join_groups(Coordinator& c, const std::vector<Assignment
 }
 
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
-                             const std::vector<const Example*>& batch, Millis wait, bool trace) {
+                             const std::vector<const Example*>& batch, Millis wait, bool trace,
+                             const std::vector<const Example*>* next) {
   json tokens = json::array(), mask = json::array();
   for (const Example* e : batch) {
     tokens.push_back(e->tokens);
@@ -128,6 +129,14 @@ PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, 
   for (const Example* e : batch) ids.push_back(e->id);
   json start = {{"op", "train"}, {"step", step}, {"lr", lr}, {"tokens", tokens}, {"mask", mask}, {"samples", ids}};
   if (trace) start["trace"] = true;
+  if (next && !next->empty()) {
+    json nids = json::array(), nhashes = json::array();
+    for (const Example* e : *next) {
+      nids.push_back(e->id);
+      nhashes.push_back(hash_hex(tokens_hash(e->tokens)));
+    }
+    start["next"] = {{"samples", nids}, {"hashes", nhashes}};
+  }
   for (int w = 0; w < c.worker_count(); w++)
     if (as[w].stage >= 0) c.connection(w).send_json(MsgType::Start, start);
   PacStepResult r;

@@ -49,8 +49,11 @@ struct PacStepResult {
 // One mini-batch on every assigned device: Start is sent to all of them first (the
 // pipeline needs them all running), then every Result is awaited for at most `wait`.
 // `trace`: the devices return their timed events (exec/run_trace.h) with the Result.
+// `next` (phase 2 only): the mini-batch after this one; the devices read their rows of
+// it from their caches while this step all-reduces (the "next" field, docs/runtime.md).
 PacStepResult pac_train_step(Coordinator& c, const std::vector<Assignment>& as, int step, double lr,
-                             const std::vector<const Example*>& batch, Millis wait, bool trace = false);
+                             const std::vector<const Example*>& batch, Millis wait, bool trace = false,
+                             const std::vector<const Example*>* next = nullptr);
 
 // Which devices hold cached taps of which samples after phase 1, from the step results
 // "cached" lists (sample id -> coordinator indices of the devices that wrote its taps).

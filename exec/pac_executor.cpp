@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <malloc.h>
 #include <set>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -123,6 +124,29 @@ class PacExecutor : public StageExecutor {
   std::unique_ptr<CollectiveGroup> dp_group_;
   int dp_joined_rank_ = -1, dp_joined_size_ = 0;  // dp_group_'s rank and size (dp_group_join)
   double read_s_ = 0;
+  // Phase 2 reads: this device's rows of one mini-batch from dp/, as one
+  // [rows, L+1, T, dim] batch, with when it was read (wall clock, for the trace).
+  struct RowsRead {
+    std::vector<int64_t> ids;
+    std::vector<uint64_t> hashes;
+    torch::Tensor taps;
+    double seconds = 0, w0_us = 0, w1_us = 0;
+    std::exception_ptr error;  // a prefetch's failure, raised by the step that needs its rows
+  };
+  RowsRead dp_read_rows(const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes);
+  // Prefetch (docs/runtime.md, "Prefetch"): the step names the next mini-batch's samples
+  // ("next"), and this device reads its rows of it on a thread of its own while this
+  // step all-reduces and steps, as the plan's cached segment assumes (the next
+  // iteration's read overlaps this one). The next step takes the rows when they are the
+  // ones it needs and reads them itself otherwise. Only that thread touches cache_dp_
+  // while it runs; every other use of the cache joins it first (prefetch_join).
+  std::vector<int64_t> next_ids_;
+  std::vector<uint64_t> next_hashes_;
+  std::thread prefetch_thread_;
+  RowsRead prefetch_;
+  void prefetch_join() {
+    if (prefetch_thread_.joinable()) prefetch_thread_.join();
+  }
   // Switch inbox (guarded by mu_): record pieces (sample, first tap) and side tensors
   // (parameter index -> AdamW step, [3, numel] = value, exp_avg, exp_avg_sq).
   std::map<std::pair<int64_t, int>, torch::Tensor> sw_taps_;
@@ -130,6 +154,7 @@ class PacExecutor : public StageExecutor {
 
  public:
   ~PacExecutor() override {
+    prefetch_join();
     std::error_code ec;
     if (cache_root_owned_ && !cache_root_.empty()) std::filesystem::remove_all(cache_root_, ec);
   }
@@ -263,6 +288,8 @@ json PacExecutor::on_assign(const JsonIn& f, WorkerContext& ctx) {
   model_desc_ = (mj.is_string() ? mj.as_string() : mj.raw().dump()) + " seed " + std::to_string(seed);
   tap_begin_ = a.layer_begin() == 0 ? 0 : a.layer_begin() + 1;
   tap_end_ = a.layer_end() + 1;
+  prefetch_join();
+  prefetch_ = RowsRead();
   cache_p1_.reset();
   cache_dp_.reset();
   cached_.clear();
@@ -488,7 +515,7 @@ void PacExecutor::group_allreduce(uint32_t step) {
 }
 
 json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
-  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples", "trace"});
+  s.check_keys({"op", "step", "lr", "tokens", "mask", "samples", "next", "trace"});
   trace_ = s.boolean_or("trace", false);
   events_ = json::array();
   uint32_t step = static_cast<uint32_t>(s.integer("step", 0, UINT32_MAX));
@@ -523,6 +550,25 @@ json PacExecutor::train_step(const JsonIn& s, WorkerContext& ctx) {
   if (cache_on_) cache_open(static_cast<int>(T));
   if (!dp_ && !model_) s.fail("device " + ctx.device_id() + " is not in the data-parallel phase after the switch");
   for (auto& g : optim_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+  // The next mini-batch's samples (phase 2 only): this device's rows of it are
+  // prefetched during this step.
+  next_ids_.clear();
+  next_hashes_.clear();
+  if (auto nx = s.find("next")) {
+    nx->check_keys({"samples", "hashes"});
+    std::vector<JsonIn> sj = nx->at("samples").items(), hj = nx->at("hashes").items();
+    if (hj.size() != sj.size()) nx->fail_at("hashes", "expected one hash per sample");
+    for (size_t i = 0; i < sj.size(); i++) {
+      int64_t id = sj[i].as_int(0, INT32_MAX);
+      uint64_t h = 0;
+      if (!hash_parse(hj[i].as_string(), &h)) hj[i].fail("expected 16 hex digits");
+      auto it = owner_.find(id);
+      if (dp_ && it != owner_.end() && it->second == dp_rank_) {
+        next_ids_.push_back(id);
+        next_hashes_.push_back(h);
+      }
+    }
+  }
   if (dp_) return dp_train_step(step, targets, mask, n_tokens);
   optim_->zero_grad();
   loss_part_ = 0;
@@ -859,50 +905,82 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
           {"rss_peak_bytes", peaks["rss_peak_bytes"]}, {"tensor_peak_bytes", peaks["tensor_peak_bytes"]}, {"events", events_}};
 }
 
+// This device's rows `ids` (token hashes `hashes`) from its phase-2 cache, copied into
+// one [rows, L+1, T, dim] batch as they are read, so the read holds the batch plus one
+// record, not the batch twice (a list, then its stack).
+PacExecutor::RowsRead PacExecutor::dp_read_rows(const std::vector<int64_t>& ids, const std::vector<uint64_t>& hashes) {
+  RowsRead r;
+  r.ids = ids;
+  r.hashes = hashes;
+  auto t0 = std::chrono::steady_clock::now();
+  r.w0_us = wall_clock_us();
+  for (size_t j = 0; j < ids.size(); j++) {
+    CacheRead rd = cache_dp_->cache_read_sample("dp", ids[j], hashes[j]);
+    if (rd.status != CacheStatus::Hit)
+      throw RuntimeError("device " + a_.device_id + ": cached taps of sample " + std::to_string(ids[j]) + " are " +
+                         (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
+                         " and the backbone is not loaded in phase 2");
+    if (!r.taps.defined()) {
+      std::vector<int64_t> shape = rd.taps.sizes().vec();
+      shape.insert(shape.begin(), static_cast<int64_t>(ids.size()));
+      r.taps = torch::empty(shape, rd.taps.options());
+    }
+    r.taps[static_cast<int64_t>(j)].copy_(rd.taps);
+  }
+  r.w1_us = wall_clock_us();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
 // Phase 2: this device's rows of the mini-batch (the samples it owns) from its cache,
 // the whole side network, gradients summed over the data-parallel group.
 json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, const torch::Tensor& mask,
                                 double n_tokens) {
-  const std::vector<int64_t>& ids = ids_;
-  const std::vector<uint64_t>& hashes = hashes_;
   optim_->zero_grad();
   loss_part_ = 0;
   wait_s_ = allreduce_s_ = read_s_ = 0;
   links_.clear();
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<int64_t> rows;
-  for (int64_t i = 0; i < static_cast<int64_t>(ids.size()); i++) {
-    auto it = owner_.find(ids[i]);
+  std::vector<int64_t> rows, row_ids;
+  std::vector<uint64_t> row_hashes;
+  for (int64_t i = 0; i < static_cast<int64_t>(ids_.size()); i++) {
+    auto it = owner_.find(ids_[i]);
     if (it == owner_.end())
-      throw RuntimeError("device " + a_.device_id + ": sample " + std::to_string(ids[i]) +
+      throw RuntimeError("device " + a_.device_id + ": sample " + std::to_string(ids_[i]) +
                          " was not in the switch's sample list, so no device has its cached taps");
-    if (it->second == dp_rank_) rows.push_back(i);
+    if (it->second != dp_rank_) continue;
+    rows.push_back(i);
+    row_ids.push_back(ids_[i]);
+    row_hashes.push_back(hashes_[i]);
   }
-  if (!rows.empty()) {
-    // Records are copied into one [rows, L+1, T, dim] batch as they are read, so the
-    // step holds the batch plus one record, not the batch twice (a list, then its stack).
-    torch::Tensor taps;
-    auto r0 = std::chrono::steady_clock::now();
-    double w0 = wall_clock_us();
-    for (size_t j = 0; j < rows.size(); j++) {
-      int64_t i = rows[j];
-      CacheRead rd = cache_dp_->cache_read_sample("dp", ids[i], hashes[i]);
-      if (rd.status != CacheStatus::Hit)
-        throw RuntimeError("device " + a_.device_id + ": cached taps of sample " + std::to_string(ids[i]) + " are " +
-                           (rd.status == CacheStatus::Corrupt ? "corrupt (" + rd.problem + ")" : std::string("missing")) +
-                           " and the backbone is not loaded in phase 2");
-      if (!taps.defined()) {
-        std::vector<int64_t> shape = rd.taps.sizes().vec();
-        shape.insert(shape.begin(), static_cast<int64_t>(rows.size()));
-        taps = torch::empty(shape, rd.taps.options());
-      }
-      taps[static_cast<int64_t>(j)].copy_(rd.taps);
+  // The rows: from the prefetch when it read these (it may still be reading: the wait
+  // is this step's), else read now.
+  RowsRead rd;
+  bool prefetched = false;
+  double read_wait_s = 0;
+  if (prefetch_thread_.joinable()) {
+    auto j0 = std::chrono::steady_clock::now();
+    prefetch_join();
+    read_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - j0).count();
+    if (prefetch_.ids == row_ids && prefetch_.hashes == row_hashes) {
+      if (prefetch_.error) std::rethrow_exception(prefetch_.error);
+      rd = std::move(prefetch_);
+      prefetched = true;
     }
-    read_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+    prefetch_ = RowsRead();
+  }
+  if (!prefetched && !rows.empty()) {
+    rd = dp_read_rows(row_ids, row_hashes);
+    read_wait_s = rd.seconds;
+  }
+  read_s_ = rd.seconds;
+  if (!rows.empty())
+    trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows" + (prefetched ? " (prefetched)" : ""),
+              rd.w0_us, rd.w1_us);
+  if (!rows.empty()) {
     double c0 = wall_clock_us();
-    trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows", w0, c0);
     torch::Tensor idx = torch::tensor(rows, torch::kLong);
-    torch::Tensor logits = side_->forward(taps);
+    torch::Tensor logits = side_->forward(rd.taps);
     int64_t V = logits.size(-1);
     torch::Tensor per_token = torch::nn::functional::cross_entropy(
         logits.reshape({-1, V}), targets.index_select(0, idx).reshape({-1}),
@@ -911,6 +989,24 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     loss.backward();
     loss_part_ = loss.item<double>();
     trace_add("compute", "F+B " + std::to_string(rows.size()) + " rows", c0, wall_clock_us());
+  }
+  rd = RowsRead();  // the autograd graph is gone: this buffer is free for the prefetch
+  // The next step's rows, read while this step all-reduces and steps. Started after
+  // the backward rather than after the forward (which the plan would allow): every
+  // testbed device has one core or less, and there pac-sim queues the read behind the
+  // backward on the same engine too; the all-reduce leaves that core waiting on the
+  // network, which is where the read fits.
+  if (!next_ids_.empty()) {
+    prefetch_thread_ = std::thread([this, ids = next_ids_, hashes = next_hashes_] {
+      try {
+        prefetch_ = dp_read_rows(ids, hashes);
+      } catch (...) {
+        prefetch_ = RowsRead();
+        prefetch_.ids = ids;
+        prefetch_.hashes = hashes;
+        prefetch_.error = std::current_exception();
+      }
+    });
   }
   if (dp_size_ > 1) {
     auto a0 = std::chrono::steady_clock::now();
@@ -928,10 +1024,13 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   optim_->step();
   trace_add("compute", "opt", o0, wall_clock_us());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  double compute = std::max(0.0, secs - allreduce_s_ - read_s_);
+  // busy = compute + cache_read_s (the read's own time, wherever it ran); the step's
+  // wall time holds only the part it waited for (cache_wait_s).
+  double compute = std::max(0.0, secs - allreduce_s_ - read_wait_s);
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
           {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
+          {"cache_wait_s", read_wait_s}, {"prefetched", prefetched},
           {"allreduce_s", allreduce_s_}, {"bytes_to", links_.bytes_to}, {"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()},
           {"events", events_}};
 }
@@ -953,6 +1052,8 @@ json PacExecutor::run_step(const JsonIn& s, WorkerContext& ctx) {
     if (!assigned_) s.fail("pac-pipeline executor: Start before Assign");
   }
   std::string op = s.choice("op", {"train", "switch", "save", "join"});
+  // Only a phase-2 step may find a prefetch running; anything else waits for it first.
+  if (op != "train") prefetch_join();
   if (op == "join") {
     s.check_keys({"op", "dp_store", "dp_rank", "dp_size"});
     group_join();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -229,10 +230,29 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
   for (auto& j : sw.results) written += j.value("records_written", 0);
   EXPECT_EQ(written, static_cast<int>(ex.size())) << "every sample lands in exactly one phase-2 cache";
 
+  // Phase 2 with prefetch: every step names the next mini-batch (across the epoch
+  // boundary too), except that the second one names a wrong one (the fourth), so the
+  // third step must find the prefetched rows unusable and read its own. A device uses
+  // a prefetch exactly when the previous step named this batch and it owns rows of it;
+  // the loss and the final side network stay the trainer's either way.
+  std::vector<std::vector<const Example*>> p2_batches;
   for (int e = 2; e <= kEpochs; e++)
-    for (auto& b : epoch_batches(ex, e)) {
-      PacStepResult r = pac_train_step(c, as2, step++, kLr, b, Millis(30000));
+    for (auto& b : epoch_batches(ex, e)) p2_batches.push_back(b);
+  std::vector<const Example*> named_before;  // what the previous step named as next
+  int n_prefetched = 0;
+  for (size_t bi = 0; bi < p2_batches.size(); bi++) {
+    const std::vector<const Example*>& b = p2_batches[bi];
+    std::vector<const Example*> next;
+    if (bi + 1 < p2_batches.size()) next = p2_batches[bi == 1 && p2_batches.size() > 3 ? 3 : bi + 1];
+    {
+      PacStepResult r = pac_train_step(c, as2, step++, kLr, b, Millis(30000), false, &next);
       EXPECT_NEAR(r.loss, ref_loss[li], 1e-5 * std::fabs(ref_loss[li])) << shape.name << " step " << li;
+      for (const json& j : r.results) {
+        bool want = named_before == b && j.value("rows", 0) > 0;
+        EXPECT_EQ(j.value("prefetched", !want), want) << shape.name << " phase-2 step " << bi << " " << j.dump();
+        n_prefetched += j.value("prefetched", false) ? 1 : 0;
+      }
+      named_before = next;
       // Phase 2 runs on the data-parallel devices only, and none of them runs a backbone.
       EXPECT_EQ(r.results.size(), shape.dp_devices.size());
       // Its only traffic is one all-reduce of the whole side network's f32 gradients:
@@ -247,9 +267,36 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
       }
       li++;
     }
+  }
+  EXPECT_GE(n_prefetched, static_cast<int>(p2_batches.size()) - 3) << shape.name;
   std::map<std::string, torch::Tensor> got;
   for (const std::string& p : pac_save_parts(c, as2, dir, Millis(20000)))
     for (auto& kv : safetensors_read(p).tensors) got[kv.first] = kv.second;
+  if (shape.dp_devices.size() == 1) {
+    // A record that goes bad is reported by the step that needs it, also when the
+    // prefetch read it: one more step names a batch whose first record was corrupted
+    // before, and the step of that batch fails naming the sample (the worker lives on).
+    const std::vector<const Example*>& bad = p2_batches[0];
+    std::string rec = dir + "/workers/" + as2[shape.dp_devices[0]].device_id + "/dp/dp-" +
+                      std::to_string(bad[0]->id) + ".pacc";
+    ASSERT_TRUE(std::filesystem::exists(rec)) << rec;
+    {
+      std::fstream f(rec, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(-1, std::ios::end);
+      char last = static_cast<char>(f.get());
+      f.seekp(-1, std::ios::end);
+      f.put(static_cast<char>(last ^ 0x5a));
+    }
+    pac_train_step(c, as2, step++, kLr, p2_batches[1], Millis(30000), false, &bad);
+    std::string err;
+    try {
+      pac_train_step(c, as2, step++, kLr, bad, Millis(30000));
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    EXPECT_NE(err.find("sample " + std::to_string(bad[0]->id)), std::string::npos) << err;
+    EXPECT_NE(err.find("corrupt"), std::string::npos) << err;
+  }
   c.shutdown(false);
 
   ASSERT_EQ(got.size(), ref.size()) << shape.name;
