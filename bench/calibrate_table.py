@@ -8,7 +8,7 @@ import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-KINDS = ["layer", "layer_bwd", "side", "side_bwd"]
+KINDS = ["layer", "layer_bwd", "side", "side_bwd", "cached_step"]
 MBS = [1, 2, 4, 8]
 
 

@@ -113,8 +113,8 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
   o.repeats = 1;
   o.quiet = true;
   std::vector<ProfileTiming> ts = profile_time_layers(o);
-  // 8 kinds x 2 micro-batches x 1 thread count, + the optimizer step once per thread count.
-  ASSERT_EQ(ts.size(), 17u);
+  // 9 kinds x 2 micro-batches x 1 thread count, + the optimizer step once per thread count.
+  ASSERT_EQ(ts.size(), 19u);
   for (const ProfileTiming& t : ts) {
     EXPECT_GT(t.median_s, 0) << t.kind;
     // FLOPs of a micro-batch = micro_batch x per-sample FLOPs (layer_bwd: 311296 per sample).
@@ -152,8 +152,11 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
   EXPECT_EQ(p.nic_bandwidth_bps, 1e8);
   EXPECT_EQ(p.storage_write_bytes_per_s, 1e8);
   EXPECT_EQ(p.power_busy_w, 15);
-  // Keys: 4 kinds x (2 micro-batches + the unqualified fallback) + optimizer = 13.
-  EXPECT_EQ(p.eff_flops_by_kind.size(), 13u);
+  // Keys: 5 kinds (layer, layer_bwd, side, side_bwd, cached_step) x (2 micro-batches +
+  // the unqualified fallback) + optimizer = 16.
+  EXPECT_EQ(p.eff_flops_by_kind.size(), 16u);
+  EXPECT_TRUE(profile_has_kind(p, "cached_step"));
+  EXPECT_FALSE(profile_has_kind(p, "cached"));
   for (const ProfileTiming& t : ts)
     if (t.kind == "optimizer") {
       EXPECT_DOUBLE_EQ(p.eff_flops_by_kind.at("optimizer"), t.flops / t.median_s);
@@ -184,6 +187,30 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
     double fwd = median("layer", mb) + median("side", mb);
     EXPECT_NEAR(tp.fwd, fwd, 1e-9 * fwd);
     EXPECT_NEAR(tp.bwd, median("side_bwd", mb), 1e-9 * median("side_bwd", mb));
+  }
+  // A cached epoch's step on the whole model (4 layers here) is priced at the timed
+  // cached_step: forward + backward = its median, split in proportion to their FLOPs.
+  // Without the kind, the same step is the sum of the per-piece rates instead.
+  for (int mb : {1, 2}) {
+    StageTime tc = cached_time(mp, p, "fp32", mb);
+    EXPECT_NEAR(tc.total(), median("cached_step", mb), 1e-9 * median("cached_step", mb));
+    const LayerCost& all = mp.prefix.back();
+    double f = all.side_fwd_flops + mp.cached_head_flops;
+    EXPECT_NEAR(tc.fwd / tc.total(), f / (f + all.side_bwd_flops), 1e-12);
+    for (const ProfileTiming& t : ts)
+      if (t.kind == "cached_step" && t.micro_batch == mb) {
+        EXPECT_DOUBLE_EQ(t.flops, mb * (f + all.side_bwd_flops));
+      }
+  }
+  {
+    DeviceProfile q = p;
+    for (const char* key : {"cached_step", "cached_step@1", "cached_step@2"}) q.eff_flops_by_kind.erase(key);
+    StageTime tc = cached_time(mp, q, "fp32", 2);
+    const LayerCost& all = mp.prefix.back();
+    double want = 2 * (all.side_fwd_flops / p.eff_flops_by_kind.at("side@2") +
+                       mp.cached_head_flops / p.eff_flops_by_kind.at("layer@2") +
+                       all.side_bwd_flops / p.eff_flops_by_kind.at("side_bwd@2"));
+    EXPECT_NEAR(tc.total(), want, 1e-9 * want);
   }
   // A micro-batch not timed uses the largest timed one's rate: 4 samples take twice mb 2.
   StageTime t4 = stage_time(mf, p, "fp32", 1, 2, 4);

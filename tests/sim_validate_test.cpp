@@ -419,7 +419,7 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       }
       EXPECT_EQ(p.memory_bytes, 4e9) << file;
     }
-  EXPECT_EQ(checked, 8 * 21);  // 4 kinds x (4 micro-batches + the plain key) + the optimizer per profile
+  EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
 
 // The harness at the probed machine speed: plan_at_speed divides every compute task's

@@ -268,9 +268,19 @@ StageTime cached_time(const ModelCost& mc, const DeviceProfile& p, const std::st
   const LayerCost& c = mc.prefix.back();
   int mb = (int)(samples + 0.5);
   StageTime t;
-  t.fwd = samples * (c.side_fwd_flops / device_rate(p, dtype, "side", mb) +
-                     mc.cached_head_flops / device_rate(p, dtype, "layer", mb));
-  t.bwd = samples * c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb);
+  if (profile_has_kind(p, "cached_step")) {
+    // Timed whole by pac-profile (the side network, head and loss as the runtime runs
+    // them): split between forward and backward in proportion to their FLOPs, so that
+    // the two add up to the measured step.
+    double f = c.side_fwd_flops + mc.cached_head_flops, b = c.side_bwd_flops;
+    double step = samples * (f + b) / device_rate(p, dtype, "cached_step", mb);
+    t.fwd = step * f / (f + b);
+    t.bwd = step - t.fwd;
+  } else {
+    t.fwd = samples * (c.side_fwd_flops / device_rate(p, dtype, "side", mb) +
+                       mc.cached_head_flops / device_rate(p, dtype, "layer", mb));
+    t.bwd = samples * c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb);
+  }
   t.cache_read = samples * c.tap_bytes / p.storage_read_bytes_per_s;
   return t;
 }

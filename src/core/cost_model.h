@@ -78,7 +78,9 @@ struct StageTime {
 };
 StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::string& dtype, int b, int e,
                      double samples);
-// A cached epoch step: read taps of all layers and train the side network.
+// A cached epoch step: read taps of all layers and train the side network. Priced by
+// the profile's "cached_step" rate when it has one (the whole step as pac-profile timed
+// it), else by the side, side_bwd and layer (head) rates.
 StageTime cached_time(const ModelCost& mc, const DeviceProfile& p, const std::string& dtype, double samples);
 
 }  // namespace pac

@@ -163,4 +163,10 @@ double device_rate(const DeviceProfile& p, const std::string& dtype, const std::
   return it != p.eff_flops.end() ? it->second : 1.0;
 }
 
+bool profile_has_kind(const DeviceProfile& p, const std::string& kind) {
+  for (const auto& kv : p.eff_flops_by_kind)
+    if (kv.first == kind || kv.first.compare(0, kind.size() + 1, kind + "@") == 0) return true;
+  return false;
+}
+
 }  // namespace pac

@@ -31,6 +31,9 @@ ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_
 // the dtype's effective rate, else fp32's. Never 0 for a validated profile.
 double device_rate(const DeviceProfile& p, const std::string& dtype, const std::string& kind, int micro_batch);
 
+// Whether `p` was calibrated for `kind` ("<kind>" or any "<kind>@<mb>" entry).
+bool profile_has_kind(const DeviceProfile& p, const std::string& kind);
+
 // Bytes of one value of `dtype` ("fp32" 4, "fp16"/"bf16" 2).
 int dtype_bytes(const std::string& dtype);
 

@@ -93,6 +93,8 @@ ProfileFlops profile_flops(const ModelConfig& timed, int seq_len, int reduction_
   f.head_bwd = mf.layers[2].bwd_flops - mf.layers[1].bwd_flops;
   f.side_fwd = mp.layers[1].side_fwd_flops;
   f.side_bwd = mp.layers[1].side_bwd_flops;
+  ModelCost whole = cost_model_build(timed, pa, data);
+  f.cached_step = whole.prefix.back().side_fwd_flops + whole.prefix.back().side_bwd_flops + whole.cached_head_flops;
   return f;
 }
 
@@ -144,7 +146,8 @@ static LlamaConfig llama_config_of(const ModelConfig& m, int seq_len) {
   return c;
 }
 
-static const char* kKinds[] = {"layer", "layer_fwd_grad", "layer_bwd", "side", "side_bwd", "embed", "head", "head_bwd"};
+static const char* kKinds[] = {"layer", "layer_fwd_grad", "layer_bwd", "side", "side_bwd", "embed", "head", "head_bwd",
+                               "cached_step"};
 static const int kKindCount = sizeof(kKinds) / sizeof(kKinds[0]);
 
 std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
@@ -168,6 +171,14 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
   side_rope.n_kv_heads = sc.n_heads;
   torch::Tensor cos, sin;
   rope_tables(side_rope, o.seq_len, &cos, &sin);
+
+  // The whole side network with its frozen head, for "cached_step" (random weights: the
+  // time does not depend on them).
+  LlamaConfig lc_all = lc;
+  lc_all.n_layers = timed.decoder_layers;
+  SideNetwork net(side_config_make(lc_all, o.reduction_k));
+  net->init_random(1);
+  net->set_head(torch::ones({lc.dim}), torch::randn({(int64_t)lc.vocab_size, lc.dim}) * 0.02);
 
   const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
   std::vector<ProfileTiming> out;
@@ -214,6 +225,21 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
                      [&] { y = model->classify(model->final_norm(xg)); }));
       report(measure("head_bwd", threads, mb, mb * f.head_bwd, o.warmup, o.repeats,
                      [&] { y = model->classify(model->final_norm(xg)); }, [&] { y.backward(gl); }));
+      {
+        // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
+        torch::Tensor taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
+        torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb * T}, torch::kInt64);
+        torch::Tensor mask = torch::ones({mb * T});
+        report(measure("cached_step", threads, mb, mb * f.cached_step, o.warmup, o.repeats,
+                       [&] { net->zero_grad(); }, [&] {
+                         torch::Tensor logits = net->forward(taps);
+                         torch::Tensor ce = torch::nn::functional::cross_entropy(
+                             logits.reshape({-1, logits.size(-1)}), targets,
+                             torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+                         torch::Tensor loss = (ce * mask).sum() / (double)(mb * T);
+                         loss.backward();
+                       }));
+      }
       y = torch::Tensor();
     }
     // The optimizer step as the trainer takes it (torch::optim::AdamW with weight decay)
@@ -273,7 +299,9 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
       p.eff_flops_by_kind["optimizer"] = t.rate();
       continue;
     }
-    if (t.kind != "layer" && t.kind != "layer_bwd" && t.kind != "side" && t.kind != "side_bwd") continue;
+    if (t.kind != "layer" && t.kind != "layer_bwd" && t.kind != "side" && t.kind != "side_bwd" &&
+        t.kind != "cached_step")
+      continue;
     p.eff_flops_by_kind[t.kind + "@" + std::to_string(t.micro_batch)] = t.rate();
     if (t.micro_batch == mb_max) p.eff_flops_by_kind[t.kind] = t.rate();
   }

@@ -35,10 +35,14 @@ struct ProfileOptions {
 // from cost_model_build() for the timed (llama-equivalent) config: a middle layer's
 // backbone forward and full-fine-tuning backward, its side block's forward/backward
 // (Parallel Adapters, reduction k), and the output head's forward (2 * vocab * d * t).
+// cached_step: one sample of a cached epoch's step on the whole model (every side
+// block's forward and backward, the frozen head's forward and the loss's way back
+// through it): the cost model's side_fwd + side_bwd over all layers + cached_head_flops.
 struct ProfileFlops {
   double layer_fwd = 0, layer_bwd = 0;
   double side_fwd = 0, side_bwd = 0;
   double head_fwd = 0, head_bwd = 0;
+  double cached_step = 0;
 };
 
 // --model: a .json path, a name in <profiles_dir>/models/, or (when no such file) a
@@ -57,7 +61,11 @@ ProfileFlops profile_flops(const ModelConfig& timed, int seq_len, int reduction_
 // Adapters), "layer_fwd_grad" (the same forward recording autograd: full fine-tuning),
 // "layer_bwd" (its backward, weight + activation gradients), "side", "side_bwd" (one
 // side block incl. its ladder down-projection), "embed" (token lookup, 0 FLOPs),
-// "head", "head_bwd" (final norm + classifier, weight + activation gradients).
+// "head", "head_bwd" (final norm + classifier, weight + activation gradients),
+// "cached_step" (a cached epoch's step as the runtime runs it: the whole side network
+// of all layers over taps [mb, L+1, T, d], the frozen head, the masked cross-entropy
+// and its backward; the sum of the per-kind rates misses what lies between the pieces:
+// ~1.6x on the d512 testbed model, docs/profiling.md), "optimizer" (once per thread count).
 struct ProfileTiming {
   std::string kind;
   int threads = 1;
@@ -92,7 +100,7 @@ struct HostFigures {
 };
 
 // The calibrated device profile in the planner's format (docs/profile-format.md):
-// eff_flops_by_kind "<kind>@<mb>" for layer, layer_bwd, side, side_bwd at the largest
+// eff_flops_by_kind "<kind>@<mb>" for layer, layer_bwd, side, side_bwd, cached_step at the largest
 // thread count timed, "<kind>" = the largest micro-batch's rate (fallback for sizes not
 // timed), eff_flops.fp32 = the "layer" fallback. The whole timing table goes under
 // "calibration". The result is checked by loading it through device_profile_from_json.
