@@ -209,6 +209,10 @@ int run(int argc, char** argv) {
   app.add_option("--key-file", key_file, "cluster key (default with --local: a fresh random key)");
   app.add_option("--worker-exe", worker_exe, "pac-worker binary (default: next to pac-run)");
   app.add_flag("--quiet", quiet, "no progress lines");
+  bool no_prefetch = false;
+  app.add_flag("--no-prefetch", no_prefetch,
+               "cached epochs read each step's rows when it starts instead of during the step before "
+               "(one read buffer instead of two: docs/runtime.md, Prefetch)");
   if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
   Plan plan = plan_load(plan_file);
   const Scenario& sc = plan.scenario;
@@ -412,7 +416,7 @@ int run(int argc, char** argv) {
       for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
       double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
       std::vector<const Example*> next;
-      if (in_dp && !(max_steps > 0 && step + 1 >= max_steps)) {
+      if (in_dp && !no_prefetch && !(max_steps > 0 && step + 1 >= max_steps)) {
         if (b + 1 < nb) {
           for (int64_t i = (b + 1) * batch; i < std::min(n, (b + 2) * batch); i++) next.push_back(&train[order[i]]);
         } else if (!order_next.empty()) {
