@@ -99,19 +99,25 @@ TEST(Profiler, EncoderDecoderTimedAsLlamaLayer) {
   EXPECT_EQ(t.ffn, 64);
 }
 
-// The main check: a profile written from real timings loads through the planner's
-// loader, and the cost model's predicted time of layer 1 equals the medians it came from.
-TEST(Profiler, ProfileReproducesMeasuredTimes) {
+// The tiny model timed once per kind at 1 thread, seq 8, k 4, no warm-up.
+static ProfileOptions tiny_options(std::vector<int> micro_batches) {
   ProfileOptions o;
   o.model = tiny_model();
   o.model_file = "tiny";
   o.seq_len = 8;
   o.reduction_k = 4;
-  o.micro_batches = {1, 2};
+  o.micro_batches = micro_batches;
   o.threads = {1};
   o.warmup = 0;
   o.repeats = 1;
   o.quiet = true;
+  return o;
+}
+
+// The main check: a profile written from real timings loads through the planner's
+// loader, and the cost model's predicted time of layer 1 equals the medians it came from.
+TEST(Profiler, ProfileReproducesMeasuredTimes) {
+  ProfileOptions o = tiny_options({1, 2});
   std::vector<ProfileTiming> ts = profile_time_layers(o);
   // 9 kinds x 2 micro-batches x 1 thread count, + the optimizer step once per thread count.
   ASSERT_EQ(ts.size(), 19u);
@@ -217,6 +223,26 @@ TEST(Profiler, ProfileReproducesMeasuredTimes) {
   EXPECT_NEAR(t4.fwd, 2 * median("layer", 2), 1e-9 * median("layer", 2));
   // eff_flops.fp32 is the "layer" fallback.
   EXPECT_DOUBLE_EQ(p.eff_flops.at("fp32"), p.eff_flops_by_kind.at("layer"));
+}
+
+// Short kinds repeat until their timed runs add up to min_time_s (at most 1000 runs):
+// the tiny model's kinds take microseconds, so one requested repeat becomes many, and
+// repeats x the slowest run covers the minimum time. Without a minimum time every
+// measurement keeps its requested count.
+TEST(Profiler, MinTimeRepeatsShortKinds) {
+  ProfileOptions o = tiny_options({1});
+  o.min_time_s = 0.02;
+  int many = 0;
+  for (const ProfileTiming& t : profile_time_layers(o)) {
+    EXPECT_TRUE(t.repeats == 1000 || t.repeats * t.max_s >= o.min_time_s) << t.kind << " " << t.repeats;
+    EXPECT_LE(t.repeats, 1000) << t.kind;
+    many += t.repeats > 1;
+  }
+  EXPECT_GE(many, 8);
+  o.min_time_s = 0;
+  for (const ProfileTiming& t : profile_time_layers(o)) EXPECT_EQ(t.repeats, 1) << t.kind;
+  o.min_time_s = -1;
+  EXPECT_THROW(profile_time_layers(o), InputError);
 }
 
 TEST(Profiler, StorageMeasureWritesAndReadsBack) {

@@ -42,7 +42,11 @@ int main(int argc, char** argv) {
                                            "(default: the quota's cores rounded up, else all cores)")
         ->delimiter(',')->check(CLI::Range(1, 1024));
     app.add_option("--warmup", o.warmup, "untimed runs before each measurement")->check(CLI::Range(0, 1000));
-    app.add_option("--repeats", o.repeats, "timed runs per measurement (the median is kept)")->check(CLI::Range(1, 1000));
+    app.add_option("--repeats", o.repeats, "timed runs per measurement at least (the median is kept)")->check(CLI::Range(1, 1000));
+    o.min_time_s = 0.2;
+    app.add_option("--min-time", o.min_time_s,
+                   "seconds of timed runs per measurement at least: short kinds repeat more (up to 1000 runs)")
+        ->capture_default_str()->check(CLI::Range(0.0, 60.0));
     app.add_option("--cpu-quota", cpu_quota, "run under a cgroup CPU quota of this many cores (needs root)")
         ->check(CLI::Range(0.01, 1024.0));
     app.add_option("--storage-dir", storage_dir, "folder whose storage rate is measured (activation cache)");

@@ -27,7 +27,8 @@ struct ProfileOptions {
   std::vector<int> micro_batches = {1, 2, 4, 8};
   std::vector<int> threads = {1};      // LibTorch intra-op thread counts to time
   int warmup = 2;                      // untimed runs before each measurement
-  int repeats = 5;                     // timed runs; the median is kept
+  int repeats = 5;                     // timed runs at least; the median is kept
+  double min_time_s = 0;               // ... and more (up to 1000) until they add up to this
   bool quiet = false;                  // no progress lines
 };
 
