@@ -368,6 +368,12 @@ int run(int argc, char** argv) {
     if (j.contains("bytes_to"))
       for (auto& kv : j["bytes_to"].items()) link_bytes[{sc.devices[d].id, kv.key()}] += kv.value().get<double>();
   };
+  // Mini-batch b of an epoch's order.
+  auto batch_of = [&](const std::vector<int64_t>& ord, int64_t b) {
+    std::vector<const Example*> out;
+    for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) out.push_back(&train[ord[i]]);
+    return out;
+  };
   for (int e = 1; e <= epochs && !stop; e++) {
     if (p2 >= 0 && e == plan.phases[p2].epoch_first && e > 1) {
       std::vector<const Example*> all;
@@ -412,16 +418,11 @@ int run(int argc, char** argv) {
         break;
       }
       if (g_stop_signal) throw RuntimeError("pac-run: stopped by signal " + std::to_string(g_stop_signal));
-      std::vector<const Example*> mb;
-      for (int64_t i = b * batch; i < std::min(n, (b + 1) * batch); i++) mb.push_back(&train[order[i]]);
+      std::vector<const Example*> mb = batch_of(order, b), next;
       double lr_now = lr_schedule_at(lr, lr_schedule, warmup, total_steps, step);
-      std::vector<const Example*> next;
       if (in_dp && !no_prefetch && !(max_steps > 0 && step + 1 >= max_steps)) {
-        if (b + 1 < nb) {
-          for (int64_t i = (b + 1) * batch; i < std::min(n, (b + 2) * batch); i++) next.push_back(&train[order[i]]);
-        } else if (!order_next.empty()) {
-          for (int64_t i = 0; i < std::min<int64_t>(n, batch); i++) next.push_back(&train[order_next[i]]);
-        }
+        if (b + 1 < nb) next = batch_of(order, b + 1);
+        else if (!order_next.empty()) next = batch_of(order_next, 0);
       }
       PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing, &next);
       if (p2 >= 0) pac_note_cached(r, &holders);

@@ -123,7 +123,6 @@ class PacExecutor : public StageExecutor {
   int dp_store_port_ = 0;
   std::unique_ptr<CollectiveGroup> dp_group_;
   int dp_joined_rank_ = -1, dp_joined_size_ = 0;  // dp_group_'s rank and size (dp_group_join)
-  double read_s_ = 0;
   // Phase 2 reads: this device's rows of one mini-batch from dp/, as one
   // [rows, L+1, T, dim] batch, with when it was read (wall clock, for the trace).
   struct RowsRead {
@@ -410,13 +409,9 @@ void PacExecutor::forward(int m, uint32_t step, int n, const torch::Tensor& inpu
   if (a_.has_head()) {
     torch::Tensor out = side_->final_hidden(side_input(b)) + side_->gate * side_->up(side_->norm(a));
     torch::Tensor logits = torch::matmul(out, classifier_.t());
-    int64_t V = logits.size(-1);
-    torch::Tensor per_token = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, V}), targets.narrow(0, st.rows.begin, st.rows.size()).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    torch::Tensor mk = mask.narrow(0, st.rows.begin, st.rows.size()).reshape({-1});
     // This slice's part of the mini-batch's masked mean (see pac_executor.h).
-    st.loss = (per_token * mk).sum() / std::max(1.0, n_tokens);
+    st.loss = masked_lm_loss_part(logits, targets.narrow(0, st.rows.begin, st.rows.size()),
+                                  mask.narrow(0, st.rows.begin, st.rows.size()), n_tokens);
   } else {
     st.a_out = a;
   }
@@ -938,7 +933,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
                                 double n_tokens) {
   optim_->zero_grad();
   loss_part_ = 0;
-  wait_s_ = allreduce_s_ = read_s_ = 0;
+  wait_s_ = allreduce_s_ = 0;
   links_.clear();
   auto t0 = std::chrono::steady_clock::now();
   std::vector<int64_t> rows, row_ids;
@@ -973,19 +968,15 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
     rd = dp_read_rows(row_ids, row_hashes);
     read_wait_s = rd.seconds;
   }
-  read_s_ = rd.seconds;
-  if (!rows.empty())
+  const double read_s = rd.seconds;
+  if (!rows.empty()) {
     trace_add("storage", "cache read " + std::to_string(rows.size()) + " rows" + (prefetched ? " (prefetched)" : ""),
               rd.w0_us, rd.w1_us);
-  if (!rows.empty()) {
     double c0 = wall_clock_us();
     torch::Tensor idx = torch::tensor(rows, torch::kLong);
     torch::Tensor logits = side_->forward(rd.taps);
-    int64_t V = logits.size(-1);
-    torch::Tensor per_token = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, V}), targets.index_select(0, idx).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    torch::Tensor loss = (per_token * mask.index_select(0, idx).reshape({-1})).sum() / std::max(1.0, n_tokens);
+    torch::Tensor loss =
+        masked_lm_loss_part(logits, targets.index_select(0, idx), mask.index_select(0, idx), n_tokens);
     loss.backward();
     loss_part_ = loss.item<double>();
     trace_add("compute", "F+B " + std::to_string(rows.size()) + " rows", c0, wall_clock_us());
@@ -1029,7 +1020,7 @@ json PacExecutor::dp_train_step(uint32_t step, const torch::Tensor& targets, con
   double compute = std::max(0.0, secs - allreduce_s_ - read_wait_s);
   return {{"device", a_.device_id}, {"stage", 0},          {"step", step},        {"phase", "data_parallel"},
           {"loss_part", loss_part_}, {"loss_tokens", n_tokens}, {"seconds", secs},  {"rows", rows.size()},
-          {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s_},
+          {"compute_s", compute},   {"wait_s", 0.0},       {"send_s", 0.0},       {"cache_read_s", read_s},
           {"cache_wait_s", read_wait_s}, {"prefetched", prefetched},
           {"allreduce_s", allreduce_s_}, {"bytes_to", links_.bytes_to}, {"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()},
           {"events", events_}};

@@ -215,13 +215,9 @@ void TrainExecutor::forward(int m, uint32_t step, const StepBatch& batch, Worker
   h = model_->layers_forward(a_.layer_begin(), a_.layer_end(), h);
   if (a_.has_head()) {
     torch::Tensor logits = model_->classify(model_->final_norm(h));
-    int64_t V = logits.size(-1);
-    torch::Tensor per_token = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, V}), batch.targets.narrow(0, st.rows.begin, st.rows.size()).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    torch::Tensor mk = batch.mask.narrow(0, st.rows.begin, st.rows.size()).reshape({-1});
     // This slice's part of the mini-batch's masked mean (train_executor.h).
-    st.loss = (per_token * mk).sum() / std::max(1.0, batch.n_tokens);
+    st.loss = masked_lm_loss_part(logits, batch.targets.narrow(0, st.rows.begin, st.rows.size()),
+                                  batch.mask.narrow(0, st.rows.begin, st.rows.size()), batch.n_tokens);
   } else {
     st.h_out = h;
     torch::Tensor h_send = h.detach();

@@ -29,6 +29,7 @@
 #include "src/llm/act_cache.h"
 #include "src/llm/model.h"
 #include "src/llm/side_network.h"
+#include "src/llm/trainer.h"
 
 namespace pac {
 
@@ -235,17 +236,10 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
       {
         // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
         torch::Tensor taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
-        torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb * T}, torch::kInt64);
-        torch::Tensor mask = torch::ones({mb * T});
-        report(measure("cached_step", threads, mb, mb * f.cached_step, o,
-                       [&] { net->zero_grad(); }, [&] {
-                         torch::Tensor logits = net->forward(taps);
-                         torch::Tensor ce = torch::nn::functional::cross_entropy(
-                             logits.reshape({-1, logits.size(-1)}), targets,
-                             torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-                         torch::Tensor loss = (ce * mask).sum() / (double)(mb * T);
-                         loss.backward();
-                       }));
+        torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
+        torch::Tensor mask = torch::ones({mb, T});
+        report(measure("cached_step", threads, mb, mb * f.cached_step, o, [&] { net->zero_grad(); },
+                       [&] { masked_lm_loss(net->forward(taps), targets, mask).backward(); }));
       }
       y = torch::Tensor();
     }

@@ -48,13 +48,23 @@ void train_options_validate(const TrainOptions& o) {
   if (o.adapter_bottleneck < 1) throw InputError("--adapter-bottleneck: expected >= 1");
 }
 
-torch::Tensor masked_lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask) {
+// Summed masked cross-entropy of the rows.
+static torch::Tensor masked_lm_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets,
+                                        const torch::Tensor& mask) {
   int64_t V = logits.size(-1);
   auto per_token = torch::nn::functional::cross_entropy(
       logits.reshape({-1, V}), targets.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  auto m = mask.reshape({-1});
-  return (per_token * m).sum() / m.sum().clamp_min(1.0);
+  return (per_token * mask.reshape({-1})).sum();
+}
+
+torch::Tensor masked_lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask) {
+  return masked_lm_loss_sum(logits, targets, mask) / mask.sum().clamp_min(1.0);
+}
+
+torch::Tensor masked_lm_loss_part(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask,
+                                  double n_tokens) {
+  return masked_lm_loss_sum(logits, targets, mask) / std::max(1.0, n_tokens);
 }
 
 void examples_to_tensors(const std::vector<const Example*>& batch, torch::Tensor* inputs, torch::Tensor* targets,

@@ -154,6 +154,11 @@ void data_prepare(const std::string& data, const std::string& eval_data, double 
 
 // Masked mean cross-entropy: logits [B,T,V], targets [B,T] int64, mask [B,T] float.
 torch::Tensor masked_lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask);
+// sum(ce * mask) / max(1, n_tokens): some rows' part of a mini-batch's masked mean whose
+// mask holds n_tokens tokens in all (each runtime device computes its own rows' part;
+// the parts add up to masked_lm_loss of the whole mini-batch).
+torch::Tensor masked_lm_loss_part(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& mask,
+                                  double n_tokens);
 // Inputs/targets/mask tensors of a batch of examples.
 void examples_to_tensors(const std::vector<const Example*>& batch, torch::Tensor* inputs, torch::Tensor* targets,
                          torch::Tensor* mask);
