@@ -8,6 +8,7 @@
 #
 #   BUILD_DIR=build-val bash bench/calibrate_testbed.sh            # everything (~3 min quiet)
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
+#   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
 #   OUT=/tmp/p/devices RESULTS=/tmp/p/raw MODELS=llama-d512-l8 QUOTAS="0.5 1.0" bash bench/calibrate_testbed.sh
 #       # elsewhere (bench/fidelity.py --calibrate does this on a machine the committed
@@ -38,6 +39,7 @@ quotas=${QUOTAS:-"0.25 0.5 0.75 1.0"}
 models=${MODELS:-"stories260K llama-d512-l8"}
 seq=${SEQ:-128}
 repeats=${REPEATS:-7}
+ref_rounds=${REF_ROUNDS:-3}
 results=${RESULTS:-bench/results/calibration}
 out_dir=${OUT:-profiles/devices}
 mkdir -p "$results" "$out_dir"
@@ -61,68 +63,37 @@ echo "calibrate_testbed: load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for model in $models; do
   tag=$(model_tag "$model")
   ref=$results/ref-$tag
-  # Reference: no quota, 1 and 2 threads (the 2-thread rows are for the docs table).
-  echo "calibrate_testbed: $model reference (no quota, threads 1,2)"
-  "$profile_exe" --model "$model" --threads 1,2 "${common[@]}" --name "testbed-ref-$tag" \
-    -o "$ref.profile.json" --json > "$ref.table.json"
+  # The reference (no quota) is what every quota's rates come from, so it is timed in
+  # $ref_rounds rounds spread between the quota runs (ref 1, quota 1, ref 2, quota 2, ...)
+  # and each rate is the median of the rounds: this VM's per-core speed swings by up to
+  # 2x over minutes (docs/fidelity.md), and one round catches one moment of it. Round 1
+  # times 1 and 2 threads (the 2-thread rows are for the docs table), later rounds 1.
+  rounds=()
+  qlist=($quotas)
+  n=$(( ref_rounds > ${#qlist[@]} ? ref_rounds : ${#qlist[@]} ))
+  for ((i = 0; i < n; i++)); do
+    if ((i < ref_rounds)); then
+      threads=1; ((i == 0)) && threads=1,2
+      echo "calibrate_testbed: $model reference round $((i + 1))/$ref_rounds (no quota, threads $threads)"
+      "$profile_exe" --model "$model" --threads "$threads" "${common[@]}" --name "testbed-ref-$tag" \
+        -o "$ref.round$((i + 1)).json" --json > "$ref.round$((i + 1)).table.json"
+      rounds+=("$ref.round$((i + 1)).json")
+    fi
+    if ((i < ${#qlist[@]})); then
+      q=${qlist[$i]}
+      name=testbed-$(quota_tag "$q")-$tag
+      echo "calibrate_testbed: $model under $q core(s) (raw)"
+      "$profile_exe" --model "$model" --threads 1 --cpu-quota "$q" "${common[@]}" --name "$name" \
+        -o "$results/$name.raw.json" --json > "$results/$name.table.json"
+    fi
+  done
+  # Merge the rounds into $ref.profile.json: every timing the median of its rounds (the
+  # rounds' own medians kept in round_medians_s), storage rates likewise.
+  python3 bench/calibrate_profiles.py merge "$ref.profile.json" "${rounds[@]}"
   for q in $quotas; do
-    qt=$(quota_tag "$q")
-    name=testbed-$qt-$tag
+    name=testbed-$(quota_tag "$q")-$tag
     echo "calibrate_testbed: $model under $q core(s) -> $out_dir/$name.json"
-    "$profile_exe" --model "$model" --threads 1 --cpu-quota "$q" "${common[@]}" --name "$name" \
-      -o "$results/$name.raw.json" --json > "$results/$name.table.json"
-    python3 - "$results/$name.raw.json" "$ref.profile.json" "$q" "$out_dir/$name.json" <<'EOF'
-import json, os, sys
-raw_file, ref_file, q, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-raw = json.load(open(raw_file))
-ref = json.load(open(ref_file))
-factor = min(1.0, q)
-# Reference 1-thread rates per (kind, micro-batch) from its timing table.
-ref_rate = {}
-for row in ref["calibration"]["timings"]:
-    if row["threads"] == 1 and row["flops_per_s"]:
-        ref_rate[(row["kind"], row["micro_batch"])] = row["flops_per_s"]
-by_kind = {}
-for key in raw["eff_flops_by_kind"]:
-    kind, _, mb = key.partition("@")
-    mb = int(mb) if mb else max(raw["calibration"]["micro_batches"])
-    by_kind[key] = ref_rate[(kind, mb)] * factor
-raw["eff_flops_by_kind"] = by_kind
-raw["eff_flops"] = {"fp32": by_kind["layer"]}
-# The activation cache's rates are CPU work too (conversion, SHA-256, copies from the page
-# cache): the reference run's rates x min(1, q), as for compute.
-for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
-    raw[k] = ref[k] * factor
-# The check: the longest rows measured under the quota against the sustained rule.
-check = []
-for row in raw["calibration"]["timings"]:
-    r = ref_rate.get((row["kind"], row["micro_batch"]))
-    if r and row["flops_per_s"]:
-        check.append({"kind": row["kind"], "micro_batch": row["micro_batch"], "median_s": row["median_s"],
-                      "measured_over_ref": row["flops_per_s"] / r})
-c = raw["calibration"]
-c["rates"] = ("sustained: no-quota 1-thread rate of the same kind and micro-batch (reference run %s, "
-              "load %.2f -> %.2f) x min(1, cpu_quota) = x %.2f; calibration.timings are the raw medians "
-              "under the quota (mostly unthrottled bursts, see docs/profiling.md)"
-              % (os.path.basename(ref_file), ref["calibration"]["load_average_before"],
-                 ref["calibration"]["load_average_after"], factor))
-c["sustained_factor"] = factor
-c["storage_rates"] = ("activation cache write/read (pac-profile cache_measure) of the reference run x %.2f; the "
-                      "reference's raw device rates are in reference_storage_device" % factor)
-c["reference_storage_device"] = ref["calibration"].get("storage_device")
-c["reference_timings"] = ref["calibration"]["timings"]
-c["quota_check"] = check
-raw["notes"] = ("Testbed device: one pac-worker under a %.2f-core cgroup CPU quota, 1 thread, %s. "
-                "eff_flops_by_kind = sustained rates (calibration.rates). NIC: configured (the testbed "
-                "sets links with tc per scenario). Memory: 4 GB budget. Storage: measured in /tmp."
-                % (q, c["model"]))
-raw["source"] = "bench/calibrate_testbed.sh on this machine (%s)" % c["date"]
-tmp = out + ".tmp"
-with open(tmp, "w") as f:
-    json.dump(raw, f, indent=2, sort_keys=True)
-    f.write("\n")
-os.replace(tmp, out)
-EOF
+    python3 bench/calibrate_profiles.py sustained "$results/$name.raw.json" "$ref.profile.json" "$q" "$out_dir/$name.json"
   done
 done
 

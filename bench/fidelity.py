@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -284,7 +285,49 @@ def epochs_of(report):
     return [e["time_s"] for e in report.get("epochs", [])]
 
 
-def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
+def speed_key(scen):
+    """What a speed probe depends on: the scenario's model and data (micro-batch, seq)."""
+    model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
+    return model + " " + json.dumps(scen.get("data", {}), sort_keys=True)
+
+
+def suite_speeds(rows):
+    """Per speed key, the median of every machine-speed probe taken around the suite's
+    runs of that model (two per run): how fast this machine was over the suite against
+    the calibration, from ~2 x rows x repeats probes instead of the two around one run.
+    A single 1-3 s probe is itself noisy (this VM's speed moves from second to second);
+    their median over the suite is not, and it corrects what a per-run probe cannot: a
+    calibration taken in a slower or faster stretch than the suite ran in."""
+    probes = {}
+    for r in rows:
+        for run in r.get("runs") or []:
+            if run.get("machine_speed") and r.get("speed_key"):
+                probes.setdefault(r["speed_key"], []).extend(run["machine_speed"])
+    return {k: statistics.median(v) for k, v in probes.items()}
+
+
+def validate_at_speed(a, row, plan, report, speed, tag, prefix):
+    """pac-sim --validate of the row's run against its plan with every compute task at
+    1/speed its seconds: row[prefix + "sim_epoch_s" / "sim_total_s" / "epoch_mape_pct"]."""
+    d = os.path.dirname(plan)
+    adj_plan = os.path.join(d, "plan-at-%s.json" % tag)
+    plan_at_speed(plan, speed, adj_plan)
+    adj_val = os.path.join(d, "validate-at-%s.json" % tag)
+    rc, out, err = run_cmd([os.path.join(a.bin_dir, "pac-sim"), "--validate", report, "--plan", adj_plan,
+                            "--json", adj_val, "--quiet"], a.timeout)
+    if rc != 0 or not os.path.exists(adj_val):
+        log("validate at the %s failed: %s" % (tag, last_line(err or out)))
+        return
+    va = json.load(open(adj_val))
+    row[prefix + "sim_epoch_s"] = [e["predicted_s"] for e in va["epochs"]]
+    row[prefix + "sim_total_s"] = va["total"]["predicted_s"]
+    row[prefix + "epoch_mape_pct"] = va["epoch_mape_pct"]
+
+
+def prepare_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
+    """Plans and simulates one row. Returns (row, job): job is what measure_once needs to
+    run the plan (None when the row is not measured: no plan, no simulation, or a reason
+    the runs cannot happen here, which the row's `measured` says)."""
     bin_dir = a.bin_dir
     name = scen["name"]
     d = os.path.join(work, name, strategy)
@@ -297,7 +340,7 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
                             "--profiles", a.profiles, "-o", plan], a.timeout)
     if rc != 0:
         row["status"] = "no plan: " + last_line(err or out)
-        return row
+        return row, None
     sim = os.path.join(d, "sim.json")
     cmd = [os.path.join(bin_dir, "pac-sim"), scen_file, "--plan", plan, "--profiles", a.profiles,
            "--json", sim, "--quiet"]
@@ -306,12 +349,12 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     rc, out, err = run_cmd(cmd, a.timeout)
     if rc not in (0, 1) or not os.path.exists(sim):
         row["status"] = "sim failed: " + last_line(err or out)
-        return row
+        return row, None
     rep = json.load(open(sim))
     row["groups"] = rep.get("groups")
     if rep.get("status") != "ok":
         row["status"] = "sim: " + rep.get("status", "?") + " " + rep.get("failure", {}).get("message", "")
-        return row
+        return row, None
     row["sim_epoch_s"] = epochs_of(rep)
     row["sim_total_s"] = rep["total_s"]
     row["planner_epoch_s"] = rep.get("predicted", {}).get("epoch_s")
@@ -320,39 +363,87 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
         run_reason = local_mode_reason(scen)
     if run_reason:
         row["measured"] = "skipped: " + run_reason
-        return row
+        return row, None
     data = os.path.join(work, name, "train.txt")
     if not os.path.exists(data):
         write_train_data(data, scen["data"]["samples"], a.data)
-    report = os.path.join(d, "run.json")
     cmd = [os.path.join(bin_dir, "pac-run"), plan, "--" + a.run_mode, "--tokenizer", a.tokenizer, "--data", data,
-           "--eval-fraction", "0", "--samples", "0", "--report", report, "--quiet"]
+           "--eval-fraction", "0", "--samples", "0", "--quiet"]
     model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]  # inline or a name
     if model in a.model_map:
         cmd += ["--model", a.model_map[model]]
-    if trace_this and a.run_has_trace:
-        cmd += ["--trace", os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))]
     cmd += a.run_args
-    log("%s / %s: pac-run --%s" % (name, strategy, a.run_mode))
-    # The machine's speed right before and right after the run (the probe after one row is
-    # the probe before the next one of the same model).
-    model_key = (model, json.dumps(scen.get("data", {}), sort_keys=True))
-    speed_before = a.last_probe[1] if a.probe and a.last_probe and a.last_probe[0] == model_key else (
-        speed_probe(a, scen, d) if a.probe else None)
+    row["speed_key"] = speed_key(scen)
+    job = {"scen": scen, "dir": d, "plan": plan, "cmd": cmd, "runs": [],
+           "trace": (os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))
+                     if trace_this and a.run_has_trace else None),
+           "model_key": row["speed_key"]}
+    return row, job
+
+
+def measure_once(a, job, k):
+    """Run k (1-based) of a row's plan: pac-run -> <dir>/run-<k>.json, with the machine's
+    speed probed right before and right after (the probe after one run is the probe
+    before the next run of the same model). Returns the run's record."""
+    report = os.path.join(job["dir"], "run-%d.json" % k)
+    cmd = job["cmd"] + ["--report", report]
+    if job["trace"]:
+        cmd += ["--trace", os.path.join(job["dir"], "run-%d.trace.json" % k)]
+    scen = job["scen"]
+    log("%s / %s: pac-run --%s (run %d of %d)" % (scen["name"], os.path.basename(job["dir"]), a.run_mode, k,
+                                                   a.repeats))
+    speed_before = a.last_probe[1] if a.probe and a.last_probe and a.last_probe[0] == job["model_key"] else (
+        speed_probe(a, scen, job["dir"]) if a.probe else None)
     t0 = time.time()
     load_before = os.getloadavg()[0]
     rc, out, err = run_cmd(cmd, a.run_timeout)
-    speed_after = speed_probe(a, scen, d) if a.probe else None
-    a.last_probe = (model_key, speed_after)
-    # Other work on this machine slows the measured side only: keep the load with the row.
-    row["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    speed_after = speed_probe(a, scen, job["dir"]) if a.probe else None
+    a.last_probe = (job["model_key"], speed_after)
+    # Other work on this machine slows the measured side only: keep the load with the run.
+    run = {"run": k, "report": report, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+           "machine_speed": ([round(speed_before, 3), round(speed_after, 3)]
+                             if speed_before and speed_after else None)}
     if rc != 0:
         why = run_skip_reason(rc, err)
-        if why:
-            row["measured"] = "skipped: " + why
-        else:
-            row["measured"] = "failed (exit %s after %.0f s): %s" % (rc, time.time() - t0, last_line(err or out))
+        run["measured"] = ("skipped: " + why) if why else (
+            "failed (exit %s after %.0f s): %s" % (rc, time.time() - t0, last_line(err or out)))
+        return run
+    rep = json.load(open(report))
+    run["measured"] = "ok"
+    run["total_s"] = rep.get("total_s")
+    run["epoch_s"] = epochs_of(rep)
+    return run
+
+
+def median_run(runs):
+    """The run whose total time is the median of the row's successful runs (the lower of
+    the two middle ones for an even count): the row is compared on one real run, whole
+    (epochs, busy time, bytes and memory from the same report), and a run slowed or sped
+    up by the host's swings (docs/fidelity.md, "Repeats") does not decide it."""
+    ok = sorted([r for r in runs if r["measured"] == "ok" and r.get("total_s") is not None],
+                key=lambda r: r["total_s"])
+    return ok[(len(ok) - 1) // 2] if ok else None
+
+
+def finish_row(a, row, job):
+    """Compares the row's median run with its simulation (pac-sim --validate), also at the
+    machine speed probed around that run."""
+    bin_dir = a.bin_dir
+    runs = job["runs"]
+    row["runs"] = [{k: v for k, v in r.items() if k != "report"} for r in runs]
+    bad = [r for r in runs if r["measured"] != "ok"]
+    if bad:
+        # One broken run fails the row (a crashing runtime must not pass on its other runs).
+        row["measured"] = bad[0]["measured"]
         return row
+    m = median_run(runs)
+    row["median_run"] = m["run"]
+    row["load_average"] = m["load_average"]
+    report = m["report"]
+    if job["trace"] and os.path.exists(os.path.join(job["dir"], "run-%d.trace.json" % m["run"])):
+        shutil.copyfile(os.path.join(job["dir"], "run-%d.trace.json" % m["run"]), job["trace"])
+    plan = job["plan"]
+    d = job["dir"]
     val = os.path.join(d, "validate.json")
     rc, out, err = run_cmd([os.path.join(bin_dir, "pac-sim"), "--validate", report, "--plan", plan,
                             "--json", val, "--quiet"], a.timeout)
@@ -368,21 +459,13 @@ def one_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     row["validation"] = v
     # The same comparison with the simulation at the machine's probed speed: the simulator's
     # error with the host's speed swings taken out (docs/fidelity.md, "Machine speed").
-    if speed_before and speed_after:
-        speed = (speed_before + speed_after) / 2
-        row["machine_speed"] = [round(speed_before, 3), round(speed_after, 3)]
-        adj_plan = os.path.join(d, "plan-at-speed.json")
-        plan_at_speed(plan, speed, adj_plan)
-        adj_val = os.path.join(d, "validate-at-speed.json")
-        rc2, out2, err2 = run_cmd([os.path.join(bin_dir, "pac-sim"), "--validate", report, "--plan", adj_plan,
-                                   "--json", adj_val, "--quiet"], a.timeout)
-        if rc2 == 0 and os.path.exists(adj_val):
-            va = json.load(open(adj_val))
-            row["adj_sim_epoch_s"] = [e["predicted_s"] for e in va["epochs"]]
-            row["adj_sim_total_s"] = va["total"]["predicted_s"]
-            row["adj_epoch_mape_pct"] = va["epoch_mape_pct"]
-        else:
-            log("validate at the probed speed failed: " + last_line(err2 or out2))
+    if m.get("machine_speed"):
+        row["machine_speed"] = m["machine_speed"]
+        validate_at_speed(a, row, plan, report, sum(m["machine_speed"]) / 2, "speed", "adj_")
+    # And at the suite's median probed speed for this model (suite_speeds).
+    if a.suite_speed.get(row.get("speed_key")):
+        row["suite_speed"] = round(a.suite_speed[row["speed_key"]], 3)
+        validate_at_speed(a, row, plan, report, row["suite_speed"], "suite-speed", "suite_")
     # How much of this host the run used: the workers' CPU seconds (every thread) and the
     # coordinator's, over host cores x training time. Near 1 the devices also compete
     # for the host (docs/fidelity.md, "Where the host runs out").
@@ -471,6 +554,9 @@ def summarize(rows, mape_key="epoch_mape_pct", sim_key="sim_total_s", adjusted=T
         speeds = [x for r in rows for x in (r.get("machine_speed") or [])]
         summary["machine_speed_range"] = [min(speeds), max(speeds)]
         summary["at_machine_speed"] = summarize(rows, "adj_epoch_mape_pct", "adj_sim_total_s", adjusted=False)
+    if adjusted and any(r.get("suite_epoch_mape_pct") is not None for r in rows):
+        summary["suite_speeds"] = sorted({r["suite_speed"] for r in rows if r.get("suite_speed")})
+        summary["at_suite_speed"] = summarize(rows, "suite_epoch_mape_pct", "suite_sim_total_s", adjusted=False)
     return summary
 
 
@@ -480,30 +566,34 @@ def fmt_list(xs, f="%.2f"):
 
 def markdown(rows, summary):
     out = ["| scenario | strategy | groups | simulated epoch s | planner epoch s | measured epoch s | "
-           "epoch MAPE | machine speed (before / after) | MAPE at that speed | measured |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "epoch MAPE | machine speed (before / after) | MAPE at that speed | suite's speed | MAPE at the suite's "
+           "speed | measured |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "n/a" if v is None else "%.1f%%" % v
     for r in rows:
         status = r["status"] if r["status"] != "ok" else (r["measured"] or "")
-        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["scenario"], r["strategy"], r["groups"] or "-", fmt_list(r["sim_epoch_s"]),
             fmt_list(r["planner_epoch_s"]), fmt_list(r["measured_epoch_s"]), pct(r.get("epoch_mape_pct")),
-            fmt_list(r.get("machine_speed")), pct(r.get("adj_epoch_mape_pct")), status.replace("|", "/")))
+            fmt_list(r.get("machine_speed")), pct(r.get("adj_epoch_mape_pct")),
+            "n/a" if not r.get("suite_speed") else "%.2f" % r["suite_speed"], pct(r.get("suite_epoch_mape_pct")),
+            status.replace("|", "/")))
     out.append("")
     adj = summary.get("at_machine_speed")
     adj_by = {x["scenario"]: x for x in adj["scenarios"]} if adj else {}
+    sui = summary.get("at_suite_speed")
+    sui_by = {x["scenario"]: x for x in sui["scenarios"]} if sui else {}
     out.append("| scenario | simulated order (fastest first; = the same time) | measured order | same ranking | "
-               "scenario MAPE | at machine speed: MAPE, same ranking |")
-    out.append("|---|---|---|---|---|---|")
+               "scenario MAPE | at machine speed: MAPE, same ranking | at the suite's speed: MAPE, same ranking |")
+    out.append("|---|---|---|---|---|---|---|")
     yn = lambda v: "n/a" if v is None else ("yes" if v else "**no**")
+    both = lambda x: "n/a" if not x or x["epoch_mape_pct"] is None else "%s, %s" % (pct(x["epoch_mape_pct"]),
+                                                                                    yn(x["ranking_agrees"]))
     for s in summary["scenarios"]:
-        x = adj_by.get(s["scenario"])
-        out.append("| %s | %s | %s | %s | %s | %s |" % (
+        out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             s["scenario"], s.get("sim_order_text") or " < ".join(s["sim_order"]) or "-",
             " < ".join(s["measured_order"]) if s["measured_order"] else "n/a", yn(s["ranking_agrees"]),
-            pct(s["epoch_mape_pct"]),
-            "n/a" if not x or x["epoch_mape_pct"] is None else "%s, %s" % (pct(x["epoch_mape_pct"]),
-                                                                          yn(x["ranking_agrees"]))))
+            pct(s["epoch_mape_pct"]), both(adj_by.get(s["scenario"])), both(sui_by.get(s["scenario"]))))
     out.append("")
     if summary["epoch_mape_mean_pct"] is None:
         out.append("Measured: none (%d rows simulated; the last column says why)." % summary["rows"])
@@ -522,6 +612,15 @@ def markdown(rows, summary):
                        sum(1 for x in adj["scenarios"] if x["ranking_agrees"]),
                        sum(1 for x in adj["scenarios"] if x["ranking_agrees"] is not None),
                        "yes" if adj["targets_met"] else "no"))
+    if sui and sui["epoch_mape_mean_pct"] is not None:
+        out.append("")
+        out.append("At the suite's median probed speed per model (x%s of the calibration's): mean of scenarios "
+                   "%.1f%%, worst scenario %.1f%%, ranking agrees in %d of %d; targets met: %s." % (
+                       " / ".join("%.2f" % x for x in summary["suite_speeds"]),
+                       sui["epoch_mape_mean_pct"], sui["epoch_mape_worst_scenario_pct"],
+                       sum(1 for x in sui["scenarios"] if x["ranking_agrees"]),
+                       sum(1 for x in sui["scenarios"] if x["ranking_agrees"] is not None),
+                       "yes" if sui["targets_met"] else "no"))
     return "\n".join(out) + "\n"
 
 
@@ -673,6 +772,9 @@ def main():
     ap.add_argument("--resummarize", metavar="RESULTS_JSON", default=None,
                     help="run nothing: recompute the summary, the tables (--table, --update-docs) and --out "
                     "from the rows of an earlier results file (after a change to how rows are summarized)")
+    ap.add_argument("--refinish", metavar="RESULTS_JSON", default=None,
+                    help="run nothing: redo every row's comparison (pac-sim --validate, the speeds) from the plans "
+                    "and run reports an earlier suite left in --work, then as --resummarize")
     ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
                     help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
                     "scenarios of 1-core devices on >= 1 Gbit/s links")
@@ -692,11 +794,19 @@ def main():
     ap.add_argument("--no-probe", dest="probe", action="store_false",
                     help="no machine-speed probe around each run (no 'at machine speed' columns)")
     ap.add_argument("--calibrate-repeats", type=int, default=5, help="timed repeats per layer when calibrating")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every row, in rounds (every row once, then "
+                    "again); a row is compared on its median run by total time (odd counts recommended)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds for pac-plan / pac-sim")
     ap.add_argument("--run-timeout", type=int, default=900, help="seconds for one pac-run")
     a = ap.parse_args()
+    if a.repeats < 1:
+        print("fidelity: --repeats: expected a count >= 1, got %d" % a.repeats, file=sys.stderr)
+        return 2
     if a.resummarize:
         return resummarize(a)
+    if a.refinish:
+        a.bin_dir = os.path.join(a.build_dir if os.path.isabs(a.build_dir) else os.path.join(ROOT, a.build_dir), "bin")
+        return refinish(a)
     a.bin_dir = os.path.join(a.build_dir if os.path.isabs(a.build_dir) else os.path.join(ROOT, a.build_dir), "bin")
     for tool in ("pac-plan", "pac-sim"):
         if not os.path.exists(os.path.join(a.bin_dir, tool)):
@@ -730,7 +840,7 @@ def main():
         # Measured rows compare the simulator with this machine: its profiles must be this machine's.
         a.profiles = profiles_for_this_host(a, files, host_info(a.bin_dir, a.timeout))
 
-    rows = []
+    rows, jobs = [], []
     t0 = time.time()
     for i, f in enumerate(files):
         try:
@@ -744,11 +854,63 @@ def main():
             return 2
         for s in strategies:
             trace_this = (a.trace == "%s/%s" % (scen["name"], s)) if a.trace else (i == 0 and s == scen.get("strategy"))
-            row = one_row(a, f, scen, s, a.work, run_reason, trace_this)
+            row, job = prepare_row(a, f, scen, s, a.work, run_reason, trace_this)
             rows.append(row)
-            log("[%d/%d] %s / %s: sim %s, measured %s%s" % (
-                i + 1, len(files), scen["name"], s, fmt_list(row["sim_epoch_s"]), fmt_list(row["measured_epoch_s"]),
-                "" if row["status"] == "ok" else " (" + row["status"] + ")"))
+            jobs.append(job)
+    # Rounds: every row once, then every row again, so that a row's repeats are minutes
+    # apart and see the host in different states (docs/fidelity.md, "Repeats").
+    for k in range(1, a.repeats + 1):
+        for row, job in zip(rows, jobs):
+            if job is None:
+                continue
+            run = measure_once(a, job, k)
+            job["runs"].append(run)
+            log("[round %d/%d] %s / %s: sim %s, measured %s%s" % (
+                k, a.repeats, row["scenario"], row["strategy"], fmt_list(row["sim_epoch_s"]),
+                fmt_list(run.get("epoch_s")), "" if run["measured"] == "ok" else " (" + run["measured"] + ")"))
+    finish_rows(a, rows, jobs)
+    return conclude(a, rows, run_reason, t0)
+
+
+def finish_rows(a, rows, jobs):
+    """After the last round: every row's runs, the suite's speeds, then each row's
+    comparison (finish_row)."""
+    for row, job in zip(rows, jobs):
+        if job is not None:
+            row["runs"] = [{k: v for k, v in r.items() if k != "report"} for r in job["runs"]]
+    a.suite_speed = suite_speeds(rows) if a.probe else {}
+    for row, job in zip(rows, jobs):
+        if job is not None:
+            finish_row(a, row, job)
+
+
+def refinish(a):
+    """--refinish RESULTS_JSON: redo every row's comparison from the runs an earlier suite
+    left in --work (its plans and run-<k>.json reports), without running anything: after
+    a change to how runs are compared (not to the planner or the simulator, whose plans
+    are the ones that ran)."""
+    doc = json.load(open(a.refinish))
+    rows, jobs = doc["rows"], []
+    for row in rows:
+        d = os.path.join(a.work, row["scenario"], row["strategy"])
+        runs = row.get("runs")
+        if not runs:
+            jobs.append(None)
+            continue
+        for r in runs:
+            r["report"] = os.path.join(d, "run-%d.json" % r["run"])
+        if not row.get("speed_key"):
+            row["speed_key"] = speed_key(json.load(open(os.path.join(ROOT, "bench/fidelity", row["scenario"] + ".json"))))
+        jobs.append({"dir": d, "plan": os.path.join(d, "plan.json"), "runs": runs, "trace": None})
+    a.probe = True
+    a.calibration = doc.get("calibration")
+    a.repeats = doc.get("repeats", 1)
+    finish_rows(a, rows, jobs)
+    return conclude(a, rows, doc.get("measured_skip_reason"), time.time() - doc.get("wall_s", 0))
+
+
+def conclude(a, rows, run_reason, t0):
+    """Summary, results file, tables, plot, docs, and the --max-error gate's verdict."""
     summary = summarize(rows)
     measured = [(x, y) for r in rows if r["measured_epoch_s"] for x, y in zip(r["measured_epoch_s"], r["sim_epoch_s"])]
     if measured:
@@ -763,7 +925,7 @@ def main():
            "run_mode": a.run_mode,
            "measured_skip_reason": run_reason or None, "plot_x": x_label.split(" - X: ")[-1].lower(),
            "calibration": a.calibration,
-           "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
+           "repeats": a.repeats, "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     write_atomic(a.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     table = markdown(rows, summary)
     if a.table:

@@ -17,6 +17,7 @@
 #include <filesystem>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "src/common/fs.h"
 #include "src/llm/checkpoint.h"
 #include "src/llm/trainer.h"
@@ -177,6 +178,7 @@ static void register_all() {
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   torch_memory_tracking_enable();
   register_all();
   benchmark::Initialize(&argc, argv);

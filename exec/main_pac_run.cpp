@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "exec/pac_driver.h"
 #include "exec/run_trace.h"
 #include "exec/testbed.h"
@@ -542,5 +543,6 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   return pac::run_main("pac-run", [&] { return run(argc, argv); });
 }

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "src/common/cli.h"
 #include "exec/executors.h"
 #include "exec/worker.h"
@@ -17,6 +18,7 @@
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   return pac::run_main("pac-worker", [&]() -> int {
     CLI::App app{"PAC worker: serves one device for a coordinator (pac-run)"};
     std::string listen, key_file, device_id;

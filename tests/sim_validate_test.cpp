@@ -367,6 +367,17 @@ TEST(SimFidelityHarness, EveryScenarioSimulatesToNonNegativeTimes) {
   EXPECT_GE(checked, 8 * 6);
 }
 
+// Runs `body` as a Python script with bench/fidelity.py imported as `f` (the harness's
+// pure functions, tested without running anything); returns its exit code.
+static int fidelity_py(const std::string& name, const std::string& body, std::string* out) {
+  std::string file = ::testing::TempDir() + "/" + name + ".py";
+  {
+    std::ofstream o(file);
+    o << "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n" << body;
+  }
+  return sh("python3 " + file, out);
+}
+
 // The harness's ranking rule: strategies the simulation ties (the same plan, e.g. pac and
 // pac-opt both [2]) may be measured in either order; every other pair must be measured in
 // the simulated order.
@@ -374,7 +385,6 @@ TEST(SimFidelityHarness, RankingIgnoresOnlySimulatedTies) {
   std::string out;
   if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
   std::string py =
-      "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
       "r = lambda s, sim, m: {'strategy': s, 'sim_total_s': sim, 'measured_total_s': m}\n"
       "tie = [r('pac', 2.0, 2.2), r('pac-opt', 2.0, 2.1), r('eddl', 3.0, 3.5)]\n"
       "assert f.ranking_agrees(tie)\n"
@@ -383,17 +393,36 @@ TEST(SimFidelityHarness, RankingIgnoresOnlySimulatedTies) {
       "assert not f.ranking_agrees(tie + [r('ecofl', 1.0, 2.15)])\n"
       "assert f.ranking_agrees(tie + [r('ecofl', 1.0, 2.05), r('standalone', 9.0, None)])\n"
       "print('ok')\n";
-  std::string file = ::testing::TempDir() + "/ranking_check.py";
-  {
-    std::ofstream o(file);
-    o << py;
-  }
-  ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+  ASSERT_EQ(fidelity_py("ranking_check", py, &out), 0) << out;
+  EXPECT_NE(out.find("ok"), std::string::npos) << out;
+}
+
+// --repeats: a row is compared on its median run by total time; failed runs are not
+// candidates; with an even count the lower middle run (2 of [1.0, 1.2, 1.4, 9.0] -> 1.2).
+// The suite's speed per model is the median of all its runs' probes.
+TEST(SimFidelityHarness, RowUsesTheMedianRun) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py =
+      "r = lambda k, t, m='ok': {'run': k, 'measured': m, 'total_s': t}\n"
+      "assert f.median_run([r(1, 3.1), r(2, 2.5), r(3, 4.0)])['run'] == 1\n"
+      "assert f.median_run([r(1, 1.4), r(2, 9.0), r(3, 1.0), r(4, 1.2)])['run'] == 4\n"
+      "assert f.median_run([r(1, 2.0), r(2, None, 'failed (exit 1)'), r(3, 5.0)])['run'] == 1\n"
+      "assert f.median_run([r(1, None, 'skipped: no root')]) is None\n"
+      // suite_speeds: per model key, the median of every probe of every run (4 -> mean of 2 middle).
+      "rows = [{'speed_key': 'm1', 'runs': [{'machine_speed': [0.8, 1.0]}, {'machine_speed': None}]},\n"
+      "        {'speed_key': 'm1', 'runs': [{'machine_speed': [1.2, 0.9]}]},\n"
+      "        {'speed_key': 'm2', 'runs': [{'machine_speed': [1.5, 1.1]}, {'machine_speed': [1.3, 0.7]}]},\n"
+      "        {'speed_key': 'm3'}]\n"
+      "s = f.suite_speeds(rows)\n"
+      "assert sorted(s) == ['m1', 'm2'] and abs(s['m1'] - 0.95) < 1e-12 and abs(s['m2'] - 1.2) < 1e-12, s\n"
+      "print('ok')\n";
+  ASSERT_EQ(fidelity_py("median_run_check", py, &out), 0) << out;
   EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }
 
 TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
-  int checked = 0;
+  int checked = 0, rounds_checked = 0;
   for (const char* q : {"q025", "q050", "q075", "q100"})
     for (const char* m : {"s260k", "d512"}) {
       std::string file = kSrc + "/profiles/devices/testbed-" + q + "-" + m + ".json";
@@ -405,6 +434,18 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       EXPECT_NEAR(c["sustained_factor"].get<double>(), std::min(1.0, quota), 1e-12) << file;
       int largest_mb = 0;
       for (const json& mb : c["micro_batches"]) largest_mb = std::max(largest_mb, mb.get<int>());
+      // The reference is the median of its rounds (bench/calibrate_profiles.py merge):
+      // each timing's median_s is the middle one of round_medians_s; every round times
+      // 1 thread.
+      for (const json& t : c["reference_timings"]) {
+        if (!t.contains("round_medians_s")) continue;
+        std::vector<double> r = t["round_medians_s"].get<std::vector<double>>();
+        std::sort(r.begin(), r.end());
+        double mid = r.size() % 2 ? r[r.size() / 2] : (r[r.size() / 2 - 1] + r[r.size() / 2]) / 2;
+        EXPECT_DOUBLE_EQ(t["median_s"].get<double>(), mid) << file << " " << t["kind"] << "@" << t["micro_batch"];
+        if (t["threads"] == 1) EXPECT_EQ(r.size(), c["reference_rounds"].size()) << file;  // 2 threads: round 1 only
+        rounds_checked++;
+      }
       for (const auto& kv : p.eff_flops_by_kind) {
         std::string kind = kv.first.substr(0, kv.first.find('@'));
         int mb = kv.first.find('@') == std::string::npos ? largest_mb : std::atoi(kv.first.c_str() + kind.size() + 1);
@@ -419,6 +460,7 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       }
       EXPECT_EQ(p.memory_bytes, 4e9) << file;
     }
+  EXPECT_GT(rounds_checked, 0);
   EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
 
@@ -436,14 +478,8 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
     Plan p = plan_make(sc, strategy);
     std::string plan = dir + "/" + strategy + ".json", slow = dir + "/" + strategy + "-slow.json";
     file_write_atomic(plan, plan_to_json(p).dump());
-    std::string py = "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
-                     "f.plan_at_speed('" + plan + "', 0.5, '" + slow + "')\n";
-    std::string file = dir + "/speed.py";
-    {
-      std::ofstream o(file);
-      o << py;
-    }
-    ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+    std::string py = "f.plan_at_speed('" + plan + "', 0.5, '" + slow + "')\n";
+    ASSERT_EQ(fidelity_py("speed", py, &out), 0) << out;
     SimResult base = sim_run(p);
     SimResult half = sim_run(plan_from_json(JsonIn::load_file(slow)));
     ASSERT_TRUE(base.ok && half.ok);
@@ -459,7 +495,6 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
     }
   }
   std::string py =
-      "import sys; sys.path.insert(0, '" + kSrc + "/bench'); import fidelity as f\n"
       "r = lambda s, sim, m, e, adj_sim, adj_e: {'scenario': 'x', 'strategy': s, 'sim_total_s': sim,\n"
       "    'measured_total_s': m, 'epoch_mape_pct': e, 'adj_sim_total_s': adj_sim, 'adj_epoch_mape_pct': adj_e,\n"
       "    'machine_speed': [0.7, 0.8]}\n"
@@ -469,12 +504,7 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
       "assert abs(a['epoch_mape_mean_pct'] - 5.0) < 1e-9 and a['scenarios'][0]['ranking_agrees']\n"
       "assert s['machine_speed_range'] == [0.7, 0.8] and a['targets_met']\n"
       "print('ok')\n";
-  std::string file = dir + "/summary.py";
-  {
-    std::ofstream o(file);
-    o << py;
-  }
-  ASSERT_EQ(sh("python3 " + file, &out), 0) << out;
+  ASSERT_EQ(fidelity_py("summary", py, &out), 0) << out;
   EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "src/llm/threads.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
@@ -18,6 +19,7 @@ using namespace pac;
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   return run_main("pac-generate", [&]() -> int {
     CLI::App app{"Generate text with a LLaMA-family model (greedy, temperature, top-p; KV cache)"};
     std::string model_file, tokenizer_file, adapter_file, prompt;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -20,6 +21,7 @@ using namespace pac;
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   return run_main("pac-profile", [&]() -> int {
     CLI::App app{"Time real LibTorch layers of a model config and write a calibrated device profile"};
     std::string model_ref, profiles_dir, name, output, storage_dir = "/tmp";

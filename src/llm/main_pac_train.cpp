@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 #include "src/llm/threads.h"
 #include "src/common/cli.h"
 #include "src/common/error.h"
@@ -223,5 +224,6 @@ static int body(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
+  pac::compute_heap_pin();
   return run_main("pac-train", [&] { return body(argc, argv); });
 }

@@ -1,6 +1,7 @@
 #include "src/llm/threads.h"
 
 #include "src/common/blas.h"
+#include "src/common/heap.h"
 
 #include <ATen/Parallel.h>
 
@@ -10,6 +11,7 @@ namespace pac {
 // OpenBLAS through libblas.so.3, which may be another BLAS on other machines; then there
 // is no second pool to set.
 void compute_threads_set(int n) {
+  compute_heap_pin();  // every process that computes runs the allocator pac-profile timed
   if (n <= 0) return;
   at::set_num_threads(n);
   using SetFn = void (*)(int);

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Profile arithmetic for bench/calibrate_testbed.sh (docs/profiling.md, "Testbed profiles").
+
+    calibrate_profiles.py merge OUT ROUND.json [ROUND.json ...]
+        the reference rounds of one model -> one reference profile: every timing the median
+        of its rounds' medians (kept in round_medians_s), storage rates likewise
+    calibrate_profiles.py sustained RAW.json REF.json QUOTA OUT
+        a profile measured under a CPU quota -> the testbed profile: every rate the
+        reference's no-quota 1-thread rate of the same kind and micro-batch x min(1, quota)
+
+Python 3 standard library only; files are written atomically (temp file, then rename).
+"""
+import json
+import os
+import statistics
+import sys
+
+
+def write_json_atomic(out, doc):
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, out)
+
+
+def merge(out, files):
+    profs = [json.load(open(f)) for f in files]
+    merged = profs[0]
+    key = lambda t: (t["kind"], t["micro_batch"], t["threads"])
+    by_key = {}
+    for p in profs:
+        for t in p["calibration"]["timings"]:
+            by_key.setdefault(key(t), []).append(t["median_s"])
+    for t in merged["calibration"]["timings"]:
+        ms = by_key[key(t)]
+        t["round_medians_s"] = ms
+        t["median_s"] = statistics.median(ms)
+        t["flops_per_s"] = t["flops"] / t["median_s"] if t["median_s"] > 0 else 0
+    for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
+        merged[k] = statistics.median(p[k] for p in profs)
+    c = merged["calibration"]
+    c["load_average_after"] = profs[-1]["calibration"]["load_average_after"]
+    c["reference_rounds"] = [{"date": p["calibration"]["date"], "load_average": [p["calibration"]["load_average_before"],
+                              p["calibration"]["load_average_after"]]} for p in profs]
+    write_json_atomic(out, merged)
+
+
+def sustained(raw_file, ref_file, q, out):
+    raw = json.load(open(raw_file))
+    ref = json.load(open(ref_file))
+    factor = min(1.0, q)
+    # Reference 1-thread rates per (kind, micro-batch) from its timing table.
+    ref_rate = {}
+    for row in ref["calibration"]["timings"]:
+        if row["threads"] == 1 and row["flops_per_s"]:
+            ref_rate[(row["kind"], row["micro_batch"])] = row["flops_per_s"]
+    by_kind = {}
+    for key in raw["eff_flops_by_kind"]:
+        kind, _, mb = key.partition("@")
+        mb = int(mb) if mb else max(raw["calibration"]["micro_batches"])
+        by_kind[key] = ref_rate[(kind, mb)] * factor
+    raw["eff_flops_by_kind"] = by_kind
+    raw["eff_flops"] = {"fp32": by_kind["layer"]}
+    # The activation cache's rates are CPU work too (conversion, SHA-256, copies from the page
+    # cache): the reference run's rates x min(1, q), as for compute.
+    for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
+        raw[k] = ref[k] * factor
+    # The check: the longest rows measured under the quota against the sustained rule.
+    check = []
+    for row in raw["calibration"]["timings"]:
+        r = ref_rate.get((row["kind"], row["micro_batch"]))
+        if r and row["flops_per_s"]:
+            check.append({"kind": row["kind"], "micro_batch": row["micro_batch"], "median_s": row["median_s"],
+                          "measured_over_ref": row["flops_per_s"] / r})
+    c = raw["calibration"]
+    c["rates"] = ("sustained: no-quota 1-thread rate of the same kind and micro-batch (reference run %s, "
+                  "load %.2f -> %.2f) x min(1, cpu_quota) = x %.2f; calibration.timings are the raw medians "
+                  "under the quota (mostly unthrottled bursts, see docs/profiling.md)"
+                  % (os.path.basename(ref_file), ref["calibration"]["load_average_before"],
+                     ref["calibration"]["load_average_after"], factor))
+    c["sustained_factor"] = factor
+    c["storage_rates"] = ("activation cache write/read (pac-profile cache_measure) of the reference run x %.2f; the "
+                          "reference's raw device rates are in reference_storage_device" % factor)
+    c["reference_storage_device"] = ref["calibration"].get("storage_device")
+    c["reference_timings"] = ref["calibration"]["timings"]
+    c["reference_rounds"] = ref["calibration"].get("reference_rounds")
+    c["quota_check"] = check
+    raw["notes"] = ("Testbed device: one pac-worker under a %.2f-core cgroup CPU quota, 1 thread, %s. "
+                    "eff_flops_by_kind = sustained rates (calibration.rates). NIC: configured (the testbed "
+                    "sets links with tc per scenario). Memory: 4 GB budget. Storage: measured in /tmp."
+                    % (q, c["model"]))
+    raw["source"] = "bench/calibrate_testbed.sh on this machine (%s)" % c["date"]
+    write_json_atomic(out, raw)
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[0] == "merge":
+        merge(argv[1], argv[2:])
+    elif len(argv) == 5 and argv[0] == "sustained":
+        sustained(argv[1], argv[2], float(argv[3]), argv[4])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
