@@ -234,7 +234,9 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
   const bool plan_caches = plan_writes_cache(plan);
   EXPECT_EQ(plan_caches, s.method.cache && s.strategy == "pac") << rc.name;
   ASSERT_EQ(plan.phases[0].stages.size(), static_cast<size_t>(rc.stages));
-  if (rc.stages == 1) ASSERT_EQ(plan.phases[0].stages[0].devices.size(), 2u) << "a group of both devices";
+  if (rc.stages == 1) {
+    ASSERT_EQ(plan.phases[0].stages[0].devices.size(), 2u) << "a group of both devices";
+  }
   plan_save(plan, dir + "/plan.json");
   // Half of the corpus trains (mini-batches of 8, 32 tokens), the other half is held out.
   std::string data = kSrc + "/data/personal/train.txt";
