@@ -158,7 +158,7 @@ def scenario_profiles(files, profiles_dir):
             if not isinstance(ref, str) or ref.endswith(".json") or ref in used:
                 continue
             cal = profile_calibration(profiles_dir, ref)
-            model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
+            model = scenario_model(scen)
             used[ref] = (model, d.get("cpu_quota", 0), cal)
     return used
 
@@ -285,10 +285,14 @@ def epochs_of(report):
     return [e["time_s"] for e in report.get("epochs", [])]
 
 
+def scenario_model(scen):
+    """The scenario's model name (its "model" is a name or an inline config)."""
+    return scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
+
+
 def speed_key(scen):
     """What a speed probe depends on: the scenario's model and data (micro-batch, seq)."""
-    model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
-    return model + " " + json.dumps(scen.get("data", {}), sort_keys=True)
+    return scenario_model(scen) + " " + json.dumps(scen.get("data", {}), sort_keys=True)
 
 
 def suite_speeds(rows):
@@ -369,7 +373,7 @@ def prepare_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
         write_train_data(data, scen["data"]["samples"], a.data)
     cmd = [os.path.join(bin_dir, "pac-run"), plan, "--" + a.run_mode, "--tokenizer", a.tokenizer, "--data", data,
            "--eval-fraction", "0", "--samples", "0", "--quiet"]
-    model = scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]  # inline or a name
+    model = scenario_model(scen)
     if model in a.model_map:
         cmd += ["--model", a.model_map[model]]
     cmd += a.run_args
@@ -377,7 +381,7 @@ def prepare_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     job = {"scen": scen, "dir": d, "plan": plan, "cmd": cmd, "runs": [],
            "trace": (os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))
                      if trace_this and a.run_has_trace else None),
-           "model_key": row["speed_key"]}
+           "speed_key": row["speed_key"]}
     return row, job
 
 
@@ -392,13 +396,13 @@ def measure_once(a, job, k):
     scen = job["scen"]
     log("%s / %s: pac-run --%s (run %d of %d)" % (scen["name"], os.path.basename(job["dir"]), a.run_mode, k,
                                                    a.repeats))
-    speed_before = a.last_probe[1] if a.probe and a.last_probe and a.last_probe[0] == job["model_key"] else (
+    speed_before = a.last_probe[1] if a.probe and a.last_probe and a.last_probe[0] == job["speed_key"] else (
         speed_probe(a, scen, job["dir"]) if a.probe else None)
     t0 = time.time()
     load_before = os.getloadavg()[0]
     rc, out, err = run_cmd(cmd, a.run_timeout)
     speed_after = speed_probe(a, scen, job["dir"]) if a.probe else None
-    a.last_probe = (job["model_key"], speed_after)
+    a.last_probe = (job["speed_key"], speed_after)
     # Other work on this machine slows the measured side only: keep the load with the run.
     run = {"run": k, "report": report, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "machine_speed": ([round(speed_before, 3), round(speed_after, 3)]
