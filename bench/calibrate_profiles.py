@@ -66,6 +66,11 @@ def sustained(raw_file, ref_file, q, out):
     # cache): the reference run's rates x min(1, q), as for compute.
     for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
         raw[k] = ref[k] * factor
+    # What the simulator needs to model the quota's period (bursts at 1/q the rate while
+    # the budget lasts): the quota these rates are sustained under, when it throttles.
+    raw.pop("sustained_quota", None)
+    if factor < 1:
+        raw["sustained_quota"] = factor
     # The check: the longest rows measured under the quota against the sustained rule.
     check = []
     for row in raw["calibration"]["timings"]:

@@ -9,6 +9,7 @@
 #   BUILD_DIR=build-val bash bench/calibrate_testbed.sh            # everything (~3 min quiet)
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
 #   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
+#   OVERHEAD=0 bash bench/calibrate_testbed.sh      # rates only, no runtime-overhead fit
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
 #   OUT=/tmp/p/devices RESULTS=/tmp/p/raw MODELS=llama-d512-l8 QUOTAS="0.5 1.0" bash bench/calibrate_testbed.sh
 #       # elsewhere (bench/fidelity.py --calibrate does this on a machine the committed
@@ -105,6 +106,20 @@ if [ "${HOSTS:-0}" = 1 ]; then
   "$profile_exe" --model llama-d768-l12 --seq 128 --micro-batches 1,2,4,8 --threads 1 --cpu-quota 1 --warmup 2 \
     --repeats 7 --storage-mb 256 --name host-1core -o profiles/devices/host-1core.json --json --quiet \
     > bench/results/profile_host-1core.json
+fi
+# The runtime's per-task and per-message cost (task_overhead_s, message_overhead_s),
+# fitted on two small calibration plans run on the testbed with the rates just written
+# (bench/calibrate_overhead.py; ~20-60 s per profile; OVERHEAD=0 skips it, and it skips
+# itself, leaving the profiles as they are, without root or the tokenizer).
+if [ "${OVERHEAD:-1}" = 1 ]; then
+  names=()
+  for model in $models; do
+    for q in $quotas; do names+=("testbed-$(quota_tag "$q")-$(model_tag "$model")"); done
+  done
+  ovh_work=$(mktemp -d /tmp/pac-overhead.XXXXXX)
+  python3 bench/calibrate_overhead.py --build-dir "$build" --devices "$out_dir" \
+    --only "$(IFS=,; echo "${names[*]}")" --repeats "${OVERHEAD_REPEATS:-3}" --work "$ovh_work"
+  rm -rf "$ovh_work"
 fi
 echo "calibrate_testbed: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 # The docs table describes the committed profiles only.

@@ -25,7 +25,9 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
   int beta = std::max(1, (int)std::lround(c.batch / c.M));
   for (const DeviceSpec& d : s.devices) {
     c.dev_bw_bps.push_back(std::min(s.network.bandwidth_bps, d.profile.nic_bandwidth_bps));
-    c.dev_lat_s.push_back(s.network.latency_s + d.profile.nic_latency_s);
+    // A message pays the runtime's per-message cost at both ends (link_latency_s);
+    // here both ends are taken to be this device's kind.
+    c.dev_lat_s.push_back(s.network.latency_s + d.profile.nic_latency_s + 2 * d.profile.message_overhead_s);
     c.rate_layer.push_back(device_rate(d.profile, method.dtype, "layer", beta));
     c.rate_side.push_back(device_rate(d.profile, method.dtype, "side", beta));
     c.rate_layer_bwd.push_back(device_rate(d.profile, method.dtype, "layer_bwd", beta));
@@ -117,6 +119,7 @@ struct GroupAcc {
   double max_w = 0;        // max 1/(t_i * storage write rate)
   double max_bw = 0;       // max 1/(t_i * NIC rate)
   double lat = 0;          // max latency
+  double task_ovh = 0;     // max runtime cost of a forward + a backward task
   double min_room_t = kInf;  // min (mem_i - fixed) * t_i
   std::vector<double> ts;    // every t_i, in group order (whole-row pricing)
 
@@ -130,6 +133,7 @@ struct GroupAcc {
     max_w = std::max(max_w, 1.0 / (t * c.s->devices[d].profile.storage_write_bytes_per_s));
     max_bw = std::max(max_bw, 1.0 / (t * c.dev_bw_bps[d]));
     lat = std::max(lat, c.dev_lat_s[d]);
+    task_ovh = std::max(task_ovh, 2 * c.s->devices[d].profile.task_overhead_s);
     min_room_t = std::min(min_room_t, (c.mem[d] - ri.fixed_bytes) * t);
   }
 
@@ -157,6 +161,7 @@ struct GroupAcc {
       // O(batch x g) per evaluation and made pac-opt 60x slower.
       const bool alone = ri.x == 0 && ri.y == c.L;
       double t = alone ? stage_rows_bound_s(std::round(c.batch), ts, inv) / c.M : stage_rows_bound_s(beta, ts, inv);
+      t += task_ovh;  // every device of the group runs its forward and backward per micro-batch
       if (mc.cache) t = std::max(t, beta * ri.lc.tap_bytes * max_w / inv);
       for (int cut : {ri.x - 1, ri.y - 1}) {
         if (cut < 0 || cut == c.L - 1) continue;
@@ -437,7 +442,7 @@ PipelineTimes pipeline_times(const PlanCtx& c, const Layout& lay, bool paper_mod
     }
     LayerCost lc = cost_range(c.mc, st.layer_begin, st.layer_end);
     double opt = 0;
-    for (int d : st.devices) opt = std::max(opt, 12 * lc.trainable / optimizer_rate(c, d, c.rate_layer[d]));  // AdamW: ~12 FLOP/param
+    for (int d : st.devices) opt = std::max(opt, optimizer_s(c, d, lc.trainable, c.rate_layer[d]));
     tail_local[j] = allreduce_s(c, st.devices, lc.trainable * c.mc.grad_bytes) + opt;
   }
   PipelineTimes r;

@@ -131,7 +131,7 @@ static double dp_iter_s(const PlanCtx& c, const Layout& lay) {
     StageTime st = cached_time(c.mc, c.s->devices[d].profile, dtype, lay.dp_shares[d] * c.batch);
     read_loop = std::max(read_loop, st.fwd + st.cache_read);
     compute = std::max(compute, st.fwd + st.bwd);
-    opt = std::max(opt, 12 * c.mc.total_trainable / optimizer_rate(c, d, c.rate_side[d]));
+    opt = std::max(opt, optimizer_s(c, d, c.mc.total_trainable, c.rate_side[d]));
   }
   double ar = allreduce_s(c, dp_group(lay), c.mc.total_trainable * c.mc.grad_bytes);
   return std::max(read_loop, compute + ar + opt);
@@ -420,7 +420,7 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       int o = gb.add(TaskKind::Optimizer, d, "opt s" + std::to_string(j));
       gb.tasks[o].stage = j;
       gb.tasks[o].flops = 12 * lc.trainable;
-      gb.tasks[o].seconds = gb.tasks[o].flops / optimizer_rate(c, d, c.rate_layer[d]);
+      gb.tasks[o].seconds = optimizer_s(c, d, lc.trainable, c.rate_layer[d]);
       if (ar >= 0) gb.dep(o, ar);
       if (last_b[k] >= 0) gb.dep(o, last_b[k]);
     }
@@ -501,7 +501,7 @@ static TaskGraph dp_graph(const PlanCtx& c, const Layout& lay) {
     gb.dep(ar, b);
     int o = gb.add(TaskKind::Optimizer, d, "opt side");
     gb.tasks[o].flops = 12 * c.mc.total_trainable;
-    gb.tasks[o].seconds = gb.tasks[o].flops / optimizer_rate(c, d, c.rate_side[d]);
+    gb.tasks[o].seconds = optimizer_s(c, d, c.mc.total_trainable, c.rate_side[d]);
     gb.dep(o, ar >= 0 ? ar : b);
     // Overlapped segment (prefetch): the next iteration's read may start once this
     // forward has consumed its taps (one spare buffer); its forward needs the weights

@@ -123,6 +123,12 @@ inline double optimizer_rate(const PlanCtx& c, int d, double fallback) {
   return c.rate_opt[d] > 0 ? c.rate_opt[d] : fallback;
 }
 
+// Seconds of the AdamW step over `trainable` parameters on device d (~12 FLOP per
+// parameter), a compute task like any other: plus the profile's task_overhead_s.
+inline double optimizer_s(const PlanCtx& c, int d, double trainable, double fallback) {
+  return 12 * trainable / optimizer_rate(c, d, fallback) + c.s->devices[d].profile.task_overhead_s;
+}
+
 double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes);
 
 }  // namespace pac

@@ -118,7 +118,18 @@ struct DevState {
   // quota as its compute, so they queue on the compute engine instead of overlapping it.
   bool storage_on_cpu = false;
   double storage_seg_start = 0;  // storage_s when the segment began
+  // CFS bandwidth control (a testbed device whose profile's rates are sustained under a
+  // quota q < 1 core, DeviceProfile::sustained_quota): its work runs at the unthrottled
+  // speed (1/q the profile's) while the current period's budget of q x kCfsPeriodS lasts,
+  // then waits for the next period. cfs_used: budget spent in period cfs_period.
+  double cfs_quota = 0;            // 0: not throttled (rates are what a task gets)
+  double cfs_delay = 0;            // lost after each throttled wait (profile's throttle_delay_s)
+  int64_t cfs_period = -1;
+  double cfs_used = 0;
 };
+
+// The testbed's cgroup period (exec/testbed.cpp; Linux's default cfs_period_us).
+constexpr double kCfsPeriodS = 0.1;
 
 class Engine {
  public:
@@ -194,6 +205,7 @@ class Engine {
   void iterations_retire();
   void task_ready(int t);
   void task_start(int t);
+  double cpu_work_end(int d, double sustained_s);
   void task_finish(int t);
   void engine_dispatch(int d, bool storage);
   void dispatch_mark(int d);
@@ -485,6 +497,47 @@ void Engine::engine_dispatch(int d, bool storage) {
   task_start(t);
 }
 
+// When CPU work that takes `sustained_s` at the device's profile rates, starting now,
+// ends. Without a quota: now + sustained_s. Under a CFS quota q the work is sustained_s
+// x q CPU seconds at full speed, served while the period's budget q x P lasts: a device
+// that computes in bursts between waits (a pipeline stage that is not the bottleneck)
+// runs them up to 1/q faster than its sustained rate, and one that computes all the time
+// averages exactly q (the sustained rate). Example, q = 0.5, P = 100 ms, from t = 0: a
+// 60 ms task (30 ms CPU) ends at 30 ms; a second one right after has 20 ms of budget
+// left, runs to 50 ms, waits for the period at 100 ms and ends at 110 ms. A device that
+// waited for a period resumes throttle_delay_s after it begins (fitted: what the
+// kernel and the hypervisor take to run a throttled group again): 120 ms with 10 ms.
+double Engine::cpu_work_end(int d, double sustained_s) {
+  DevState& ds = dev_[d];
+  if (ds.cfs_quota <= 0) return now_ + sustained_s;
+  const double budget = ds.cfs_quota * kCfsPeriodS;
+  double work = sustained_s * ds.cfs_quota;
+  double t = now_;
+  // (Never an earlier period than the last one served: a time rounded just below a
+  // period boundary must not reopen the period before it.)
+  int64_t k = std::max(ds.cfs_period, static_cast<int64_t>(std::floor(t / kCfsPeriodS)));
+  if (k != ds.cfs_period) {
+    ds.cfs_period = k;
+    ds.cfs_used = 0;
+  }
+  for (;;) {
+    double avail = std::min(budget - ds.cfs_used, (k + 1) * kCfsPeriodS - t);
+    if (work <= avail) {
+      ds.cfs_used += work;
+      return t + work;
+    }
+    bool throttled = budget - ds.cfs_used <= (k + 1) * kCfsPeriodS - t;
+    if (avail > 0) {
+      work -= avail;
+      ds.cfs_used += avail;
+    }
+    k++;  // budget spent or period over: on at the next period, with a fresh budget
+    t = k * kCfsPeriodS + (throttled ? ds.cfs_delay : 0);
+    ds.cfs_period = k;
+    ds.cfs_used = 0;
+  }
+}
+
 // `t` here and below is a task instance (slot * nt_ + task id).
 void Engine::task_start(int t) {
   const Task& task = task_of(t);
@@ -494,17 +547,19 @@ void Engine::task_start(int t) {
     if (failed_) return;
   }
   if (kind_is_compute(task.kind)) {
-    double dur = task.seconds * dev_[task.device].slow;
-    trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, now_ + dur);
-    push(now_ + dur, EV_TASK_END, t);
+    double end = cpu_work_end(task.device, task.seconds * dev_[task.device].slow);
+    trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, end);
+    push(end, EV_TASK_END, t);
   } else if (kind_is_storage(task.kind)) {
     // The device's own storage rate when its profile has one (the simulator models the
     // disk), the task's predicted seconds otherwise.
     const DeviceProfile& p = sc_.devices[task.device].profile;
     double rate = task.kind == TaskKind::CacheWrite ? p.storage_write_bytes_per_s : p.storage_read_bytes_per_s;
     double dur = (rate > 0 && task.bytes > 0) ? task.bytes / rate : task.seconds;
-    trace_add(SimTraceKind::Storage, t, task.device, -1, -1, now_, now_ + dur);
-    push(now_ + dur, EV_TASK_END, t);
+    // On a one-core device cache I/O is CPU work on the same quota as compute.
+    double end = dev_[task.device].storage_on_cpu ? cpu_work_end(task.device, dur) : now_ + dur;
+    trace_add(SimTraceKind::Storage, t, task.device, -1, -1, now_, end);
+    push(end, EV_TASK_END, t);
   } else if (task.kind == TaskKind::Send) {
     if (task.bytes <= 0 || task.peer == task.device) {
       push(now_, EV_TASK_END, t);
@@ -733,6 +788,9 @@ SimResult Engine::run() {
     up[d] = down[d] = c > 0 ? c / 8 : 0;
     dev_[d].mem_cap = sc_.devices[d].profile.memory_bytes;
     dev_[d].storage_on_cpu = sc_.devices[d].cpu_quota > 0 && sc_.devices[d].cpu_quota <= 1.0;
+    double q = sc_.devices[d].profile.sustained_quota;
+    dev_[d].cfs_quota = q > 0 && q < 1 ? q : 0;
+    dev_[d].cfs_delay = dev_[d].cfs_quota > 0 ? sc_.devices[d].profile.throttle_delay_s : 0;
   }
   net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
   pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);

@@ -151,6 +151,36 @@ TEST(CostModel, CalibratedRatesOverrideTheDtypeRate) {
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 1e10);
 }
 
+// A calibrated task_overhead_s is paid once by each forward and each backward task, in
+// the pipeline (stage_time) and in cached epochs (cached_time, with or without a timed
+// cached_step), whatever the sample count; a device without samples runs no task.
+TEST(CostModel, TaskOverheadIsPaidOncePerForwardAndBackward) {
+  ModelConfig m = tiny();
+  MethodSpec pa;  // parallel adapters with the cache
+  DataSpec data;
+  data.seq_len = 4;
+  ModelCost mc = cost_model_build(m, pa, data);
+  DeviceProfile p;
+  p.eff_flops["fp32"] = 1e9;
+  p.storage_read_bytes_per_s = p.storage_write_bytes_per_s = 1e8;
+  for (bool timed_step : {false, true}) {
+    if (timed_step) p.eff_flops_by_kind["cached_step"] = 5e8;
+    for (double samples : {1.0, 4.0}) {
+      p.task_overhead_s = 0;
+      StageTime a = stage_time(mc, p, "fp32", 0, 2, samples), ca = cached_time(mc, p, "fp32", samples);
+      p.task_overhead_s = 0.004;
+      StageTime b = stage_time(mc, p, "fp32", 0, 2, samples), cb = cached_time(mc, p, "fp32", samples);
+      EXPECT_NEAR(b.fwd, a.fwd + 0.004, 1e-15);
+      EXPECT_NEAR(b.bwd, a.bwd + 0.004, 1e-15);
+      EXPECT_DOUBLE_EQ(b.cache_write, a.cache_write);  // storage is not a compute task
+      EXPECT_NEAR(cb.fwd, ca.fwd + 0.004, 1e-15);
+      EXPECT_NEAR(cb.bwd, ca.bwd + 0.004, 1e-15);
+      EXPECT_DOUBLE_EQ(cb.cache_read, ca.cache_read);
+    }
+  }
+  EXPECT_DOUBLE_EQ(stage_time(mc, p, "fp32", 0, 2, 0).total(), 0.0);
+}
+
 TEST(CostModel, EncoderDecoderWithoutTargetIsSequenceClassification) {
   // BART-Large on GLUE (no target_len): the decoder runs on the 128 input tokens and the
   // last layer adds a classification head (dense d x d + bias, out_proj d x 2 + bias) on

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "src/common/error.h"
+#include "src/common/fs.h"
 #include "tests/test_util.h"
 #include "src/core/scenario.h"
 
@@ -55,6 +56,35 @@ TEST(Scenario, LinkRatesFollowOverridesNicsAndNetwork) {
   doc["network"] = {{"kind", "shared"}, {"bandwidth_mbps", 2000}};
   // Shared medium of 2000 Mbps: a lone transfer is limited by the 1 Gbps NICs.
   EXPECT_DOUBLE_EQ(link_bandwidth_bps(load_doc(doc), 0, 1), 1e9);
+}
+
+// Calibrated runtime costs (bench/calibrate_overhead.py): every message pays both
+// ends' message_overhead_s on top of the wire's latency, override or not; the fields
+// survive the resolved form and a negative one is refused by name.
+TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
+  json nano = json::parse(file_read(kProfiles + "/devices/jetson-nano-4gb.json"));
+  json tx2 = json::parse(file_read(kProfiles + "/devices/jetson-tx2.json"));
+  nano["message_overhead_s"] = 0.002;
+  nano["task_overhead_s"] = 0.003;
+  tx2["message_overhead_s"] = 0.001;
+  json doc = base_doc();
+  doc["cluster"]["devices"][0]["profile"] = nano;
+  doc["cluster"]["devices"][1]["profile"] = tx2;
+  Scenario s = load_doc(doc);
+  EXPECT_DOUBLE_EQ(s.devices[0].profile.task_overhead_s, 0.003);
+  EXPECT_DOUBLE_EQ(s.devices[2].profile.task_overhead_s, 0);
+  // nano0-nano1: network 0.5 ms + NIC 0.1 ms + 2 + 2 ms.
+  EXPECT_NEAR(link_latency_s(s, 0, 1), 0.0006 + 0.004, 1e-12);
+  // nano1-tx2: 0.6 ms + 2 + 1 ms; nano0-tx2 (a `links` override, 0.5 ms) + 2 + 1 ms.
+  EXPECT_NEAR(link_latency_s(s, 1, 2), 0.0006 + 0.003, 1e-12);
+  EXPECT_NEAR(link_latency_s(s, 0, 2), s.network.links[0].latency_s + 0.003, 1e-12);
+  Scenario back = scenario_from_json(JsonIn::from(scenario_to_json(s), "resolved.json"), kProfiles);
+  EXPECT_DOUBLE_EQ(back.devices[1].profile.message_overhead_s, 0.002);
+  EXPECT_DOUBLE_EQ(back.devices[1].profile.task_overhead_s, 0.003);
+  nano["task_overhead_s"] = -0.001;
+  doc["cluster"]["devices"][0]["profile"] = nano;
+  std::string err = input_error([&] { load_doc(doc); });
+  EXPECT_NE(err.find("s.json: $.cluster.devices[0].profile.task_overhead_s: expected"), std::string::npos) << err;
 }
 
 TEST(Scenario, RoundTripsThroughItsResolvedForm) {

@@ -219,6 +219,42 @@ TEST(PlannerDp, DataParallelIterationMatchesClosedForm) {
   EXPECT_NEAR(p.predicted.epoch_s[0], iters * (compute + ar + opt), 1e-9 * p.predicted.epoch_s[0]);
 }
 
+TEST(PlannerDp, RuntimeCostsEnterTheIterationInClosedForm) {
+  // The same EDDL iteration on profiles with a calibrated runtime cost t per compute
+  // task and m per message end: the forward, the backward and the optimizer step each
+  // take t longer, and each of the all-reduce's 2(g-1) steps pays both ends' m:
+  // compute + 2t + (ar + 2 * 2m) + (opt + t).
+  Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json", kSrc + "/profiles");
+  s.method.kind = "lora";
+  s.method.cache = false;
+  Plan base = plan_make(s, "eddl");
+  const double t = 0.003, m = 0.0005;
+  for (DeviceSpec& d : s.devices) {
+    d.profile.task_overhead_s = t;
+    d.profile.message_overhead_s = m;
+  }
+  Plan p = plan_make(s, "eddl");
+  double per_iter = base.predicted.epoch_s[0] / std::ceil(256.0 / 8);
+  EXPECT_NEAR(p.predicted.epoch_s[0], std::ceil(256.0 / 8) * (per_iter + 3 * t + 2 * 2 * m),
+              1e-9 * p.predicted.epoch_s[0]);
+  // Task by task: compute tasks t longer, the all-reduce 2 * 2m, nothing else changes.
+  ASSERT_EQ(p.segments.size(), base.segments.size());
+  int compute = 0;
+  for (size_t g = 0; g < p.segments.size(); g++) {
+    const std::vector<Task>& a = base.segments[g].graph.tasks;
+    const std::vector<Task>& b = p.segments[g].graph.tasks;
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); i++) {
+      bool is_compute = b[i].kind == TaskKind::Forward || b[i].kind == TaskKind::Backward ||
+                        b[i].kind == TaskKind::Optimizer;
+      compute += is_compute;
+      double more = is_compute ? t : b[i].kind == TaskKind::AllReduce ? 4 * m : 0.0;
+      EXPECT_NEAR(b[i].seconds, a[i].seconds + more, 1e-12) << b[i].label;
+    }
+  }
+  EXPECT_EQ(compute, 2 * 3);  // two devices: F, B, optimizer step
+}
+
 TEST(PlannerDp, RingAllReduceIsPacedByItsSlowestPairLink) {
   // bench/testbed-compare: a 1000 Mbit/s switch whose `links` make every pair with w0
   // 100 Mbit/s, w1-w2 and w1-w3 500, w2-w3 1000. A ring all-reduce of b bytes over g
@@ -226,11 +262,18 @@ TEST(PlannerDp, RingAllReduceIsPacedByItsSlowestPairLink) {
   // plus 2(g-1) latencies. Ring w1 w2 w3: slowest edge 500 Mbit/s. With w0: 100 Mbit/s
   // (a per-device NIC rate, 1000 here, would miss both).
   Scenario s = scenario_load(kSrc + "/bench/testbed-compare/scenario.json", kSrc + "/profiles");
+  // Latency: the ring's largest pair latency (which includes both ends' calibrated
+  // per-message cost, so it differs between rings of these unequal testbed profiles).
   PlanCtx c = plan_ctx_make(s, s.method);
-  const double b = 1e6, lat = link_latency_s(s, 0, 1);
-  EXPECT_NEAR(allreduce_s(c, {1, 2, 3}, b), 2.0 * 2 / 3 * b * 8 / 500e6 + 4 * lat, 1e-12);
-  EXPECT_NEAR(allreduce_s(c, {0, 1, 2, 3}, b), 2.0 * 3 / 4 * b * 8 / 100e6 + 6 * lat, 1e-12);
-  EXPECT_NEAR(allreduce_s(c, {2, 3}, b), 1.0 * b * 8 / 1000e6 + 2 * lat, 1e-12);
+  const double b = 1e6;
+  auto ring_lat = [&](const std::vector<int>& g) {
+    double lat = 0;
+    for (size_t i = 0; i < g.size(); i++) lat = std::max(lat, link_latency_s(s, g[i], g[(i + 1) % g.size()]));
+    return lat;
+  };
+  EXPECT_NEAR(allreduce_s(c, {1, 2, 3}, b), 2.0 * 2 / 3 * b * 8 / 500e6 + 4 * ring_lat({1, 2, 3}), 1e-12);
+  EXPECT_NEAR(allreduce_s(c, {0, 1, 2, 3}, b), 2.0 * 3 / 4 * b * 8 / 100e6 + 6 * ring_lat({0, 1, 2, 3}), 1e-12);
+  EXPECT_NEAR(allreduce_s(c, {2, 3}, b), 1.0 * b * 8 / 1000e6 + 2 * ring_lat({2, 3}), 1e-12);
 }
 
 TEST(PlannerDp, PaperOutOfMemoryPattern) {

@@ -438,6 +438,82 @@ TEST(SimEngine, ComputeOverlapsCommunicationAndStorage) {
   }
 }
 
+TEST(SimEngine, QuotaBurstsRunFasterThanTheSustainedRate) {
+  // A profile sustained under a CFS quota of 0.5 core (period 100 ms): a task's seconds
+  // are at the sustained rate, its CPU work is half of them at full speed, served while
+  // the period's 50 ms of budget lasts.
+  // (a) Two 60 ms tasks back to back from t = 0: the first is 30 ms of CPU and ends at
+  //     30 ms; the second gets the 20 ms left (to 50 ms), waits for the period at 100
+  //     ms and ends at 110 ms (sustained: 120 ms).
+  // (b) One 60 ms task, then one that waits for a 0.2 s send: it starts in a fresh
+  //     period and runs at full speed, 30 ms of CPU: 0.2 + latency + 0.03.
+  // (c) Busy for a long time, 40 tasks of 60 ms (1.2 s of CPU, 24 periods of 50 ms):
+  //     the sustained rate exactly, 2.4 s minus the last period's unused 50 ms: 2.35 s.
+  // (a') With throttle_delay_s, a device that waited for a period resumes that much
+  //     after the period begins.
+  // (d) A cache write on the one-core device takes budget like compute: 0.06 s of
+  //     storage time then the 60 ms forward -> like (a), 110 ms.
+  auto plan = [](double quota) {
+    SimPlanBuilder pb(2, 1e9, 0);
+    pb.plan.scenario.devices[0].profile.sustained_quota = quota;
+    pb.plan.scenario.devices[0].cpu_quota = quota;
+    return pb;
+  };
+  for (double delay : {0.0, 0.01}) {
+    // With throttle_delay_s 10 ms the second task resumes at 110 ms and ends at 120 ms.
+    SimPlanBuilder pb = plan(0.5);
+    pb.plan.scenario.devices[0].profile.throttle_delay_s = delay;
+    pb.seg("x", 1, 1, 1);
+    int a = pb.compute(TaskKind::Forward, 0, 0.06, {});
+    pb.compute(TaskKind::Forward, 0, 0.06, {a});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, 0.11 + delay, 1e-12);
+    EXPECT_NEAR(r.devices[0].busy_s, 0.11 + delay, 1e-12);  // a throttled task is busy (it holds the core)
+  }
+  {
+    SimPlanBuilder pb = plan(0.5);
+    pb.seg("x", 1, 1, 1);
+    int a = pb.compute(TaskKind::Forward, 0, 0.06, {});
+    int s = pb.send(1, 0, 25e6, {});  // 0.2 s at 1 Gbit/s
+    pb.compute(TaskKind::Forward, 0, 0.06, {a, s});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, 0.2 + 0.03, 1e-12);
+  }
+  for (double quota : {0.5, 0.0}) {
+    SimPlanBuilder pb = plan(quota);
+    pb.seg("x", 1, 1, 1);
+    int prev = -1;
+    for (int i = 0; i < 40; i++) prev = pb.compute(TaskKind::Forward, 0, 0.06, prev < 0 ? std::vector<int>{} : std::vector<int>{prev});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, quota > 0 ? 2.35 : 2.4, 1e-9) << quota;  // no quota: the sum, 40 x 60 ms
+  }
+  {
+    // Busy with a 10 ms delay: periods 1-23 each run 50 ms from 10 ms after they begin:
+    // the last one ends at 2.3 + 0.01 + 0.05 = 2.36 s. A quota-free device ignores it.
+    SimPlanBuilder pb = plan(0.5);
+    pb.plan.scenario.devices[0].profile.throttle_delay_s = 0.01;
+    pb.seg("x", 1, 1, 1);
+    int prev = -1;
+    for (int i = 0; i < 40; i++) prev = pb.compute(TaskKind::Forward, 0, 0.06, prev < 0 ? std::vector<int>{} : std::vector<int>{prev});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, 2.36, 1e-9);
+  }
+  {
+    SimPlanBuilder pb = plan(0.5);
+    pb.plan.scenario.devices[0].profile.storage_write_bytes_per_s = 0;  // the task's own seconds
+    pb.seg("x", 1, 1, 1);
+    int w = pb.compute(TaskKind::CacheWrite, 0, 0.06, {});
+    pb.compute(TaskKind::Forward, 0, 0.06, {w});
+    SimResult r = sim_run(pb.plan);
+    ASSERT_TRUE(r.ok);
+    EXPECT_NEAR(r.makespan_s, 0.11, 1e-12);
+  }
+}
+
 TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
   // Storage writes 50 MB/s, reads 200 MB/s: writing 100 MB takes 2 s, reading it back
   // 0.5 s (the tasks' own seconds, 9 s, are ignored when the profile has a rate).

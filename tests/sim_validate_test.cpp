@@ -378,6 +378,13 @@ static int fidelity_py(const std::string& name, const std::string& body, std::st
   return sh("python3 " + file, out);
 }
 
+// Runs a fidelity_py script that prints "ok" when its assertions hold.
+static void fidelity_py_ok(const std::string& name, const std::string& body) {
+  std::string out;
+  ASSERT_EQ(fidelity_py(name, body, &out), 0) << out;
+  EXPECT_NE(out.find("ok"), std::string::npos) << out;
+}
+
 // The harness's ranking rule: strategies the simulation ties (the same plan, e.g. pac and
 // pac-opt both [2]) may be measured in either order; every other pair must be measured in
 // the simulated order.
@@ -393,8 +400,7 @@ TEST(SimFidelityHarness, RankingIgnoresOnlySimulatedTies) {
       "assert not f.ranking_agrees(tie + [r('ecofl', 1.0, 2.15)])\n"
       "assert f.ranking_agrees(tie + [r('ecofl', 1.0, 2.05), r('standalone', 9.0, None)])\n"
       "print('ok')\n";
-  ASSERT_EQ(fidelity_py("ranking_check", py, &out), 0) << out;
-  EXPECT_NE(out.find("ok"), std::string::npos) << out;
+  fidelity_py_ok("ranking_check", py);
 }
 
 // --repeats: a row is compared on its median run by total time; failed runs are not
@@ -417,12 +423,54 @@ TEST(SimFidelityHarness, RowUsesTheMedianRun) {
       "s = f.suite_speeds(rows)\n"
       "assert sorted(s) == ['m1', 'm2'] and abs(s['m1'] - 0.95) < 1e-12 and abs(s['m2'] - 1.2) < 1e-12, s\n"
       "print('ok')\n";
-  ASSERT_EQ(fidelity_py("median_run_check", py, &out), 0) << out;
-  EXPECT_NE(out.find("ok"), std::string::npos) << out;
+  fidelity_py_ok("median_run_check", py);
+}
+
+// bench/calibrate_overhead.py: the fit inverts pac-plan + pac-sim. A bisection finds the
+// root of a piecewise-linear increasing function (2 + 40 max(0, x - 0.2 ms) + 10x =
+// 2.05 at x = 1.16 ms), clamps at 0 when the kernels alone are already slower than the
+// measurement and at the cap when nothing reaches it. Then, on the real tools: the
+// calibration plans' times simulated with known values (a 0.5-core profile: 2.1 ms lost
+// per throttled period, 0.4 ms per message end) are fitted back to those values, and the plans are the ones the fit
+// assumes: one device, or a 2-stage pipeline, one epoch of 4 micro-batches per step.
+TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/overhead_fit";
+  std::string py =
+      "import json, os, shutil, types\n"
+      "import calibrate_overhead as c\n"
+      "g = lambda x: 2.0 + 40 * max(0.0, x - 0.0002) + 10 * x\n"
+      "x, g0 = c.fit_increasing(g, 2.05)\n"
+      "assert abs(x - 0.00116) < 1e-6 and g0 == 2.0, x\n"
+      "assert c.fit_increasing(g, 1.9) == (0.0, 2.0)\n"
+      "assert c.fit_increasing(lambda x: 1.0, 2.0) == (1.0, 1.0)\n"
+      "dir = '" + dir + "'\n"
+      "shutil.rmtree(dir, ignore_errors=True)\n"
+      "a = types.SimpleNamespace(bin_dir='" + bin_dir() + "', timeout=120, models_dir='" + kSrc + "/profiles/models')\n"
+      "name = 'testbed-q050-s260k'\n"
+      "prof = json.load(open('" + kSrc + "/profiles/devices/' + name + '.json'))\n"
+      "assert c.task_field(prof) == 'throttle_delay_s'\n"
+      "assert c.task_field({'sustained_quota': 0}) == c.task_field({}) == 'task_overhead_s'\n"
+      "want = {'task': ('throttle_delay_s', 0.0021), 'message': ('message_overhead_s', 0.0004)}\n"
+      "for kind in ('task', 'message'):\n"
+      "    scen, f = c.scenario_write(os.path.join(dir, kind), kind, name, prof)\n"
+      "    t = c.Trial(a, f, name, prof, None, os.path.join(dir, kind, 'trial'))\n"
+      "    field, value = want[kind]\n"
+      "    known = {'throttle_delay_s': 0.0021 if kind == 'message' else 0.0}\n"
+      "    target = t.total_s(dict(known, **{field: value}))\n"
+      "    x, s0 = c.fit_increasing(lambda v: t.total_s(dict(known, **{field: v})), target)\n"
+      "    assert s0 < target and abs(x - value) < 2e-6, (kind, x, s0, target)\n"
+      "    plan = json.load(open(os.path.join(dir, kind, 'trial', 'trial-plan.json')))\n"
+      "    devs = [st['devices'] for st in plan['phases'][0]['stages']]\n"
+      "    assert devs == ([[0], [1]] if kind == 'message' else [[0]]), devs\n"
+      "    assert len(plan['phases']) == 1 and plan['phases'][0]['micro_batches'] == 4, plan['phases']\n"
+      "print('ok')\n";
+  fidelity_py_ok("overhead_fit", py);
 }
 
 TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
-  int checked = 0, rounds_checked = 0;
+  int checked = 0, rounds_checked = 0, overheads = 0;
   for (const char* q : {"q025", "q050", "q075", "q100"})
     for (const char* m : {"s260k", "d512"}) {
       std::string file = kSrc + "/profiles/devices/testbed-" + q + "-" + m + ".json";
@@ -432,6 +480,8 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       double quota = c["cpu_quota"];
       EXPECT_NEAR(quota, std::atoi(q + 1) / 100.0, 1e-9) << file;
       EXPECT_NEAR(c["sustained_factor"].get<double>(), std::min(1.0, quota), 1e-12) << file;
+      // Below one core the simulator models the quota's period from this (docs/simulator.md).
+      EXPECT_DOUBLE_EQ(p.sustained_quota, quota < 1 ? quota : 0.0) << file;
       int largest_mb = 0;
       for (const json& mb : c["micro_batches"]) largest_mb = std::max(largest_mb, mb.get<int>());
       // The reference is the median of its rounds (bench/calibrate_profiles.py merge):
@@ -443,7 +493,9 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
         std::sort(r.begin(), r.end());
         double mid = r.size() % 2 ? r[r.size() / 2] : (r[r.size() / 2 - 1] + r[r.size() / 2]) / 2;
         EXPECT_DOUBLE_EQ(t["median_s"].get<double>(), mid) << file << " " << t["kind"] << "@" << t["micro_batch"];
-        if (t["threads"] == 1) EXPECT_EQ(r.size(), c["reference_rounds"].size()) << file;  // 2 threads: round 1 only
+        if (t["threads"] == 1) {  // 2 threads: round 1 only
+          EXPECT_EQ(r.size(), c["reference_rounds"].size()) << file;
+        }
         rounds_checked++;
       }
       for (const auto& kv : p.eff_flops_by_kind) {
@@ -459,7 +511,20 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
         checked++;
       }
       EXPECT_EQ(p.memory_bytes, 4e9) << file;
+      // The runtime costs are what bench/calibrate_overhead.py fitted (calibration.overhead).
+      ASSERT_TRUE(c.contains("overhead")) << file;
+      const json& plans = c["overhead"]["plans"];
+      // The one-device plan fits throttle_delay_s under a throttling quota, else
+      // task_overhead_s (calibrate_overhead.task_field); the other stays 0.
+      bool throttles = quota < 1;
+      EXPECT_EQ(plans["task"]["field"], throttles ? "throttle_delay_s" : "task_overhead_s") << file;
+      double fitted = plans["task"]["fitted"].get<double>();
+      EXPECT_NEAR(p.throttle_delay_s, throttles ? fitted : 0.0, 1e-12) << file;
+      EXPECT_NEAR(p.task_overhead_s, throttles ? 0.0 : fitted, 1e-12) << file;
+      EXPECT_NEAR(p.message_overhead_s, plans["message"]["fitted"].get<double>(), 1e-12) << file;
+      overheads++;
     }
+  EXPECT_EQ(overheads, 8);
   EXPECT_GT(rounds_checked, 0);
   EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
@@ -504,8 +569,7 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
       "assert abs(a['epoch_mape_mean_pct'] - 5.0) < 1e-9 and a['scenarios'][0]['ranking_agrees']\n"
       "assert s['machine_speed_range'] == [0.7, 0.8] and a['targets_met']\n"
       "print('ok')\n";
-  ASSERT_EQ(fidelity_py("summary", py, &out), 0) << out;
-  EXPECT_NE(out.find("ok"), std::string::npos) << out;
+  fidelity_py_ok("summary", py);
 }
 
 // The planner prices every Optimizer task with the profile's timed AdamW rate when the
@@ -518,8 +582,10 @@ TEST(SimFidelityHarness, OptimizerTasksUseTheTimedRate) {
     for (const Segment& seg : p.segments)
       for (const Task& t : seg.graph.tasks) {
         if (t.kind != TaskKind::Optimizer) continue;
-        double rate = sc.devices[t.device].profile.eff_flops_by_kind.at("optimizer");
-        EXPECT_NEAR(t.seconds, t.flops / rate, 1e-12 * t.seconds) << strategy << " " << t.label;
+        const DeviceProfile& prof = sc.devices[t.device].profile;
+        double rate = prof.eff_flops_by_kind.at("optimizer");
+        // The timed rate, plus the runtime's per-task cost like every compute task.
+        EXPECT_NEAR(t.seconds, t.flops / rate + prof.task_overhead_s, 1e-12 * t.seconds) << strategy << " " << t.label;
         checked++;
       }
   }

@@ -252,6 +252,14 @@ StageMemory cached_memory(const ModelCost& mc, double samples) {
   return m;
 }
 
+// The runtime's fixed cost of running a forward and a backward task, beyond their
+// kernels (a device with no samples runs neither).
+static void task_overhead_add(const DeviceProfile& p, double samples, StageTime* t) {
+  if (samples <= 0) return;
+  t->fwd += p.task_overhead_s;
+  t->bwd += p.task_overhead_s;
+}
+
 StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::string& dtype, int b, int e,
                      double samples) {
   LayerCost c = cost_range(mc, b, e);
@@ -261,6 +269,7 @@ StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::str
   t.bwd = samples * (c.bwd_flops / device_rate(p, dtype, "layer_bwd", mb) +
                      c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb));
   if (mc.cache) t.cache_write = samples * c.tap_bytes / p.storage_write_bytes_per_s;
+  task_overhead_add(p, samples, &t);
   return t;
 }
 
@@ -282,6 +291,7 @@ StageTime cached_time(const ModelCost& mc, const DeviceProfile& p, const std::st
     t.bwd = samples * c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb);
   }
   t.cache_read = samples * c.tap_bytes / p.storage_read_bytes_per_s;
+  task_overhead_add(p, samples, &t);
   return t;
 }
 

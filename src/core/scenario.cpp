@@ -222,8 +222,12 @@ double link_bandwidth_bps(const Scenario& s, int a, int b) {
 }
 
 double link_latency_s(const Scenario& s, int a, int b) {
-  if (const LinkSpec* l = link_find(s, a, b)) return l->latency_s;
-  return s.network.latency_s + std::max(s.devices[a].profile.nic_latency_s, s.devices[b].profile.nic_latency_s);
+  // Every message also pays the runtime's per-message cost at both ends (calibrated
+  // testbed profiles; 0 otherwise), whatever the wire between them.
+  double software = s.devices[a].profile.message_overhead_s + s.devices[b].profile.message_overhead_s;
+  if (const LinkSpec* l = link_find(s, a, b)) return l->latency_s + software;
+  return s.network.latency_s + std::max(s.devices[a].profile.nic_latency_s, s.devices[b].profile.nic_latency_s) +
+         software;
 }
 
 }  // namespace pac

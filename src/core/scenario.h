@@ -33,6 +33,22 @@ struct DeviceProfile {
   // Local storage for the activation cache (microSD, eMMC, NVMe), bytes per second.
   double storage_read_bytes_per_s = 0;
   double storage_write_bytes_per_s = 0;
+  // The runtime's own cost beyond the kernels, wall seconds on this device (testbed
+  // profiles: at their CPU quota), fitted by bench/calibrate_overhead.py. Per compute
+  // task (a forward, backward or optimizer step: dispatch, autograd set-up, tensor
+  // bookkeeping) and per message at each end (framing, copies, the receive thread's
+  // hand-over). 0 = not calibrated: the kernels alone (datasheet profiles).
+  double task_overhead_s = 0;
+  double message_overhead_s = 0;
+  // Testbed profiles: the CPU quota q (cores, < 1) under which the rates above are
+  // sustained (the unthrottled 1-thread rates x q, docs/profiling.md). The simulator
+  // then models the CFS period: bursts of work run at 1/q the rate while the period's
+  // budget lasts (sim/engine.cpp, cpu_work_end). 0 = rates are what every task gets.
+  double sustained_quota = 0;
+  // With sustained_quota: the time a throttled device loses at the start of the next
+  // period before it runs again, fitted by bench/calibrate_overhead.py on a device that
+  // computes all the time (it ran 10-25% slower than its sustained rate).
+  double throttle_delay_s = 0;
 };
 
 // Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the
@@ -133,7 +149,8 @@ Scenario scenario_load(const std::string& file, const std::string& profiles_dir 
 Scenario scenario_from_json(const JsonIn& doc, const std::string& profiles_dir = "");
 json scenario_to_json(const Scenario& s);   // fully resolved (profiles inlined)
 
-// Bandwidth (bits/s) and latency between two devices under the network spec.
+// Bandwidth (bits/s) and latency between two devices under the network spec. The
+// latency includes both ends' message_overhead_s.
 double link_bandwidth_bps(const Scenario& s, int a, int b);
 double link_latency_s(const Scenario& s, int a, int b);
 

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""The runtime's own costs, fitted for testbed device profiles (issue 6,
+docs/profiling.md "Runtime overhead"): per task, per throttled period, per message.
+
+pac-profile times the kernels of a layer. A real run also pays the executor's dispatch,
+autograd set-up and tensor bookkeeping per task, framing, copies and the receive
+thread's hand-over per message, and, under a cgroup CPU quota, whatever the kernel and
+the hypervisor take to run a throttled group again at each period. This script measures
+them the way SimGrid calibrates a platform: it runs two small calibration plans on the
+emulated testbed (pac-run --testbed; not scenarios of the fidelity suite) and finds the
+profile values with which pac-sim reproduces the measured time:
+
+  1. task:    the profile's model on ONE device at the profile's quota, no cache, one
+              epoch of 128 samples (mini-batch 16, 4 micro-batches): the device computes
+              all the time, so every second beyond the kernels is per task or, under a
+              throttling quota (sustained_quota < 1), per throttled period ->
+              task_overhead_s, or throttle_delay_s under a quota (task_field).
+  2. message: TWO such devices as a 2-stage pipeline, the same data, with (1) in the
+              profile: what is left is per message (both ends) -> message_overhead_s.
+
+Each plan runs --repeats times and its median run by total time is fitted, with the
+machine's speed probed around every run (bench/fidelity.py's probe): the trial plans are
+simulated at that speed (fid.plan_at_speed), because this host's speed moves by a
+quarter within minutes and a fit at the calibrated speed would store the host's mood
+as runtime cost. The fit is a bisection on pac-plan + pac-sim with the candidate value
+written into a copy of the profile (the simulated time grows monotonically with either
+value, in steps of up to one CFS period where a quota throttles); the plan's structure
+is checked to be the measured one. A value the measurement puts below 0 (the kernels
+alone already simulate slower than the run) is stored as 0 and the residual is kept in
+the profile's calibration.overhead block, with every run's time and probes.
+
+    python3 bench/calibrate_overhead.py                           # every testbed-q*.json
+    python3 bench/calibrate_overhead.py --only testbed-q050-d512,testbed-q100-d512
+    python3 bench/calibrate_overhead.py --devices /tmp/p/devices --only testbed-q050-d512
+    python3 bench/calibrate_overhead.py --refit --work /tmp/pac-overhead   # fit again, run nothing
+
+Needs root and network namespaces (pac-run --testbed) and the stories260K tokenizer
+(PAC_MODEL_DIR); exits 0 with a message, changing nothing, where those are missing.
+Profiles are rewritten in place, each through a temp file and a rename.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fidelity as fid  # noqa: E402  (the suite's run machinery: prepare_row, measure_once, median_run)
+
+ROOT = fid.ROOT
+FIELDS = ("task_overhead_s", "throttle_delay_s", "message_overhead_s")
+
+
+def task_field(profile):
+    """What the one-device plan fits: under a throttling quota (sustained_quota < 1) the
+    time a throttled device loses per period, throttle_delay_s (the simulator models the
+    period, docs/simulator.md; a device that computes all the time was measured 10-25%
+    slower than its sustained rate, one that computes in bursts faster), else the
+    per-task cost task_overhead_s."""
+    q = profile.get("sustained_quota", 0)
+    return "throttle_delay_s" if 0 < q < 1 else "task_overhead_s"
+# The calibration plans: the suite's shape (seq 128, mini-batch 16, 4 micro-batches) on
+# half the samples, so that a run takes 1-10 s.
+SAMPLES = 128
+
+
+def log(msg):
+    print("calibrate_overhead: " + msg, file=sys.stderr, flush=True)
+
+
+def fit_increasing(f, target, hi=1e-3, tol=1e-6, cap=1.0):
+    """The x >= 0 with f(x) = target for a non-decreasing f, to within tol (absolute):
+    0 when f(0) already reaches the target, `cap` when f(cap) does not. Returns
+    (x, f(0)) so that the caller can report the residual of a value clamped at 0."""
+    f0 = f(0.0)
+    if f0 >= target:
+        return 0.0, f0
+    lo = 0.0
+    while f(hi) < target:
+        if hi >= cap:
+            return cap, f0
+        lo, hi = hi, min(cap, 2 * hi)
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi), f0
+
+
+def calibration_scenario(kind, profile_name, cal):
+    """The calibration plan's scenario (see the module docstring)."""
+    quota = cal["cpu_quota"]
+    two = kind == "message"
+    devices = [{"id": "w%d" % i, "profile": profile_name, "cpu_quota": quota} for i in range(2 if two else 1)]
+    scen = {"name": "overhead-%s-%s" % (kind, profile_name),
+            "description": "bench/calibrate_overhead.py: %s cost of %s" % (kind, profile_name),
+            "model": cal["model"],
+            "method": {"kind": "parallel_adapters", "reduction_k": int(cal.get("reduction_k", 8)),
+                       "cache": False, "cache_dtype": "fp32", "dtype": "fp32"},
+            "data": {"task": "personal", "samples": SAMPLES, "seq_len": int(cal.get("seq_len", 128)),
+                     "mini_batch": 16, "micro_batches": 4},
+            "epochs": 1,
+            "cluster": {"devices": devices},
+            "network": {"kind": "switched", "bandwidth_mbps": 1000, "latency_ms": 0.1},
+            "strategy": "pac"}
+    if two:
+        scen["stages"] = 2
+    return scen
+
+
+def profile_with(profile, values):
+    """The profile with the overhead fields set to `values` (a dict)."""
+    p = {k: v for k, v in profile.items() if k not in FIELDS}
+    for k, v in values.items():
+        if v > 0:
+            p[k] = v
+    return p
+
+
+class Trial:
+    """pac-plan + pac-sim of one calibration scenario with candidate overhead values,
+    from a profiles folder of its own (<work>/profiles: the candidate profile and a
+    link to the models). `phases`: the measured plan's layout, which every trial plan
+    must repeat (None: not checked). `speed`: the machine's speed probed around the
+    measured runs; the trial plans are simulated at it, so that what the fit finds is
+    the runtime's cost, not the host being faster or slower than at calibration."""
+
+    def __init__(self, a, scen_file, name, profile, phases, work, speed=None):
+        self.a, self.scen_file, self.name, self.profile = a, scen_file, name, profile
+        self.phases = phases
+        self.speed = speed  # the machine's probed speed: compute tasks take 1/speed (fid.plan_at_speed)
+        self.dir = work
+        self.profiles = os.path.join(work, "profiles")
+        os.makedirs(os.path.join(self.profiles, "devices"), exist_ok=True)
+        models = os.path.join(self.profiles, "models")
+        if not os.path.exists(models):
+            os.symlink(a.models_dir, models)
+        self.calls = 0
+
+    def write(self, values):
+        fid.write_atomic(os.path.join(self.profiles, "devices", self.name + ".json"),
+                         json.dumps(profile_with(self.profile, values), indent=1) + "\n")
+
+    def total_s(self, values):
+        self.calls += 1
+        self.write(values)
+        plan = os.path.join(self.dir, "trial-plan.json")
+        sim = os.path.join(self.dir, "trial-sim.json")
+        rc, out, err = fid.run_cmd([os.path.join(self.a.bin_dir, "pac-plan"), self.scen_file, "--strategy", "pac",
+                                    "--profiles", self.profiles, "-o", plan], self.a.timeout)
+        if rc != 0:
+            raise SystemExit("calibrate_overhead: pac-plan failed: " + fid.last_line(err or out))
+        if self.phases is not None and json.load(open(plan))["phases"] != self.phases:
+            raise SystemExit("calibrate_overhead: %s: with %s the planner chose another layout than the measured "
+                             "plan's; the fit would compare different plans" % (self.scen_file, values))
+        if self.speed:
+            fid.plan_at_speed(plan, self.speed, plan)
+        rc, out, err = fid.run_cmd([os.path.join(self.a.bin_dir, "pac-sim"), self.scen_file, "--plan", plan,
+                                    "--profiles", self.profiles, "--json", sim, "--quiet"], self.a.timeout)
+        if rc not in (0, 1) or not os.path.exists(sim):
+            raise SystemExit("calibrate_overhead: pac-sim failed: " + fid.last_line(err or out))
+        rep = json.load(open(sim))
+        if rep.get("status") != "ok":
+            raise SystemExit("calibrate_overhead: pac-sim: %s %s" % (rep.get("status"), rep.get("failure")))
+        return rep["total_s"]
+
+
+def scenario_write(work, kind, name, profile):
+    """The `kind` calibration scenario of profile `name`, written to <work>/scenario.json."""
+    scen = calibration_scenario(kind, name, profile["calibration"])
+    scen_file = os.path.join(work, "scenario.json")
+    fid.write_atomic(scen_file, json.dumps(scen, indent=1) + "\n")
+    return scen, scen_file
+
+
+def measure(a, kind, name, profile, known):
+    """Runs the `kind` calibration plan of profile `name` (with the overhead values
+    `known` already in it) a.repeats times. Returns (trial for the fit, median run, runs)."""
+    work = os.path.join(a.work, name, kind)
+    scen, scen_file = scenario_write(work, kind, name, profile)
+    # The measured plan is made from the profile as the fit starts it: `known` values in.
+    trial = Trial(a, scen_file, name, profile, None, os.path.join(work, "trial"))
+    trial.write(known)
+    a.profiles = trial.profiles
+    row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", False)
+    if job is None:
+        raise SystemExit("calibrate_overhead: %s: %s" % (scen["name"], row.get("measured") or row["status"]))
+    for k in range(1, a.repeats + 1):
+        run = fid.measure_once(a, job, k)
+        job["runs"].append(run)
+        if run["measured"] != "ok":
+            raise SystemExit("calibrate_overhead: %s run %d: %s" % (scen["name"], k, run["measured"]))
+    trial.phases = json.load(open(job["plan"]))["phases"]
+    return trial, fid.median_run(job["runs"]), job["runs"]
+
+
+def run_speed(run):
+    """The machine's speed around one run (mean of the probes before and after), None
+    when it was not probed."""
+    ms = run.get("machine_speed")
+    return sum(ms) / len(ms) if ms else None
+
+
+def calibrate_profile(a, path):
+    """Measures (or with a.refit, takes the runs recorded in the profile and left in
+    a.work) both calibration plans of one profile, fits its task_overhead_s then
+    message_overhead_s, and rewrites the profile with them and the record."""
+    name = os.path.basename(path)[:-5]
+    profile = json.load(open(path))
+    cal = profile.get("calibration") or {}
+    if not cal.get("model") or not cal.get("cpu_quota"):
+        log("%s: no calibration.model / cpu_quota (not a testbed profile): skipped" % name)
+        return None
+    old = cal.get("overhead") if a.refit else None
+    if a.refit and not old:
+        log("%s: --refit: no calibration.overhead record: skipped" % name)
+        return None
+    t0 = time.time()
+    record = {"date": old["date"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "samples": SAMPLES, "repeats": old["repeats"] if old else a.repeats, "plans": {}}
+    values = {f: 0.0 for f in FIELDS}
+    for kind, field in (("task", task_field(profile)), ("message", "message_overhead_s")):
+        if old:
+            work = os.path.join(a.work, name, kind)
+            trial = Trial(a, os.path.join(work, "scenario.json"), name, profile, None, os.path.join(work, "trial"))
+            plan = glob.glob(os.path.join(work, "runs", "*", "pac", "plan.json"))
+            if not plan:
+                raise SystemExit("calibrate_overhead: --refit: no measured plan under %s" % work)
+            trial.phases = json.load(open(plan[0]))["phases"]
+            rec = old["plans"][kind]
+            runs = [{"total_s": t, "machine_speed": ms} for t, ms in zip(rec["measured_total_s"], rec["machine_speed"])]
+            med = fid.median_run([dict(r, measured="ok") for r in runs])
+        else:
+            trial, med, runs = measure(a, kind, name, profile, values)
+        trial.speed = run_speed(med) if a.probe else None
+
+        def sim(x):
+            v = dict(values)
+            v[field] = x
+            return trial.total_s(v)
+
+        x, sim0 = fit_increasing(sim, med["total_s"])
+        values[field] = x
+        record["plans"][kind] = {
+            "scenario": json.load(open(trial.scen_file))["name"],
+            "field": field,
+            "devices": 2 if kind == "message" else 1,
+            "measured_total_s": [r["total_s"] for r in runs],
+            "median_total_s": med["total_s"],
+            "machine_speed": [r.get("machine_speed") for r in runs],
+            "fitted_at_speed": trial.speed,
+            "sim_total_s_without": round(sim0, 6),
+            "sim_total_s_fitted": round(sim(x), 6),
+            "fitted": round(x, 7),
+            # Negative: the kernels alone already simulate slower than the run (the value is clamped at 0).
+            "residual_s": round(med["total_s"] - sim0, 6),
+            "sim_calls": trial.calls}
+        log("%s: %s = %.3f ms (measured %.3f s, simulated %.3f s without, %.3f s with it%s)" % (
+            name, field, 1e3 * x, med["total_s"], sim0, record["plans"][kind]["sim_total_s_fitted"],
+            ", at the probed speed x%.3f" % trial.speed if trial.speed else ""))
+    record["wall_s"] = old["wall_s"] if old else round(time.time() - t0, 1)
+    out = dict(profile)
+    for f in FIELDS:
+        out.pop(f, None)
+        if values[f] > 0:
+            out[f] = round(values[f], 7)
+    out["calibration"] = dict(cal)
+    out["calibration"]["overhead"] = record
+    fid.write_atomic(path, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", "build"))
+    ap.add_argument("--devices", default=os.path.join(ROOT, "profiles", "devices"),
+                    help="folder of the testbed profiles to calibrate (rewritten in place)")
+    ap.add_argument("--models-dir", default=os.path.join(ROOT, "profiles", "models"))
+    ap.add_argument("--only", default="", help="comma-separated profile names (default: every testbed-q*.json)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each calibration plan (median by total time)")
+    ap.add_argument("--work", default="/tmp/pac-overhead")
+    ap.add_argument("--no-probe", dest="probe", action="store_false", help="no machine-speed probe around runs "
+                    "(the fit then compares with the simulation at the calibrated speed)")
+    ap.add_argument("--refit", action="store_true", help="run nothing: fit again from the runs recorded in each "
+                    "profile's calibration.overhead and the plans left in --work")
+    model_dir = os.environ.get("PAC_MODEL_DIR", os.path.join(ROOT, "..", "shared", "models"))
+    ap.add_argument("--tokenizer", default=os.path.join(model_dir, "stories260K", "tok512.bin"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "data/personal/train.txt"))
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--run-timeout", type=int, default=600)
+    a = ap.parse_args()
+    if a.repeats < 1:
+        print("calibrate_overhead: --repeats: expected a count >= 1, got %d" % a.repeats, file=sys.stderr)
+        return 2
+    a.bin_dir = os.path.join(a.build_dir if os.path.isabs(a.build_dir) else os.path.join(ROOT, a.build_dir), "bin")
+    a.models_dir = os.path.abspath(a.models_dir)
+    for tool in ("pac-plan", "pac-sim", "pac-run"):
+        if not os.path.exists(os.path.join(a.bin_dir, tool)):
+            print("calibrate_overhead: %s not built in %s" % (tool, a.bin_dir), file=sys.stderr)
+            return 2
+    if a.only:
+        paths = [os.path.join(a.devices, n + ".json") for n in a.only.split(",") if n]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            print("calibrate_overhead: --only: no profile %s" % ", ".join(missing), file=sys.stderr)
+            return 2
+    else:
+        paths = sorted(glob.glob(os.path.join(a.devices, "testbed-q*.json")))
+    if a.refit:
+        for p in paths:
+            calibrate_profile(a, p)
+        return 0
+    why = fid.run_capability(a.bin_dir, a.timeout, "testbed")
+    if not why and not os.path.exists(a.tokenizer):
+        why = "tokenizer %s absent (set PAC_MODEL_DIR)" % a.tokenizer
+    if not why and os.geteuid() != 0:
+        why = "pac-run --testbed needs root"
+    if why:
+        log("not measured, profiles unchanged: " + why)
+        return 0
+    # What fid.prepare_row / measure_once read from their options.
+    a.run_mode, a.model_map, a.run_args, a.run_has_trace, a.trace_dir = "testbed", {}, [], False, a.work
+    a.last_probe = None
+    os.makedirs(a.work, exist_ok=True)
+    for p in paths:
+        calibrate_profile(a, p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
