@@ -52,17 +52,19 @@ ROOT = fid.ROOT
 FIELDS = ("task_overhead_s", "throttle_delay_s", "message_overhead_s")
 
 
+# The calibration plans: the suite's shape (seq 128, mini-batch 16, 4 micro-batches) on
+# half the samples, so that a run takes 1-10 s.
+SAMPLES = 128
+
+
 def task_field(profile):
     """What the one-device plan fits: under a throttling quota (sustained_quota < 1) the
     time a throttled device loses per period, throttle_delay_s (the simulator models the
-    period, docs/simulator.md; a device that computes all the time was measured 10-25%
+    period, docs/simulator.md; a device that computes all the time was measured 9-23%
     slower than its sustained rate, one that computes in bursts faster), else the
     per-task cost task_overhead_s."""
     q = profile.get("sustained_quota", 0)
     return "throttle_delay_s" if 0 < q < 1 else "task_overhead_s"
-# The calibration plans: the suite's shape (seq 128, mini-batch 16, 4 micro-batches) on
-# half the samples, so that a run takes 1-10 s.
-SAMPLES = 128
 
 
 def log(msg):
@@ -128,10 +130,10 @@ class Trial:
     measured runs; the trial plans are simulated at it, so that what the fit finds is
     the runtime's cost, not the host being faster or slower than at calibration."""
 
-    def __init__(self, a, scen_file, name, profile, phases, work, speed=None):
+    def __init__(self, a, scen_file, name, profile, phases, work):
         self.a, self.scen_file, self.name, self.profile = a, scen_file, name, profile
         self.phases = phases
-        self.speed = speed  # the machine's probed speed: compute tasks take 1/speed (fid.plan_at_speed)
+        self.speed = None  # the machine's probed speed: compute tasks take 1/speed (fid.plan_at_speed)
         self.dir = work
         self.profiles = os.path.join(work, "profiles")
         os.makedirs(os.path.join(self.profiles, "devices"), exist_ok=True)

@@ -123,7 +123,6 @@ struct DevState {
   // speed (1/q the profile's) while the current period's budget of q x kCfsPeriodS lasts,
   // then waits for the next period. cfs_used: budget spent in period cfs_period.
   double cfs_quota = 0;            // 0: not throttled (rates are what a task gets)
-  double cfs_delay = 0;            // lost after each throttled wait (profile's throttle_delay_s)
   int64_t cfs_period = -1;
   double cfs_used = 0;
 };
@@ -520,19 +519,20 @@ double Engine::cpu_work_end(int d, double sustained_s) {
     ds.cfs_period = k;
     ds.cfs_used = 0;
   }
+  const double delay = sc_.devices[d].profile.throttle_delay_s;
   for (;;) {
-    double avail = std::min(budget - ds.cfs_used, (k + 1) * kCfsPeriodS - t);
+    double left = budget - ds.cfs_used, to_end = (k + 1) * kCfsPeriodS - t;
+    double avail = std::min(left, to_end);
     if (work <= avail) {
       ds.cfs_used += work;
       return t + work;
     }
-    bool throttled = budget - ds.cfs_used <= (k + 1) * kCfsPeriodS - t;
     if (avail > 0) {
       work -= avail;
       ds.cfs_used += avail;
     }
     k++;  // budget spent or period over: on at the next period, with a fresh budget
-    t = k * kCfsPeriodS + (throttled ? ds.cfs_delay : 0);
+    t = k * kCfsPeriodS + (left <= to_end ? delay : 0);  // throttled: resumes `delay` late
     ds.cfs_period = k;
     ds.cfs_used = 0;
   }
@@ -790,7 +790,6 @@ SimResult Engine::run() {
     dev_[d].storage_on_cpu = sc_.devices[d].cpu_quota > 0 && sc_.devices[d].cpu_quota <= 1.0;
     double q = sc_.devices[d].profile.sustained_quota;
     dev_[d].cfs_quota = q > 0 && q < 1 ? q : 0;
-    dev_[d].cfs_delay = dev_[d].cfs_quota > 0 ? sc_.devices[d].profile.throttle_delay_s : 0;
   }
   net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
   pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);

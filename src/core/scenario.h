@@ -47,7 +47,7 @@ struct DeviceProfile {
   double sustained_quota = 0;
   // With sustained_quota: the time a throttled device loses at the start of the next
   // period before it runs again, fitted by bench/calibrate_overhead.py on a device that
-  // computes all the time (it ran 10-25% slower than its sustained rate).
+  // computes all the time (it ran 9-23% slower than its sustained rate).
   double throttle_delay_s = 0;
 };
 
