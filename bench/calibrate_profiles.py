@@ -7,6 +7,9 @@
     calibrate_profiles.py sustained RAW.json REF.json QUOTA OUT
         a profile measured under a CPU quota -> the testbed profile: every rate the
         reference's no-quota 1-thread rate of the same kind and micro-batch x min(1, quota)
+    calibrate_profiles.py storage REF.json PROFILE.json [PROFILE.json ...]
+        only the activation cache's figures of testbed profiles, from a fresh no-quota run
+        (rates x, fixed costs per record / the profile's sustained factor); the rest stays
 
 Python 3 standard library only; files are written atomically (temp file, then rename).
 """
@@ -24,6 +27,10 @@ def write_json_atomic(out, doc):
     os.replace(tmp, out)
 
 
+STORAGE_RATES = ("storage_read_bytes_per_s", "storage_write_bytes_per_s")
+STORAGE_RECORDS = ("storage_read_record_s", "storage_write_record_s")
+
+
 def merge(out, files):
     profs = [json.load(open(f)) for f in files]
     merged = profs[0]
@@ -37,13 +44,52 @@ def merge(out, files):
         t["round_medians_s"] = ms
         t["median_s"] = statistics.median(ms)
         t["flops_per_s"] = t["flops"] / t["median_s"] if t["median_s"] > 0 else 0
-    for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
+    for k in STORAGE_RATES:
         merged[k] = statistics.median(p[k] for p in profs)
+    for k in STORAGE_RECORDS:
+        merged[k] = statistics.median(p.get(k, 0) for p in profs)
+        if merged[k] <= 0:
+            merged.pop(k)
     c = merged["calibration"]
     c["load_average_after"] = profs[-1]["calibration"]["load_average_after"]
     c["reference_rounds"] = [{"date": p["calibration"]["date"], "load_average": [p["calibration"]["load_average_before"],
                               p["calibration"]["load_average_after"]]} for p in profs]
     write_json_atomic(out, merged)
+
+
+def storage_apply(prof, ref, factor):
+    """The activation cache's figures of a testbed profile from a no-quota reference run.
+    They are CPU work too (conversion, SHA-256, file create, fsync, copies from the page
+    cache): the reference's rates x min(1, q) and its fixed costs per record / min(1, q),
+    as for compute."""
+    for k in STORAGE_RATES:
+        prof[k] = ref[k] * factor
+    for k in STORAGE_RECORDS:
+        prof.pop(k, None)
+        if ref.get(k, 0) > 0:
+            prof[k] = ref[k] / factor
+    c = prof["calibration"]
+    rc = ref["calibration"]
+    c["storage_rates"] = ("activation cache write/read rates (pac-profile cache_measure) of the reference run of %s x "
+                          "%.2f, its fixed costs per record / the same factor; the reference's measurements are in "
+                          "reference_cache_records, its raw device rates in reference_storage_device"
+                          % (rc["date"], factor))
+    c["reference_storage_device"] = rc.get("storage_device")
+    c["reference_cache_records"] = rc.get("cache_records")
+
+
+def storage(ref_file, outs):
+    """Only the cache figures, re-measured: the rates, runtime costs and their fits stay."""
+    ref = json.load(open(ref_file))
+    for out in outs:
+        prof = json.load(open(out))
+        if prof["calibration"].get("model") != ref["calibration"]["model"]:
+            print("calibrate_profiles: %s: calibration.model %r, but the reference %s timed %r"
+                  % (out, prof["calibration"].get("model"), ref_file, ref["calibration"]["model"]), file=sys.stderr)
+            return 2
+        storage_apply(prof, ref, prof["calibration"]["sustained_factor"])
+        write_json_atomic(out, prof)
+    return 0
 
 
 def sustained(raw_file, ref_file, q, out):
@@ -62,10 +108,7 @@ def sustained(raw_file, ref_file, q, out):
         by_kind[key] = ref_rate[(kind, mb)] * factor
     raw["eff_flops_by_kind"] = by_kind
     raw["eff_flops"] = {"fp32": by_kind["layer"]}
-    # The activation cache's rates are CPU work too (conversion, SHA-256, copies from the page
-    # cache): the reference run's rates x min(1, q), as for compute.
-    for k in ("storage_read_bytes_per_s", "storage_write_bytes_per_s"):
-        raw[k] = ref[k] * factor
+    storage_apply(raw, ref, factor)
     # What the simulator needs to model the quota's period (bursts at 1/q the rate while
     # the budget lasts): the quota these rates are sustained under, when it throttles.
     raw.pop("sustained_quota", None)
@@ -85,9 +128,6 @@ def sustained(raw_file, ref_file, q, out):
                   % (os.path.basename(ref_file), ref["calibration"]["load_average_before"],
                      ref["calibration"]["load_average_after"], factor))
     c["sustained_factor"] = factor
-    c["storage_rates"] = ("activation cache write/read (pac-profile cache_measure) of the reference run x %.2f; the "
-                          "reference's raw device rates are in reference_storage_device" % factor)
-    c["reference_storage_device"] = ref["calibration"].get("storage_device")
     c["reference_timings"] = ref["calibration"]["timings"]
     c["reference_rounds"] = ref["calibration"].get("reference_rounds")
     c["quota_check"] = check
@@ -104,6 +144,8 @@ def main(argv):
         merge(argv[1], argv[2:])
     elif len(argv) == 5 and argv[0] == "sustained":
         sustained(argv[1], argv[2], float(argv[3]), argv[4])
+    elif len(argv) >= 3 and argv[0] == "storage":
+        return storage(argv[1], argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
 #   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
 #   OVERHEAD=0 bash bench/calibrate_testbed.sh      # rates only, no runtime-overhead fit
+#   STORAGE_ONLY=1 bash bench/calibrate_testbed.sh  # only the activation cache's figures (~1 min)
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
 #   OUT=/tmp/p/devices RESULTS=/tmp/p/raw MODELS=llama-d512-l8 QUOTAS="0.5 1.0" bash bench/calibrate_testbed.sh
 #       # elsewhere (bench/fidelity.py --calibrate does this on a machine the committed
@@ -61,6 +62,24 @@ common=(--seq "$seq" --micro-batches 1,2,4,8 --warmup 2 --repeats "$repeats" --s
         --memory-bytes 4e9 --nic-bandwidth-bps 1e9 --nic-latency-s 1e-4 --quiet)
 
 echo "calibrate_testbed: load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "${STORAGE_ONLY:-0}" = 1 ]; then
+  # Only the activation cache's figures (rates and fixed costs per record), re-measured
+  # in one no-quota run per model (its layer timing cut to one quick pass) and applied
+  # to the existing profiles: the compute rates and the runtime-cost fits stay, which is
+  # right because the overhead fit's plans run without the cache.
+  for model in $models; do
+    tag=$(model_tag "$model")
+    echo "calibrate_testbed: $model activation cache (no quota)"
+    "$profile_exe" --model "$model" --threads 1 --seq "$seq" --micro-batches 1 --warmup 0 --repeats 1 --storage-mb 64 \
+      --memory-bytes 4e9 --nic-bandwidth-bps 1e9 --nic-latency-s 1e-4 --quiet --name "testbed-ref-$tag" \
+      -o "$results/storage-ref-$tag.json"
+    profs=()
+    for q in $quotas; do profs+=("$out_dir/testbed-$(quota_tag "$q")-$tag.json"); done
+    python3 bench/calibrate_profiles.py storage "$results/storage-ref-$tag.json" "${profs[@]}"
+  done
+  if [ "$out_dir" = profiles/devices ]; then python3 bench/calibrate_table.py; fi
+  exit 0
+fi
 for model in $models; do
   tag=$(model_tag "$model")
   ref=$results/ref-$tag

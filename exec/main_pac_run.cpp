@@ -411,6 +411,7 @@ int run(int argc, char** argv) {
     // first one at an epoch's end), whose rows the devices read while it all-reduces.
     std::vector<int64_t> order_next;
     if (in_dp && e < epochs) order_next = epoch_order_by_owner(dp_owners, seed, e + 1);
+    double step_gap_s = 0;
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
     prog.set_quiet(quiet);
     for (int64_t b = 0; b < nb; b++) {
@@ -425,7 +426,11 @@ int run(int argc, char** argv) {
         if (b + 1 < nb) next = batch_of(order, b + 1);
         else if (!order_next.empty()) next = batch_of(order_next, 0);
       }
+      auto s0 = std::chrono::steady_clock::now();
       PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing, &next);
+      // The step's wall time beyond its slowest worker's own: the command, the results
+      // and the coordinator's work between steps, which no plan task holds.
+      step_gap_s += std::max(0.0, std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count() - r.max_seconds);
       if (p2 >= 0) pac_note_cached(r, &holders);
       for (size_t i = 0; i < r.results.size(); i++) trace.add_result(r.workers[i], static_cast<int>(step), r.results[i]);
       for (const json& j : r.results) {
@@ -446,7 +451,8 @@ int run(int argc, char** argv) {
     }
     epochs_json.push_back({{"epoch", e},
                            {"phase", in_dp ? "data_parallel" : plan.phases[0].kind},
-                           {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()}});
+                           {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()},
+                           {"step_gap_s", step_gap_s}});
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double coordinator_cpu_s = process_cpu_s() - coordinator_cpu0;

@@ -116,7 +116,7 @@ struct GroupAcc {
   double inv = 0;          // sum of 1/t_i (t_i: seconds per sample)
   double max_t = 0;        // slowest t_i (even shares)
   double min_mem = kInf;   // smallest memory (even shares)
-  double max_w = 0;        // max 1/(t_i * storage write rate)
+  double max_w = 0;        // max w_i / t_i (w_i: seconds to write one sample's cache record)
   double max_bw = 0;       // max 1/(t_i * NIC rate)
   double lat = 0;          // max latency
   double task_ovh = 0;     // max runtime cost of a forward + a backward task
@@ -130,7 +130,7 @@ struct GroupAcc {
     inv += 1.0 / t;
     max_t = std::max(max_t, t);
     min_mem = std::min(min_mem, c.mem[d]);
-    max_w = std::max(max_w, 1.0 / (t * c.s->devices[d].profile.storage_write_bytes_per_s));
+    max_w = std::max(max_w, cache_io_s(c.s->devices[d].profile, true, 1, ri.lc.tap_bytes) / t);
     max_bw = std::max(max_bw, 1.0 / (t * c.dev_bw_bps[d]));
     lat = std::max(lat, c.dev_lat_s[d]);
     task_ovh = std::max(task_ovh, 2 * c.s->devices[d].profile.task_overhead_s);
@@ -162,7 +162,7 @@ struct GroupAcc {
       const bool alone = ri.x == 0 && ri.y == c.L;
       double t = alone ? stage_rows_bound_s(std::round(c.batch), ts, inv) / c.M : stage_rows_bound_s(beta, ts, inv);
       t += task_ovh;  // every device of the group runs its forward and backward per micro-batch
-      if (mc.cache) t = std::max(t, beta * ri.lc.tap_bytes * max_w / inv);
+      if (mc.cache) t = std::max(t, beta * max_w / inv);
       for (int cut : {ri.x - 1, ri.y - 1}) {
         if (cut < 0 || cut == c.L - 1) continue;
         const LayerCost& lc = mc.layers[cut];

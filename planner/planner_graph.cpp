@@ -19,12 +19,14 @@ namespace pac {
 // stage for `share` of every micro-batch).
 struct SwitchFlow {
   std::vector<double> in, out;
+  std::vector<double> records;  // cache records each device writes (one per new sample)
 };
 
 static SwitchFlow switch_flow(const PlanCtx& c, const Layout& lay) {
   SwitchFlow f;
   f.in.assign(c.n, 0);
   f.out.assign(c.n, 0);
+  f.records.assign(c.n, 0);
   double N = (double)c.s->data.samples;
   double tap_total = c.mc.prefix.back().tap_bytes;
   std::vector<double> held_share(c.n, 0), held_tap(c.n, 0);
@@ -39,6 +41,9 @@ static SwitchFlow switch_flow(const PlanCtx& c, const Layout& lay) {
     double keep = std::min(lay.dp_shares[d], held_share[d]) * N * held_tap[d];
     f.in[d] = lay.dp_shares[d] * N * tap_total - keep;
     f.out[d] = held_share[d] * N * held_tap[d] - keep;
+    // A sample whose taps it held whole is moved, not rewritten; every other sample of
+    // its share gets a new record (its own taps plus those it receives).
+    f.records[d] = lay.dp_shares[d] * N - (held_tap[d] >= tap_total ? std::min(lay.dp_shares[d], held_share[d]) * N : 0);
   }
   return f;
 }
@@ -90,11 +95,12 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
     }
   for (int d = 0; d < c.n; d++) {
     net = std::max(net, std::max(send_t[d], recv_t[d]));
-    disk = std::max(disk, f.in[d] / c.s->devices[d].profile.storage_write_bytes_per_s);
+    disk = std::max(disk, cache_io_s(c.s->devices[d].profile, true, f.records[d], f.in[d]));
     lat = std::max(lat, c.dev_lat_s[d]);
     for (int e = 0; e < c.n; e++) {
       double chunk = pair[d][e] / kSwitchChunks;
-      last_chunk = std::max(last_chunk, chunk / c.s->devices[e].profile.storage_write_bytes_per_s);
+      if (chunk <= 0) continue;
+      last_chunk = std::max(last_chunk, cache_io_s(c.s->devices[e].profile, true, f.records[e] * chunk / f.in[e], chunk));
     }
   }
   if (c.shared_medium) net = total_in * 8 / c.medium_bps;
@@ -453,7 +459,8 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
         gb.dep(sd, prev);
         int w = gb.add(TaskKind::CacheWrite, e, "cache in " + pair + part);
         gb.tasks[w].bytes = bytes;
-        gb.tasks[w].seconds = bytes / c.s->devices[e].profile.storage_write_bytes_per_s;
+        gb.tasks[w].samples = f.records[e] * bytes / f.in[e];  // its part of e's new records
+        gb.tasks[w].seconds = cache_io_s(c.s->devices[e].profile, true, gb.tasks[w].samples, bytes);
         gb.dep(w, sd);
         prev = sd;
       }

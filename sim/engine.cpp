@@ -10,6 +10,7 @@
 #include "sim/network.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
+#include "src/core/cost_model.h"
 
 namespace pac {
 
@@ -551,11 +552,11 @@ void Engine::task_start(int t) {
     trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, end);
     push(end, EV_TASK_END, t);
   } else if (kind_is_storage(task.kind)) {
-    // The device's own storage rate when its profile has one (the simulator models the
-    // disk), the task's predicted seconds otherwise.
+    // The device's own storage figures (the simulator models the disk): a fixed cost
+    // per record (one per sample) and the bytes at the rate; the task's seconds when it
+    // moves no bytes.
     const DeviceProfile& p = sc_.devices[task.device].profile;
-    double rate = task.kind == TaskKind::CacheWrite ? p.storage_write_bytes_per_s : p.storage_read_bytes_per_s;
-    double dur = (rate > 0 && task.bytes > 0) ? task.bytes / rate : task.seconds;
+    double dur = task.bytes > 0 ? cache_io_s(p, task.kind == TaskKind::CacheWrite, task.samples, task.bytes) : task.seconds;
     // On a one-core device cache I/O is CPU work on the same quota as compute.
     double end = dev_[task.device].storage_on_cpu ? cpu_work_end(task.device, dur) : now_ + dur;
     trace_add(SimTraceKind::Storage, t, task.device, -1, -1, now_, end);

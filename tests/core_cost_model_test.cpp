@@ -181,6 +181,29 @@ TEST(CostModel, TaskOverheadIsPaidOncePerForwardAndBackward) {
   EXPECT_DOUBLE_EQ(stage_time(mc, p, "fp32", 0, 2, 0).total(), 0.0);
 }
 
+TEST(CostModel, CacheRecordCostIsPaidPerSample) {
+  ModelConfig m = tiny();
+  MethodSpec pa;
+  DataSpec data;
+  data.seq_len = 4;
+  ModelCost mc = cost_model_build(m, pa, data);
+  DeviceProfile p;
+  p.eff_flops["fp32"] = 1e9;
+  p.storage_write_bytes_per_s = 1e8;
+  p.storage_read_bytes_per_s = 4e8;
+  p.storage_write_record_s = 0.002;
+  p.storage_read_record_s = 0.0005;
+  const double stage_tap = cost_range(mc, 0, 2).tap_bytes, all_tap = mc.prefix.back().tap_bytes;
+  for (double samples : {1.0, 3.0}) {
+    // n records of n samples' taps: n x (record cost + bytes / rate).
+    EXPECT_NEAR(stage_time(mc, p, "fp32", 0, 2, samples).cache_write, samples * (0.002 + stage_tap / 1e8), 1e-15);
+    EXPECT_NEAR(cached_time(mc, p, "fp32", samples).cache_read, samples * (0.0005 + all_tap / 4e8), 1e-15);
+  }
+  EXPECT_NEAR(cache_io_s(p, true, 2, 3e6), 2 * 0.002 + 0.03, 1e-15);
+  EXPECT_NEAR(cache_io_s(p, false, 2, 4e6), 2 * 0.0005 + 0.01, 1e-15);
+  EXPECT_EQ(cache_io_s(p, true, 0, 0), 0);  // nothing to write costs nothing
+}
+
 TEST(CostModel, EncoderDecoderWithoutTargetIsSequenceClassification) {
   // BART-Large on GLUE (no target_len): the decoder runs on the 128 input tokens and the
   // last layer adds a classification head (dense d x d + bias, out_proj d x 2 + bias) on

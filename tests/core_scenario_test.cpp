@@ -8,6 +8,7 @@
 #include "src/common/error.h"
 #include "src/common/fs.h"
 #include "tests/test_util.h"
+#include "src/core/profile.h"
 #include "src/core/scenario.h"
 
 using namespace pac;
@@ -85,6 +86,30 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   doc["cluster"]["devices"][0]["profile"] = nano;
   std::string err = input_error([&] { load_doc(doc); });
   EXPECT_NE(err.find("s.json: $.cluster.devices[0].profile.task_overhead_s: expected"), std::string::npos) << err;
+}
+
+// The cache's fixed costs per record (pac-profile cache_measure) survive the resolved
+// form, are written only when set (a datasheet profile's plan does not change), and a
+// negative one is refused by name.
+TEST(Scenario, CacheRecordCostsRoundTrip) {
+  json nano = json::parse(file_read(kProfiles + "/devices/jetson-nano-4gb.json"));
+  nano["storage_write_record_s"] = 0.0003;
+  nano["storage_read_record_s"] = 0.00001;
+  json doc = base_doc();
+  doc["cluster"]["devices"][0]["profile"] = nano;
+  Scenario s = load_doc(doc);
+  EXPECT_DOUBLE_EQ(s.devices[0].profile.storage_write_record_s, 0.0003);
+  EXPECT_DOUBLE_EQ(s.devices[0].profile.storage_read_record_s, 0.00001);
+  EXPECT_EQ(s.devices[2].profile.storage_write_record_s, 0);
+  json resolved = scenario_to_json(s);
+  Scenario back = scenario_from_json(JsonIn::from(resolved, "resolved.json"), kProfiles);
+  EXPECT_DOUBLE_EQ(back.devices[1].profile.storage_write_record_s, 0.0003);
+  EXPECT_DOUBLE_EQ(back.devices[1].profile.storage_read_record_s, 0.00001);
+  EXPECT_FALSE(device_profile_to_json(s.devices[2].profile).contains("storage_write_record_s"));
+  nano["storage_read_record_s"] = -1;
+  doc["cluster"]["devices"][0]["profile"] = nano;
+  std::string err = input_error([&] { load_doc(doc); });
+  EXPECT_NE(err.find("s.json: $.cluster.devices[0].profile.storage_read_record_s: expected"), std::string::npos) << err;
 }
 
 TEST(Scenario, RoundTripsThroughItsResolvedForm) {

@@ -256,6 +256,43 @@ TEST(Profiler, StorageMeasureWritesAndReadsBack) {
   EXPECT_THROW(storage_measure("/nonexistent-dir-pac", 1 << 20, &r, &w), RuntimeError);
 }
 
+TEST(Profiler, CacheCostFitRecoversRecordCostAndRate) {
+  // 0.3 ms per record + 500 MB/s: 50 kB in 0.4 ms, 2 MB in 4.3 ms.
+  double rate = 0, rec = 0;
+  cache_cost_fit(50e3, 0.3e-3 + 50e3 / 500e6, 2e6, 0.3e-3 + 2e6 / 500e6, &rate, &rec);
+  EXPECT_NEAR(rate, 500e6, 1e-3);
+  EXPECT_NEAR(rec, 0.3e-3, 1e-12);
+  // Noise: the small record as slow as the large one -> the large record's rate, no cost.
+  cache_cost_fit(50e3, 4e-3, 2e6, 4e-3, &rate, &rec);
+  EXPECT_DOUBLE_EQ(rate, 2e6 / 4e-3);
+  EXPECT_EQ(rec, 0);
+  // A line that would cross below 0 at zero bytes: the cost is 0, the slope stays.
+  cache_cost_fit(1e6, 1e-3, 2e6, 3e-3, &rate, &rec);
+  EXPECT_NEAR(rate, 1e6 / 2e-3, 1e-6);
+  EXPECT_EQ(rec, 0);
+}
+
+TEST(Profiler, CacheMeasureFitsBothRecordSizes) {
+  std::string d = tmp_dir();
+  CacheCost c = cache_measure(d, 4, 16, 32, 6);
+  // Records of 1 and 4 taps of 16 x 32 fp32 (+ the same header): 2048 payload bytes apart x 3.
+  EXPECT_EQ(c.samples, 6);
+  EXPECT_NEAR(c.large_record_bytes - c.small_record_bytes, 3 * 16 * 32 * 4, 1e-9);
+  EXPECT_GT(c.write_bytes_per_s, 0);
+  EXPECT_GT(c.read_bytes_per_s, 0);
+  EXPECT_GE(c.write_record_s, 0);
+  EXPECT_GE(c.read_record_s, 0);
+  // The fitted line passes through the large record's median (both sizes when the small
+  // one is not clamped at a zero fixed cost).
+  EXPECT_NEAR(c.write_record_s + c.large_record_bytes / c.write_bytes_per_s, c.large_write_s, 1e-9);
+  EXPECT_NEAR(c.read_record_s + c.large_record_bytes / c.read_bytes_per_s, c.large_read_s, 1e-9);
+  // Nothing is left behind.
+  EXPECT_FALSE(file_exists(path_join(d, ".pac-profile-cache." + std::to_string(getpid()))));
+  // A folder that cannot be made (under a plain file, which root cannot get around).
+  file_write_atomic(path_join(d, "plain"), std::string("x"));
+  EXPECT_THROW(cache_measure(path_join(d, "plain"), 4, 16, 32, 2), std::exception);
+}
+
 TEST(Profiler, CliWritesLoadableProfile) {
   std::string d = tmp_dir();
   std::string model = path_join(d, "tiny.json");
@@ -272,6 +309,14 @@ TEST(Profiler, CliWritesLoadableProfile) {
   EXPECT_GT(p.power_busy_w, 3);
   EXPECT_TRUE(p.eff_flops_by_kind.count("layer@1"));
   EXPECT_TRUE(p.eff_flops_by_kind.count("side_bwd@1"));
+  // The cache's figures are the fit of its two record sizes, whose measurements are kept.
+  json rec = json::parse(file_read(out_file))["calibration"]["cache_records"];
+  ASSERT_TRUE(rec.is_object()) << out;
+  double rate = 0, cost = 0;
+  cache_cost_fit(rec["small_record_bytes"], rec["small_write_s"], rec["large_record_bytes"], rec["large_write_s"], &rate,
+                 &cost);
+  EXPECT_DOUBLE_EQ(p.storage_write_bytes_per_s, rate);
+  EXPECT_DOUBLE_EQ(p.storage_write_record_s, cost);
   // The profile says which machine and BLAS kernel it was measured on, as --host-info does.
   json cal = json::parse(file_read(out_file))["calibration"];
   ASSERT_EQ(run(tool() + " --host-info", &out), 0) << out;

@@ -516,7 +516,7 @@ TEST(SimEngine, QuotaBurstsRunFasterThanTheSustainedRate) {
 
 TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
   // Storage writes 50 MB/s, reads 200 MB/s: writing 100 MB takes 2 s, reading it back
-  // 0.5 s (the tasks' own seconds, 9 s, are ignored when the profile has a rate).
+  // 0.5 s (the tasks' own seconds, 9 s, are ignored when the task moves bytes).
   SimPlanBuilder pb(1);
   pb.plan.scenario.devices[0].profile.storage_write_bytes_per_s = 50e6;
   pb.plan.scenario.devices[0].profile.storage_read_bytes_per_s = 200e6;
@@ -528,6 +528,15 @@ TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
   SimResult res = sim_run(pb.plan);
   ASSERT_TRUE(res.ok);
   EXPECT_NEAR(res.makespan_s, 2.5, 1e-12);
+  // With a fixed cost per record (10 ms to write one, 2 ms to read one) and 4 samples'
+  // records in each task: 2 + 4 x 0.01 + 0.5 + 4 x 0.002 = 2.548 s.
+  pb.plan.scenario.devices[0].profile.storage_write_record_s = 0.01;
+  pb.plan.scenario.devices[0].profile.storage_read_record_s = 0.002;
+  pb.plan.segments[0].graph.tasks[w].samples = 4;
+  pb.plan.segments[0].graph.tasks[r].samples = 4;
+  res = sim_run(pb.plan);
+  ASSERT_TRUE(res.ok);
+  EXPECT_NEAR(res.makespan_s, 2.548, 1e-12);
 }
 
 TEST(SimEngine, SameInputSameResult) {

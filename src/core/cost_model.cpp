@@ -252,6 +252,12 @@ StageMemory cached_memory(const ModelCost& mc, double samples) {
   return m;
 }
 
+double cache_io_s(const DeviceProfile& p, bool write, double records, double bytes) {
+  if (bytes <= 0) return 0;
+  return write ? records * p.storage_write_record_s + bytes / p.storage_write_bytes_per_s
+               : records * p.storage_read_record_s + bytes / p.storage_read_bytes_per_s;
+}
+
 // The runtime's fixed cost of running a forward and a backward task, beyond their
 // kernels (a device with no samples runs neither).
 static void task_overhead_add(const DeviceProfile& p, double samples, StageTime* t) {
@@ -268,7 +274,7 @@ StageTime stage_time(const ModelCost& mc, const DeviceProfile& p, const std::str
   t.fwd = samples * (c.fwd_flops / device_rate(p, dtype, "layer", mb) + c.side_fwd_flops / device_rate(p, dtype, "side", mb));
   t.bwd = samples * (c.bwd_flops / device_rate(p, dtype, "layer_bwd", mb) +
                      c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb));
-  if (mc.cache) t.cache_write = samples * c.tap_bytes / p.storage_write_bytes_per_s;
+  if (mc.cache) t.cache_write = cache_io_s(p, true, samples, samples * c.tap_bytes);
   task_overhead_add(p, samples, &t);
   return t;
 }
@@ -290,7 +296,7 @@ StageTime cached_time(const ModelCost& mc, const DeviceProfile& p, const std::st
                        mc.cached_head_flops / device_rate(p, dtype, "layer", mb));
     t.bwd = samples * c.side_bwd_flops / device_rate(p, dtype, "side_bwd", mb);
   }
-  t.cache_read = samples * c.tap_bytes / p.storage_read_bytes_per_s;
+  t.cache_read = cache_io_s(p, false, samples, samples * c.tap_bytes);
   task_overhead_add(p, samples, &t);
   return t;
 }

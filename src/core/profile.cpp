@@ -24,7 +24,8 @@ static std::map<std::string, double> rate_map_read(const JsonIn& j) {
 DeviceProfile device_profile_from_json(const JsonIn& j) {
   j.check_keys({"name", "source", "notes", "peak_flops_fp32", "peak_flops_fp16", "eff_flops", "eff_flops_by_kind",
                 "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
-                "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "task_overhead_s", "message_overhead_s",
+                "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
+                "storage_read_record_s", "task_overhead_s", "message_overhead_s",
                 "sustained_quota", "throttle_delay_s", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
@@ -45,6 +46,8 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.nic_latency_s = j.number_or("nic_latency_s", 0, 0, 10);
   p.storage_read_bytes_per_s = j.number("storage_read_bytes_per_s", 1.0);
   p.storage_write_bytes_per_s = j.number("storage_write_bytes_per_s", 1.0);
+  p.storage_write_record_s = j.number_or("storage_write_record_s", 0, 0, 1);
+  p.storage_read_record_s = j.number_or("storage_read_record_s", 0, 0, 1);
   p.task_overhead_s = j.number_or("task_overhead_s", 0, 0, 1);
   p.message_overhead_s = j.number_or("message_overhead_s", 0, 0, 1);
   p.sustained_quota = j.number_or("sustained_quota", 0, 0, 1);
@@ -68,6 +71,8 @@ json device_profile_to_json(const DeviceProfile& p) {
   j["storage_read_bytes_per_s"] = p.storage_read_bytes_per_s;
   j["storage_write_bytes_per_s"] = p.storage_write_bytes_per_s;
   // Only when calibrated, so that plans of uncalibrated profiles stay as they were.
+  if (p.storage_write_record_s > 0) j["storage_write_record_s"] = p.storage_write_record_s;
+  if (p.storage_read_record_s > 0) j["storage_read_record_s"] = p.storage_read_record_s;
   if (p.task_overhead_s > 0) j["task_overhead_s"] = p.task_overhead_s;
   if (p.message_overhead_s > 0) j["message_overhead_s"] = p.message_overhead_s;
   if (p.sustained_quota > 0) j["sustained_quota"] = p.sustained_quota;

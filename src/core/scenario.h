@@ -33,6 +33,13 @@ struct DeviceProfile {
   // Local storage for the activation cache (microSD, eMMC, NVMe), bytes per second.
   double storage_read_bytes_per_s = 0;
   double storage_write_bytes_per_s = 0;
+  // The activation cache's fixed cost per record (one sample's taps: file create,
+  // fsync, rename on write; open, stat, checksum set-up on read), wall seconds beyond
+  // bytes / rate, fitted by pac-profile (cache_measure at two record sizes). A cache
+  // task of n samples and B bytes takes n x record_s + B / rate (cache_io_s). 0 = bytes
+  // alone (datasheet profiles).
+  double storage_write_record_s = 0;
+  double storage_read_record_s = 0;
   // The runtime's own cost beyond the kernels, wall seconds on this device (testbed
   // profiles: at their CPU quota), fitted by bench/calibrate_overhead.py. Per compute
   // task (a forward, backward or optimizer step: dispatch, autograd set-up, tensor

@@ -132,11 +132,18 @@ int main(int argc, char** argv) {
       const int n_taps = o.model.total_layers() + 1;
       const double record = (double)n_taps * o.seq_len * o.model.hidden * 4;
       const int samples = std::max(4, (int)std::ceil(storage_mb * (1 << 20) / record));
-      cache_measure(storage_dir, n_taps, o.seq_len, o.model.hidden, samples, &host.storage_read_bytes_per_s,
-                    &host.storage_write_bytes_per_s);
+      CacheCost cc = cache_measure(storage_dir, n_taps, o.seq_len, o.model.hidden, samples);
+      host.storage_read_bytes_per_s = cc.read_bytes_per_s;
+      host.storage_write_bytes_per_s = cc.write_bytes_per_s;
+      host.storage_read_record_s = cc.read_record_s;
+      host.storage_write_record_s = cc.write_record_s;
+      host.cache_records = cache_cost_json(cc);
       if (!o.quiet)
-        std::fprintf(stderr, "pac-profile: activation cache (%d records of %.1f MB): write %.0f MB/s, read %.0f MB/s\n",
-                     samples, record / 1e6, host.storage_write_bytes_per_s / 1e6, host.storage_read_bytes_per_s / 1e6);
+        std::fprintf(stderr,
+                     "pac-profile: activation cache (%d records of %.1f MB and of 1 tap): write %.2f ms/record + %.0f MB/s, "
+                     "read %.2f ms/record + %.0f MB/s\n",
+                     samples, record / 1e6, cc.write_record_s * 1e3, cc.write_bytes_per_s / 1e6, cc.read_record_s * 1e3,
+                     cc.read_bytes_per_s / 1e6);
     }
 
     host.load_before = host_load_average();

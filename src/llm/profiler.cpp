@@ -105,6 +105,12 @@ static double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 // Runs prepare() (untimed) + run() (timed) `warmup` times, then at least `repeats` times
 // and until the timed runs add up to `min_time_s` (at most kMaxRepeats), and keeps the
 // median: one slow run (a page fault storm, another process) does not move it. The
@@ -132,11 +138,10 @@ static ProfileTiming measure(const std::string& kind, int threads, int mb, doubl
   t.threads = threads;
   t.micro_batch = mb;
   t.flops = flops;
-  size_t n = ts.size();
-  t.median_s = n % 2 ? ts[n / 2] : 0.5 * (ts[n / 2 - 1] + ts[n / 2]);
+  t.median_s = median(ts);
   t.min_s = ts.front();
   t.max_s = ts.back();
-  t.repeats = (int)n;
+  t.repeats = (int)ts.size();
   return t;
 }
 
@@ -315,6 +320,8 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
   p.nic_latency_s = host.nic_latency_s;
   p.storage_read_bytes_per_s = host.storage_read_bytes_per_s;
   p.storage_write_bytes_per_s = host.storage_write_bytes_per_s;
+  p.storage_read_record_s = host.storage_read_record_s;
+  p.storage_write_record_s = host.storage_write_record_s;
 
   ModelConfig timed = profile_timed_config(o.model);
   std::ostringstream notes;
@@ -324,7 +331,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
         << (host.cpu_quota > 0 ? ", CPU quota " + std::to_string(host.cpu_quota).substr(0, 4) + " cores" : ", no CPU quota")
         << "; 'layer' is the no-grad forward (the frozen backbone), '<kind>' without @ is the rate at micro-batch "
         << mb_max << ". Power: not measurable here (no RAPL), taken from options. NIC: from options (the testbed sets "
-        << "links with tc). Storage: " << (host.device_read_bytes_per_s > 0 ? "the activation cache's own write and read rates (ActCache records through the page cache; raw device rates in calibration.storage_device)" : host.storage_measured ? "measured (fsync'd write, uncached read)" : "from options")
+        << "links with tc). Storage: " << (host.device_read_bytes_per_s > 0 ? "the activation cache's own write and read costs, a fixed cost per record and a rate (ActCache records of two sizes through the page cache, calibration.cache_records; raw device rates in calibration.storage_device)" : host.storage_measured ? "measured (fsync'd write, uncached read)" : "from options")
         << ". Memory: usable = physical (or cgroup limit) minus a reserve.";
   if (!host.notes.empty()) notes << " " << host.notes;
 
@@ -353,6 +360,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
   if (host.device_read_bytes_per_s > 0)
     j["calibration"]["storage_device"] = {{"read_bytes_per_s", host.device_read_bytes_per_s},
                                           {"write_bytes_per_s", host.device_write_bytes_per_s}};
+  if (!host.cache_records.is_null()) j["calibration"]["cache_records"] = host.cache_records;
   // What we write must load: the planner's own loader is the check.
   device_profile_from_json(JsonIn::from(j, host.name));
   return j;
@@ -401,9 +409,10 @@ void storage_measure(const std::string& dir, long long bytes, double* read_bps, 
   *read_bps = bytes / std::max(tr, 1e-9);
 }
 
-void cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples, double* read_bps,
-                   double* write_bps) {
-  std::string folder = path_join(dir, ".pac-profile-cache." + std::to_string(getpid()));
+// Seconds per record to write and to read back `samples` records of [n_taps, seq_len,
+// dim] through a fresh ActCache in `folder`; the stored bytes of one record in *record.
+static void cache_pass(const std::string& folder, int n_taps, int seq_len, int dim, int samples, double* write_s,
+                       double* read_s, double* record) {
   CacheKey key;
   key.weights_sha256 = "pac-profile";
   key.tokenizer_sha256 = "pac-profile";
@@ -412,12 +421,11 @@ void cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int
   key.dim = dim;
   key.n_taps = n_taps;
   torch::Tensor taps = torch::randn({n_taps, seq_len, dim});
-  double tw = 0, tr = 0, bytes = 0;
   {
     ActCache cache(folder, key);
     auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < samples; i++) cache.cache_write_sample("train", i, 1000 + i, taps);
-    tw = seconds_since(t0);
+    *write_s = seconds_since(t0) / samples;
     t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < samples; i++) {
       CacheRead r = cache.cache_read_sample("train", i, 1000 + i);
@@ -427,12 +435,61 @@ void cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int
                            r.problem);
       }
     }
-    tr = seconds_since(t0);
-    bytes = (double)cache.bytes_written;
+    *read_s = seconds_since(t0) / samples;
+    *record = (double)cache.bytes_written / samples;
   }
   std::filesystem::remove_all(folder);
-  *write_bps = bytes / std::max(tw, 1e-9);
-  *read_bps = bytes / std::max(tr, 1e-9);
+}
+
+void cache_cost_fit(double small_bytes, double small_s, double large_bytes, double large_s, double* rate,
+                      double* record_s) {
+  if (large_s > small_s && large_bytes > small_bytes) {
+    *rate = (large_bytes - small_bytes) / (large_s - small_s);
+    *record_s = std::max(0.0, small_s - small_bytes / *rate);
+  } else {
+    *rate = large_bytes / std::max(large_s, 1e-12);
+    *record_s = 0;
+  }
+}
+
+CacheCost cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples) {
+  std::string folder = path_join(dir, ".pac-profile-cache." + std::to_string(getpid()));
+  // Whole records of this model and one-tap records, in three alternating rounds: the
+  // medians of per-record times, so a slow stretch of the disk moves one round only.
+  std::vector<double> ws, rs, wl, rl;
+  double small = 0, large = 0;
+  for (int round = 0; round < 3; round++) {
+    double w, r;
+    cache_pass(folder, 1, seq_len, dim, samples, &w, &r, &small);
+    ws.push_back(w);
+    rs.push_back(r);
+    cache_pass(folder, n_taps, seq_len, dim, samples, &w, &r, &large);
+    wl.push_back(w);
+    rl.push_back(r);
+  }
+  CacheCost c;
+  c.small_record_bytes = small;
+  c.large_record_bytes = large;
+  c.small_write_s = median(ws);
+  c.small_read_s = median(rs);
+  c.large_write_s = median(wl);
+  c.large_read_s = median(rl);
+  c.samples = samples;
+  cache_cost_fit(small, c.small_write_s, large, c.large_write_s, &c.write_bytes_per_s, &c.write_record_s);
+  cache_cost_fit(small, c.small_read_s, large, c.large_read_s, &c.read_bytes_per_s, &c.read_record_s);
+  return c;
+}
+
+json cache_cost_json(const CacheCost& c) {
+  return {{"method", "ActCache records of 1 tap and of all taps, 3 alternating rounds, median seconds per record; "
+                     "t = record_s + bytes / rate through the two sizes"},
+          {"samples", c.samples},
+          {"small_record_bytes", c.small_record_bytes},
+          {"large_record_bytes", c.large_record_bytes},
+          {"small_write_s", c.small_write_s},
+          {"large_write_s", c.large_write_s},
+          {"small_read_s", c.small_read_s},
+          {"large_read_s", c.large_read_s}};
 }
 
 static double read_number_file(const std::string& path) {
