@@ -18,6 +18,11 @@ profile values with which pac-sim reproduces the measured time:
   2. message: TWO such devices as a 2-stage pipeline, the same data, with (1) in the
               profile: what is left is per message (both ends) -> message_overhead_s.
 
+Before the fits, the cost per training step (step_overhead_s: the step's command and
+result through the coordinator, in which no plan task runs) is measured, not fitted:
+pac-run reports it (epochs[].step_gap_s); the one-device plan is run at one full core
+for it (step_measure), and the fits then simulate with it.
+
 Each plan runs --repeats times and its median run by total time is fitted, with the
 machine's speed probed around every run (bench/fidelity.py's probe): the trial plans are
 simulated at that speed (fid.plan_at_speed), because this host's speed moves by a
@@ -33,6 +38,7 @@ the profile's calibration.overhead block, with every run's time and probes.
     python3 bench/calibrate_overhead.py --only testbed-q050-d512,testbed-q100-d512
     python3 bench/calibrate_overhead.py --devices /tmp/p/devices --only testbed-q050-d512
     python3 bench/calibrate_overhead.py --refit --work /tmp/pac-overhead   # fit again, run nothing
+    python3 bench/calibrate_overhead.py --step-only --work /tmp/pac-step   # only the cost per step
 
 Needs root and network namespaces (pac-run --testbed) and the stories260K tokenizer
 (PAC_MODEL_DIR); exits 0 with a message, changing nothing, where those are missing.
@@ -42,6 +48,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -94,7 +101,9 @@ def fit_increasing(f, target, hi=1e-3, tol=1e-6, cap=1.0):
 
 def calibration_scenario(kind, profile_name, cal):
     """The calibration plan's scenario (see the module docstring)."""
-    quota = cal["cpu_quota"]
+    # The step plan runs without the quota's throttling: the step's CPU at full speed
+    # (step_measure scales it to the quota as the rates are).
+    quota = 1.0 if kind == "step" else cal["cpu_quota"]
     two = kind == "message"
     devices = [{"id": "w%d" % i, "profile": profile_name, "cpu_quota": quota} for i in range(2 if two else 1)]
     scen = {"name": "overhead-%s-%s" % (kind, profile_name),
@@ -199,6 +208,40 @@ def measure(a, kind, name, profile, known):
     return trial, fid.median_run(job["runs"]), job["runs"]
 
 
+def step_gap_s(run):
+    """pac-run's wall time per step beyond the step's slowest worker (the command, the
+    results, the coordinator between steps: epochs[].step_gap_s over the steps), None
+    for a report without it."""
+    rep = json.load(open(run["report"]))
+    gaps = [e.get("step_gap_s") for e in rep.get("epochs", [])]
+    if not gaps or None in gaps or not rep.get("tasks"):
+        return None
+    return sum(gaps) / rep["tasks"]
+
+
+def step_measure(a, name, profile):
+    """step_overhead_s of profile `name`: the median per-step gap of the one-device plan
+    run at one full core (measured, not fitted: pac-run reports it), / the profile's
+    sustained quota q. Under a throttling quota the gap also holds the wait for the next
+    CFS period, at random (11-31 ms per step measured at 0.25 core), which the simulator
+    models itself: the profile keeps the step's work as the rates are kept, sustained
+    seconds that take q of them in CPU at full speed (cpu_work_end). Returns (value,
+    record)."""
+    _, _, runs = measure(a, "step", name, profile, {})
+    gaps = [g for g in (step_gap_s(r) for r in runs) if g is not None]
+    if not gaps:
+        raise SystemExit("calibrate_overhead: %s: pac-run reported no step_gap_s (rebuild pac-run)" % name)
+    q = profile.get("sustained_quota", 0)
+    q = q if 0 < q < 1 else 1.0
+    gap = statistics.median(gaps)
+    value = gap / q
+    log("%s: step_overhead_s = %.3f ms (median of %s ms per step at one core, / %.2f)" % (
+        name, 1e3 * value, ", ".join("%.2f" % (1e3 * g) for g in gaps), q))
+    return value, {"plan": "step (the task plan at one core)", "step_gap_s": [round(g, 7) for g in gaps],
+                   "median_gap_s": round(gap, 7), "sustained_quota": q, "value": round(value, 7),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def run_speed(run):
     """The machine's speed around one run (mean of the probes before and after), None
     when it was not probed."""
@@ -224,6 +267,14 @@ def calibrate_profile(a, path):
     record = {"date": old["date"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "samples": SAMPLES, "repeats": old["repeats"] if old else a.repeats, "plans": {}}
     values = {f: 0.0 for f in FIELDS}
+    # The cost per step is measured (pac-run's step_gap_s on the one-device plan) before
+    # the fits, which then simulate with it; --refit keeps the recorded one.
+    if old:
+        record["step"] = old.get("step")
+    else:
+        profile.pop("step_overhead_s", None)
+        step, record["step"] = step_measure(a, name, profile)
+        profile["step_overhead_s"] = step
     for kind, field in (("task", task_field(profile)), ("message", "message_overhead_s")):
         if old:
             work = os.path.join(a.work, name, kind)
@@ -275,6 +326,24 @@ def calibrate_profile(a, path):
     return record
 
 
+def step_only(a, path):
+    """--step-only: measures step_overhead_s of one profile and records it in its
+    calibration.overhead, leaving the fitted values as they are (--refit fits them again
+    with it)."""
+    name = os.path.basename(path)[:-5]
+    profile = json.load(open(path))
+    cal = profile.get("calibration") or {}
+    if not cal.get("model") or not cal.get("cpu_quota"):
+        log("%s: no calibration.model / cpu_quota (not a testbed profile): skipped" % name)
+        return
+    profile.pop("step_overhead_s", None)
+    value, rec = step_measure(a, name, profile)
+    out = json.load(open(path))
+    out["step_overhead_s"] = round(value, 7)
+    out["calibration"].setdefault("overhead", {})["step"] = rec
+    fid.write_atomic(path, json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", "build"))
@@ -286,6 +355,8 @@ def main():
     ap.add_argument("--work", default="/tmp/pac-overhead")
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="no machine-speed probe around runs "
                     "(the fit then compares with the simulation at the calibrated speed)")
+    ap.add_argument("--step-only", action="store_true", help="measure only step_overhead_s (the one-device plan, "
+                    "--repeats runs) and record it; the fitted values stay (--refit fits them again with it)")
     ap.add_argument("--refit", action="store_true", help="run nothing: fit again from the runs recorded in each "
                     "profile's calibration.overhead and the plans left in --work")
     model_dir = os.environ.get("PAC_MODEL_DIR", os.path.join(ROOT, "..", "shared", "models"))
@@ -328,7 +399,10 @@ def main():
     a.last_probe = None
     os.makedirs(a.work, exist_ok=True)
     for p in paths:
-        calibrate_profile(a, p)
+        if a.step_only:
+            step_only(a, p)
+        else:
+            calibrate_profile(a, p)
     return 0
 
 

@@ -114,8 +114,6 @@ struct LayoutTimes {
 LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay);
 Plan plan_assemble(const PlanCtx& c, const Layout& lay, const std::string& strategy);
 
-// Ring all-reduce of `bytes` over `group` (Patarasuk & Yuan: 2(g-1)/g of the data per
-// device, 2(g-1) latency steps).
 // The optimizer step's rate on device d: the profile's calibrated "optimizer" rate (the
 // AdamW step, mostly per-tensor dispatch) when it has one, else `fallback` (the compute
 // rate the caller used before profiles timed it).
@@ -124,11 +122,16 @@ inline double optimizer_rate(const PlanCtx& c, int d, double fallback) {
 }
 
 // Seconds of the AdamW step over `trainable` parameters on device d (~12 FLOP per
-// parameter), a compute task like any other: plus the profile's task_overhead_s.
+// parameter), a compute task like any other: plus the profile's task_overhead_s, and its
+// step_overhead_s, the runtime's cost per training step (the step's command and result
+// through the coordinator), which falls between this task and the device's next step.
 inline double optimizer_s(const PlanCtx& c, int d, double trainable, double fallback) {
-  return 12 * trainable / optimizer_rate(c, d, fallback) + c.s->devices[d].profile.task_overhead_s;
+  const DeviceProfile& p = c.s->devices[d].profile;
+  return 12 * trainable / optimizer_rate(c, d, fallback) + p.task_overhead_s + p.step_overhead_s;
 }
 
+// Ring all-reduce of `bytes` over `group` (Patarasuk & Yuan: 2(g-1)/g of the data per
+// device, 2(g-1) latency steps).
 double allreduce_s(const PlanCtx& c, const std::vector<int>& group, double bytes);
 
 }  // namespace pac

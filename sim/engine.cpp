@@ -206,6 +206,7 @@ class Engine {
   void task_ready(int t);
   void task_start(int t);
   double cpu_work_end(int d, double sustained_s);
+  double cpu_ready_at(int d) const;
   void task_finish(int t);
   void engine_dispatch(int d, bool storage);
   void dispatch_mark(int d);
@@ -539,6 +540,19 @@ double Engine::cpu_work_end(int d, double sustained_s) {
   }
 }
 
+// When device `d` can next run a moment of CPU work (a ring step's receive, reduce and
+// send): now, unless its quota's budget for the current period is spent, in which case
+// the kernel holds it until the next period (+ the profile's throttle delay, as in
+// cpu_work_end). Work booked into a later period (a running task) does not hold it: the
+// step's CPU is negligible next to a period.
+double Engine::cpu_ready_at(int d) const {
+  const DevState& ds = dev_[d];
+  if (ds.cfs_quota <= 0) return now_;
+  const int64_t k = static_cast<int64_t>(std::floor(now_ / kCfsPeriodS));
+  if (ds.cfs_period != k || ds.cfs_used < ds.cfs_quota * kCfsPeriodS * (1 - 1e-12)) return now_;
+  return (k + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+}
+
 // `t` here and below is a task instance (slot * nt_ + task id).
 void Engine::task_start(int t) {
   const Task& task = task_of(t);
@@ -582,9 +596,13 @@ void Engine::collective_step_begin(int t) {
   const Task& task = task_of(t);
   const int g = static_cast<int>(task.group.size());
   coll_pending_[t] = g;
+  // Every member handles every step (receive, reduce, send on): a member its CPU quota
+  // has throttled holds the whole ring until its next period.
+  double start = now_;
+  for (int d : task.group) start = std::max(start, cpu_ready_at(d));
   for (int i = 0; i < g; i++) {
     int src = task.group[i], dst = task.group[(i + 1) % g];
-    push(now_ + pair_lat_s_[src * n_ + dst], EV_FLOW_START, t, i);
+    push(start + pair_lat_s_[src * n_ + dst], EV_FLOW_START, t, i);
   }
 }
 

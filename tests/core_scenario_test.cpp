@@ -67,6 +67,7 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   json tx2 = json::parse(file_read(kProfiles + "/devices/jetson-tx2.json"));
   nano["message_overhead_s"] = 0.002;
   nano["task_overhead_s"] = 0.003;
+  nano["step_overhead_s"] = 0.0021;
   tx2["message_overhead_s"] = 0.001;
   json doc = base_doc();
   doc["cluster"]["devices"][0]["profile"] = nano;
@@ -82,6 +83,8 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   Scenario back = scenario_from_json(JsonIn::from(scenario_to_json(s), "resolved.json"), kProfiles);
   EXPECT_DOUBLE_EQ(back.devices[1].profile.message_overhead_s, 0.002);
   EXPECT_DOUBLE_EQ(back.devices[1].profile.task_overhead_s, 0.003);
+  EXPECT_DOUBLE_EQ(back.devices[1].profile.step_overhead_s, 0.0021);
+  EXPECT_EQ(back.devices[2].profile.step_overhead_s, 0);
   nano["task_overhead_s"] = -0.001;
   doc["cluster"]["devices"][0]["profile"] = nano;
   std::string err = input_error([&] { load_doc(doc); });

@@ -221,23 +221,26 @@ TEST(PlannerDp, DataParallelIterationMatchesClosedForm) {
 
 TEST(PlannerDp, RuntimeCostsEnterTheIterationInClosedForm) {
   // The same EDDL iteration on profiles with a calibrated runtime cost t per compute
-  // task and m per message end: the forward, the backward and the optimizer step each
-  // take t longer, and each of the all-reduce's 2(g-1) steps pays both ends' m:
-  // compute + 2t + (ar + 2 * 2m) + (opt + t).
+  // task, m per message end and u per training step: the forward, the backward and the
+  // optimizer step each take t longer, each of the all-reduce's 2(g-1) steps pays both
+  // ends' m, and the step's cost u falls after the optimizer step:
+  // compute + 2t + (ar + 2 * 2m) + (opt + t + u).
   Scenario s = scenario_load(kSrc + "/scenarios/local-stories260k.json", kSrc + "/profiles");
   s.method.kind = "lora";
   s.method.cache = false;
   Plan base = plan_make(s, "eddl");
-  const double t = 0.003, m = 0.0005;
+  const double t = 0.003, m = 0.0005, u = 0.002;
   for (DeviceSpec& d : s.devices) {
     d.profile.task_overhead_s = t;
     d.profile.message_overhead_s = m;
+    d.profile.step_overhead_s = u;
   }
   Plan p = plan_make(s, "eddl");
   double per_iter = base.predicted.epoch_s[0] / std::ceil(256.0 / 8);
-  EXPECT_NEAR(p.predicted.epoch_s[0], std::ceil(256.0 / 8) * (per_iter + 3 * t + 2 * 2 * m),
+  EXPECT_NEAR(p.predicted.epoch_s[0], std::ceil(256.0 / 8) * (per_iter + 3 * t + 2 * 2 * m + u),
               1e-9 * p.predicted.epoch_s[0]);
-  // Task by task: compute tasks t longer, the all-reduce 2 * 2m, nothing else changes.
+  // Task by task: compute tasks t longer (the optimizer step also u), the all-reduce
+  // 2 * 2m, nothing else changes.
   ASSERT_EQ(p.segments.size(), base.segments.size());
   int compute = 0;
   for (size_t g = 0; g < p.segments.size(); g++) {
@@ -249,6 +252,7 @@ TEST(PlannerDp, RuntimeCostsEnterTheIterationInClosedForm) {
                         b[i].kind == TaskKind::Optimizer;
       compute += is_compute;
       double more = is_compute ? t : b[i].kind == TaskKind::AllReduce ? 4 * m : 0.0;
+      if (b[i].kind == TaskKind::Optimizer) more += u;
       EXPECT_NEAR(b[i].seconds, a[i].seconds + more, 1e-12) << b[i].label;
     }
   }

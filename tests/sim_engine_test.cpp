@@ -514,6 +514,31 @@ TEST(SimEngine, QuotaBurstsRunFasterThanTheSustainedRate) {
   }
 }
 
+TEST(SimEngine, AThrottledMemberHoldsTheRingUntilItsNextPeriod) {
+  // Device 0 under a 0.5-core quota (100 ms period, 50 ms of budget), device 1 free; a
+  // forward on device 0, then a small all-reduce of both. A forward of 0.1 s (sustained)
+  // is 50 ms of CPU: it ends at 50 ms with the budget spent, so the ring cannot step
+  // until device 0 runs again at 100 ms, exactly when the forward would end without the
+  // quota. A forward of 0.08 s ends at 40 ms with budget left: the ring starts at once,
+  // 40 ms before the unthrottled case. With throttle_delay_s 10 ms the first waits 10 ms
+  // more.
+  auto run = [](double fwd_s, double quota, double delay) {
+    SimPlanBuilder pb(2, 1e9, 0);
+    pb.plan.scenario.devices[0].profile.sustained_quota = quota;
+    pb.plan.scenario.devices[0].cpu_quota = quota;
+    pb.plan.scenario.devices[0].profile.throttle_delay_s = delay;
+    pb.seg("x", 1, 1, 1);
+    int f = pb.compute(TaskKind::Forward, 0, fwd_s, {});
+    pb.collective(TaskKind::AllReduce, {0, 1}, 1e3, {f});
+    SimResult r = sim_run(pb.plan);
+    EXPECT_TRUE(r.ok);
+    return r.makespan_s;
+  };
+  EXPECT_NEAR(run(0.1, 0.5, 0), run(0.1, 0, 0), 1e-12);
+  EXPECT_NEAR(run(0.08, 0.5, 0), run(0.08, 0, 0) - 0.04, 1e-12);
+  EXPECT_NEAR(run(0.1, 0.5, 0.01), run(0.1, 0, 0) + 0.01, 1e-12);
+}
+
 TEST(SimEngine, CacheIoUsesTheDeviceStorageRate) {
   // Storage writes 50 MB/s, reads 200 MB/s: writing 100 MB takes 2 s, reading it back
   // 0.5 s (the tasks' own seconds, 9 s, are ignored when the task moves bytes).

@@ -450,7 +450,16 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "a = types.SimpleNamespace(bin_dir='" + bin_dir() + "', timeout=120, models_dir='" + kSrc + "/profiles/models')\n"
       "name = 'testbed-q050-s260k'\n"
       "prof = json.load(open('" + kSrc + "/profiles/devices/' + name + '.json'))\n"
+      // The fits run with the measured cost per step in the profile; the inversion is
+      // checked without it (4 ms per step would hide a 0.4 ms message in CFS waits).
+      "prof.pop('step_overhead_s', None)\n"
       "assert c.task_field(prof) == 'throttle_delay_s'\n"
+      // pac-run's step gap per step: the epochs' step_gap_s over the steps run.
+      "rep = os.path.join(dir, 'report.json'); os.makedirs(dir)\n"
+      "json.dump({'tasks': 8, 'epochs': [{'step_gap_s': 0.01}, {'step_gap_s': 0.006}]}, open(rep, 'w'))\n"
+      "assert abs(c.step_gap_s({'report': rep}) - 0.002) < 1e-15\n"
+      "json.dump({'tasks': 8, 'epochs': [{'time_s': 1.0}]}, open(rep, 'w'))\n"
+      "assert c.step_gap_s({'report': rep}) is None\n"
       "assert c.task_field({'sustained_quota': 0}) == c.task_field({}) == 'task_overhead_s'\n"
       "want = {'task': ('throttle_delay_s', 0.0021), 'message': ('message_overhead_s', 0.0004)}\n"
       "for kind in ('task', 'message'):\n"
@@ -522,6 +531,22 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       EXPECT_NEAR(p.throttle_delay_s, throttles ? fitted : 0.0, 1e-12) << file;
       EXPECT_NEAR(p.task_overhead_s, throttles ? 0.0 : fitted, 1e-12) << file;
       EXPECT_NEAR(p.message_overhead_s, plans["message"]["fitted"].get<double>(), 1e-12) << file;
+      // The cost per step is measured at one core and kept in sustained seconds: the
+      // median per-step gap / the quota (1 at one core), rounded as written.
+      const json& step = c["overhead"]["step"];
+      std::vector<double> gaps = step["step_gap_s"].get<std::vector<double>>();
+      std::sort(gaps.begin(), gaps.end());
+      double mid = gaps.size() % 2 ? gaps[gaps.size() / 2] : (gaps[gaps.size() / 2 - 1] + gaps[gaps.size() / 2]) / 2;
+      EXPECT_NEAR(p.step_overhead_s, mid / std::min(1.0, quota), 2e-7) << file;
+      // The cache's cost: the line through the reference run's two record sizes
+      // (calibration.reference_cache_records), its fixed cost / min(1, quota) and its
+      // rate x min(1, quota).
+      const json& cr = c["reference_cache_records"];
+      double slope = (cr["large_write_s"].get<double>() - cr["small_write_s"].get<double>()) /
+                     (cr["large_record_bytes"].get<double>() - cr["small_record_bytes"].get<double>());
+      double fixed = std::max(0.0, cr["small_write_s"].get<double>() - cr["small_record_bytes"].get<double>() * slope);
+      EXPECT_NEAR(p.storage_write_record_s, fixed / std::min(1.0, quota), 1e-9) << file;
+      EXPECT_NEAR(p.storage_write_bytes_per_s, std::min(1.0, quota) / slope, 1e-6 / slope) << file;
       overheads++;
     }
   EXPECT_EQ(overheads, 8);
@@ -584,8 +609,10 @@ TEST(SimFidelityHarness, OptimizerTasksUseTheTimedRate) {
         if (t.kind != TaskKind::Optimizer) continue;
         const DeviceProfile& prof = sc.devices[t.device].profile;
         double rate = prof.eff_flops_by_kind.at("optimizer");
-        // The timed rate, plus the runtime's per-task cost like every compute task.
-        EXPECT_NEAR(t.seconds, t.flops / rate + prof.task_overhead_s, 1e-12 * t.seconds) << strategy << " " << t.label;
+        // The timed rate, plus the runtime's per-task cost like every compute task, and
+        // its cost per step (the coordinator's command and result after the step).
+        EXPECT_NEAR(t.seconds, t.flops / rate + prof.task_overhead_s + prof.step_overhead_s, 1e-12 * t.seconds)
+            << strategy << " " << t.label;
         checked++;
       }
   }

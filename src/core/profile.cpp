@@ -25,7 +25,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   j.check_keys({"name", "source", "notes", "peak_flops_fp32", "peak_flops_fp16", "eff_flops", "eff_flops_by_kind",
                 "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
-                "storage_read_record_s", "task_overhead_s", "message_overhead_s",
+                "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
                 "sustained_quota", "throttle_delay_s", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
@@ -50,6 +50,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.storage_read_record_s = j.number_or("storage_read_record_s", 0, 0, 1);
   p.task_overhead_s = j.number_or("task_overhead_s", 0, 0, 1);
   p.message_overhead_s = j.number_or("message_overhead_s", 0, 0, 1);
+  p.step_overhead_s = j.number_or("step_overhead_s", 0, 0, 1);
   p.sustained_quota = j.number_or("sustained_quota", 0, 0, 1);
   p.throttle_delay_s = j.number_or("throttle_delay_s", 0, 0, 1);
   return p;
@@ -75,6 +76,7 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.storage_read_record_s > 0) j["storage_read_record_s"] = p.storage_read_record_s;
   if (p.task_overhead_s > 0) j["task_overhead_s"] = p.task_overhead_s;
   if (p.message_overhead_s > 0) j["message_overhead_s"] = p.message_overhead_s;
+  if (p.step_overhead_s > 0) j["step_overhead_s"] = p.step_overhead_s;
   if (p.sustained_quota > 0) j["sustained_quota"] = p.sustained_quota;
   if (p.throttle_delay_s > 0) j["throttle_delay_s"] = p.throttle_delay_s;
   return j;

@@ -47,6 +47,11 @@ struct DeviceProfile {
   // hand-over). 0 = not calibrated: the kernels alone (datasheet profiles).
   double task_overhead_s = 0;
   double message_overhead_s = 0;
+  // Per training step: the step's command and result between the coordinator and this
+  // device (parse, tensors from the JSON, the reply), wall seconds in which no plan task
+  // runs; measured by bench/calibrate_overhead.py from pac-run's step_gap_s and charged
+  // with the device's optimizer task (optimizer_s). 0 = not measured.
+  double step_overhead_s = 0;
   // Testbed profiles: the CPU quota q (cores, < 1) under which the rates above are
   // sustained (the unthrottled 1-thread rates x q, docs/profiling.md). The simulator
   // then models the CFS period: bursts of work run at 1/q the rate while the period's
