@@ -268,6 +268,38 @@ def plan_at_speed(plan_file, speed, out_file):
     write_atomic(out_file, json.dumps(p))
 
 
+# The runtime-cost and storage fields of a device profile: what --reprofile takes from
+# other profiles while the plan's layout and rates stay.
+REPROFILE_FIELDS = ("storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_read_record_s",
+                    "storage_write_record_s", "task_overhead_s", "message_overhead_s", "step_overhead_s",
+                    "throttle_delay_s", "sustained_quota")
+
+
+def plan_reprofiled(plan_file, devices_dir, out_file):
+    """The plan with each device's embedded profile given the REPROFILE_FIELDS of the
+    profile of the same name in `devices_dir` (absent there = absent), and its compute
+    tasks re-priced for the change in task_overhead_s (and the optimizer's for
+    step_overhead_s) as the planner prices them: the same layout and rates, the other
+    profiles' runtime costs. The simulator reads the rest (cache I/O, latencies, the
+    quota) from the profiles."""
+    p = json.load(open(plan_file))
+    d_task, d_step = [], []
+    for dev in p["scenario"]["cluster"]["devices"]:
+        prof = dev["profile"]
+        new = json.load(open(os.path.join(devices_dir, prof["name"] + ".json")))
+        d_task.append(new.get("task_overhead_s", 0) - prof.get("task_overhead_s", 0))
+        d_step.append(new.get("step_overhead_s", 0) - prof.get("step_overhead_s", 0))
+        for k in REPROFILE_FIELDS:
+            prof.pop(k, None)
+            if k in new:
+                prof[k] = new[k]
+    for seg in p["segments"]:
+        for t in seg["tasks"]:
+            if t["kind"] in ("forward", "backward", "optimizer"):
+                t["seconds"] += d_task[t["device"]] + (d_step[t["device"]] if t["kind"] == "optimizer" else 0)
+    write_atomic(out_file, json.dumps(p))
+
+
 def write_train_data(path, samples, source):
     """`samples` paragraphs (cycling through `source`). A paragraph longer than seq_len+1
     tokens becomes several examples, so pac-run also gets `--samples 0`: it trains on the
@@ -779,6 +811,10 @@ def main():
     ap.add_argument("--refinish", metavar="RESULTS_JSON", default=None,
                     help="run nothing: redo every row's comparison (pac-sim --validate, the speeds) from the plans "
                     "and run reports an earlier suite left in --work, then as --resummarize")
+    ap.add_argument("--reprofile", metavar="DEVICES_DIR", default=None,
+                    help="with --refinish: compare the runs with their plans given the runtime costs and cache "
+                    "figures of the profiles in DEVICES_DIR (plan_reprofiled): an A/B of two calibrations on "
+                    "the same measurements")
     ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
                     help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
                     "scenarios of 1-core devices on >= 1 Gbit/s links")
@@ -805,6 +841,12 @@ def main():
     a = ap.parse_args()
     if a.repeats < 1:
         print("fidelity: --repeats: expected a count >= 1, got %d" % a.repeats, file=sys.stderr)
+        return 2
+    if a.reprofile and not a.refinish:
+        print("fidelity: --reprofile: only with --refinish (it re-compares an earlier suite's runs)", file=sys.stderr)
+        return 2
+    if a.reprofile and not os.path.isdir(a.reprofile):
+        print("fidelity: --reprofile: %s is not a folder of device profiles" % a.reprofile, file=sys.stderr)
         return 2
     if a.resummarize:
         return resummarize(a)
@@ -905,7 +947,11 @@ def refinish(a):
             r["report"] = os.path.join(d, "run-%d.json" % r["run"])
         if not row.get("speed_key"):
             row["speed_key"] = speed_key(json.load(open(os.path.join(ROOT, "bench/fidelity", row["scenario"] + ".json"))))
-        jobs.append({"dir": d, "plan": os.path.join(d, "plan.json"), "runs": runs, "trace": None})
+        plan = os.path.join(d, "plan.json")
+        if a.reprofile:
+            plan_reprofiled(plan, a.reprofile, os.path.join(d, "plan-reprofiled.json"))
+            plan = os.path.join(d, "plan-reprofiled.json")
+        jobs.append({"dir": d, "plan": plan, "runs": runs, "trace": None})
     a.probe = True
     a.calibration = doc.get("calibration")
     a.repeats = doc.get("repeats", 1)

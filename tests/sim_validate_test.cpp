@@ -554,6 +554,42 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
   EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
 
+// --refinish --reprofile: a plan's embedded profiles take the runtime costs and cache
+// figures of other profiles (absent there = absent), and its compute tasks shift by the
+// change in task_overhead_s (the optimizer's also by step_overhead_s); rates, layout and
+// communication stay.
+TEST(SimFidelityHarness, ReprofiledPlanTakesTheOtherProfilesRuntimeCosts) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/reprofile";
+  std::string py =
+      "import json, os, shutil\n"
+      "dir = '" + dir + "'\n"
+      "shutil.rmtree(dir, ignore_errors=True); os.makedirs(dir + '/devices')\n"
+      "prof = {'name': 'q', 'eff_flops': {'fp32': 1e9}, 'task_overhead_s': 0.001, 'message_overhead_s': 0.04,\n"
+      "        'storage_write_bytes_per_s': 1e8}\n"
+      "plan = {'scenario': {'cluster': {'devices': [{'id': 'w0', 'profile': dict(prof)}]}},\n"
+      "        'segments': [{'tasks': [{'kind': 'forward', 'device': 0, 'seconds': 0.5},\n"
+      "                                {'kind': 'optimizer', 'device': 0, 'seconds': 0.1},\n"
+      "                                {'kind': 'send', 'device': 0, 'seconds': 0.2}]}]}\n"
+      "json.dump(plan, open(dir + '/plan.json', 'w'))\n"
+      "new = dict(prof, task_overhead_s=0.003, step_overhead_s=0.002, storage_write_record_s=0.0003,\n"
+      "           storage_write_bytes_per_s=2e8, eff_flops={'fp32': 5e9})\n"
+      "del new['message_overhead_s']\n"
+      "json.dump(new, open(dir + '/devices/q.json', 'w'))\n"
+      "f.plan_reprofiled(dir + '/plan.json', dir + '/devices', dir + '/out.json')\n"
+      "p = json.load(open(dir + '/out.json'))\n"
+      "e = p['scenario']['cluster']['devices'][0]['profile']\n"
+      "assert e['task_overhead_s'] == 0.003 and e['step_overhead_s'] == 0.002, e\n"
+      "assert e['storage_write_record_s'] == 0.0003 and e['storage_write_bytes_per_s'] == 2e8, e\n"
+      "assert 'message_overhead_s' not in e and e['eff_flops'] == {'fp32': 1e9}, e\n"
+      "t = p['segments'][0]['tasks']\n"
+      "assert abs(t[0]['seconds'] - 0.502) < 1e-15 and abs(t[1]['seconds'] - 0.104) < 1e-15, t\n"
+      "assert t[2]['seconds'] == 0.2, t\n"
+      "print('ok')\n";
+  fidelity_py_ok("reprofile", py);
+}
+
 // The harness at the probed machine speed: plan_at_speed divides every compute task's
 // seconds by the speed and leaves communication and cache I/O alone, so the simulated
 // standalone plan (compute only) takes exactly 1/speed as long, and a plan with
