@@ -31,11 +31,13 @@ part "fidelity harness (simulated side)" ctest --output-on-failure --timeout 900
 # run on the testbed, after re-measuring the two device profiles it uses on this machine
 # (--calibrate always, ~45 s: this host's speed moves by a third between minutes, and a
 # profile from another moment or machine would make the gate measure the host); fails
-# when the epoch-time MAPE at the probed machine speed exceeds 20% or the run breaks. Without root / namespaces / the tokenizer the row
+# when the epoch-time MAPE at the probed machine speed exceeds 20% or the run breaks. The
+# row runs 3 times and is judged on its median run, as in the suite (one run judged 8-18%
+# from one fresh clone to the next). Without root / namespaces / the tokenizer the row
 # is skipped with the reason (docs/fidelity.md, "CI gate").
 fid_work=$(mktemp -d /tmp/pac-ci-fidelity.XXXXXX)
 part "fidelity gate (measured on the testbed, <= 20%)" python3 ../bench/fidelity.py --build-dir "$build_abs" \
-  --scenarios ../bench/fidelity/fid-d512-050-100-switched100-nocache.json --strategies pac --max-error 20 --calibrate always \
+  --scenarios ../bench/fidelity/fid-d512-050-100-switched100-nocache.json --strategies pac --max-error 20 --calibrate always --repeats 3 \
   --work "$fid_work/work" --out "$fid_work/fidelity.json" --table "$fid_work/fidelity.md" --plot "" \
   --trace-dir "$fid_work"
 rm -rf "$fid_work"
