@@ -338,10 +338,9 @@ def step_only(a, path):
         return
     profile.pop("step_overhead_s", None)
     value, rec = step_measure(a, name, profile)
-    out = json.load(open(path))
-    out["step_overhead_s"] = round(value, 7)
-    out["calibration"].setdefault("overhead", {})["step"] = rec
-    fid.write_atomic(path, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    profile["step_overhead_s"] = round(value, 7)
+    profile["calibration"].setdefault("overhead", {})["step"] = rec
+    fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
 
 
 def main():

@@ -3,7 +3,8 @@
 
     calibrate_profiles.py merge OUT ROUND.json [ROUND.json ...]
         the reference rounds of one model -> one reference profile: every timing the median
-        of its rounds' medians (kept in round_medians_s), storage rates likewise
+        of its rounds' medians (kept in round_medians_s); the cache's figures those of the
+        round with the median write rate
     calibrate_profiles.py sustained RAW.json REF.json QUOTA OUT
         a profile measured under a CPU quota -> the testbed profile: every rate the
         reference's no-quota 1-thread rate of the same kind and micro-batch x min(1, quota)
@@ -44,13 +45,19 @@ def merge(out, files):
         t["round_medians_s"] = ms
         t["median_s"] = statistics.median(ms)
         t["flops_per_s"] = t["flops"] / t["median_s"] if t["median_s"] > 0 else 0
-    for k in STORAGE_RATES:
-        merged[k] = statistics.median(p[k] for p in profs)
-    for k in STORAGE_RECORDS:
-        merged[k] = statistics.median(p.get(k, 0) for p in profs)
-        if merged[k] <= 0:
-            merged.pop(k)
+    # The cache's figures come whole from one round, the one with the median write rate,
+    # not as a median per field: a round's rates and fixed costs per record are one fit of
+    # its measurements (calibration.cache_records), which stay beside them.
+    mid = sorted(profs, key=lambda p: p["storage_write_bytes_per_s"])[(len(profs) - 1) // 2]
+    for k in STORAGE_RATES + STORAGE_RECORDS:
+        merged.pop(k, None)
+        if k in mid:
+            merged[k] = mid[k]
     c = merged["calibration"]
+    for k in ("cache_records", "storage_device"):
+        c.pop(k, None)
+        if mid["calibration"].get(k) is not None:
+            c[k] = mid["calibration"][k]
     c["load_average_after"] = profs[-1]["calibration"]["load_average_after"]
     c["reference_rounds"] = [{"date": p["calibration"]["date"], "load_average": [p["calibration"]["load_average_before"],
                               p["calibration"]["load_average_after"]]} for p in profs]

@@ -58,8 +58,8 @@ quota_tag() { python3 -c "import sys; print('q%03d' % round(float(sys.argv[1]) *
 
 # Common options: what a testbed device is besides its compute rate. Memory: 4 GB, an
 # edge board's budget (the testbed may enforce it as the cgroup memory limit).
-common=(--seq "$seq" --micro-batches 1,2,4,8 --warmup 2 --repeats "$repeats" --storage-mb 64
-        --memory-bytes 4e9 --nic-bandwidth-bps 1e9 --nic-latency-s 1e-4 --quiet)
+device=(--memory-bytes 4e9 --nic-bandwidth-bps 1e9 --nic-latency-s 1e-4 --quiet)
+common=(--seq "$seq" --micro-batches 1,2,4,8 --warmup 2 --repeats "$repeats" --storage-mb 64 "${device[@]}")
 
 echo "calibrate_testbed: load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${STORAGE_ONLY:-0}" = 1 ]; then
@@ -71,8 +71,7 @@ if [ "${STORAGE_ONLY:-0}" = 1 ]; then
     tag=$(model_tag "$model")
     echo "calibrate_testbed: $model activation cache (no quota)"
     "$profile_exe" --model "$model" --threads 1 --seq "$seq" --micro-batches 1 --warmup 0 --repeats 1 --storage-mb 64 \
-      --memory-bytes 4e9 --nic-bandwidth-bps 1e9 --nic-latency-s 1e-4 --quiet --name "testbed-ref-$tag" \
-      -o "$results/storage-ref-$tag.json"
+      "${device[@]}" --name "testbed-ref-$tag" -o "$results/storage-ref-$tag.json"
     profs=()
     for q in $quotas; do profs+=("$out_dir/testbed-$(quota_tag "$q")-$tag.json"); done
     python3 bench/calibrate_profiles.py storage "$results/storage-ref-$tag.json" "${profs[@]}"
@@ -108,7 +107,7 @@ for model in $models; do
     fi
   done
   # Merge the rounds into $ref.profile.json: every timing the median of its rounds (the
-  # rounds' own medians kept in round_medians_s), storage rates likewise.
+  # rounds' own medians kept in round_medians_s), the cache's figures from the round with the median write rate.
   python3 bench/calibrate_profiles.py merge "$ref.profile.json" "${rounds[@]}"
   for q in $quotas; do
     name=testbed-$(quota_tag "$q")-$tag

@@ -48,6 +48,12 @@ static SwitchFlow switch_flow(const PlanCtx& c, const Layout& lay) {
   return f;
 }
 
+// Cache records receiver e writes for `bytes` of what it receives (its new records
+// spread over its incoming bytes).
+static double switch_records(const SwitchFlow& f, int e, double bytes) {
+  return f.in[e] > 0 ? f.records[e] * bytes / f.in[e] : 0;
+}
+
 // Each transfer of the switch is cut into this many chunks, sent one after another; a
 // receiver writes a chunk as soon as it has arrived, so network and storage overlap.
 constexpr int kSwitchChunks = 8;
@@ -100,7 +106,7 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
     for (int e = 0; e < c.n; e++) {
       double chunk = pair[d][e] / kSwitchChunks;
       if (chunk <= 0) continue;
-      last_chunk = std::max(last_chunk, cache_io_s(c.s->devices[e].profile, true, f.records[e] * chunk / f.in[e], chunk));
+      last_chunk = std::max(last_chunk, cache_io_s(c.s->devices[e].profile, true, switch_records(f, e, chunk), chunk));
     }
   }
   if (c.shared_medium) net = total_in * 8 / c.medium_bps;
@@ -459,7 +465,7 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
         gb.dep(sd, prev);
         int w = gb.add(TaskKind::CacheWrite, e, "cache in " + pair + part);
         gb.tasks[w].bytes = bytes;
-        gb.tasks[w].samples = f.records[e] * bytes / f.in[e];  // its part of e's new records
+        gb.tasks[w].samples = switch_records(f, e, bytes);
         gb.tasks[w].seconds = cache_io_s(c.s->devices[e].profile, true, gb.tasks[w].samples, bytes);
         gb.dep(w, sd);
         prev = sd;

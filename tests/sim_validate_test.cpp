@@ -554,6 +554,38 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
   EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
 
+// calibrate_profiles.py merge: every timing the median of its rounds, and the cache's
+// figures (rates, fixed costs per record, the measurements they were fitted from) all
+// from the round with the median write rate, never mixed across rounds.
+TEST(SimFidelityHarness, MergeTakesTheCacheFiguresOfOneRound) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/merge_rounds";
+  std::string py =
+      "import json, os, shutil\n"
+      "import calibrate_profiles as cp\n"
+      "dir = '" + dir + "'\n"
+      "shutil.rmtree(dir, ignore_errors=True); os.makedirs(dir)\n"
+      "files = []\n"
+      "for i, (w, rec, med) in enumerate([(3e8, 2e-4, 0.03), (1e8, 5e-4, 0.05), (2e8, 1e-4, 0.04)]):\n"
+      "    r = {'storage_write_bytes_per_s': w, 'storage_read_bytes_per_s': 2 * w, 'storage_write_record_s': rec,\n"
+      "         'calibration': {'date': str(i), 'load_average_before': 0, 'load_average_after': i,\n"
+      "                         'cache_records': {'round': i}, 'storage_device': {'round': i},\n"
+      "                         'timings': [{'kind': 'layer', 'micro_batch': 1, 'threads': 1, 'flops': 1e9,\n"
+      "                                      'median_s': med}]}}\n"
+      "    files.append(os.path.join(dir, 'r%d.json' % i)); json.dump(r, open(files[-1], 'w'))\n"
+      "cp.merge(os.path.join(dir, 'm.json'), files)\n"
+      "m = json.load(open(os.path.join(dir, 'm.json')))\n"
+      "assert m['storage_write_bytes_per_s'] == 2e8 and m['storage_read_bytes_per_s'] == 4e8, m\n"
+      "assert m['storage_write_record_s'] == 1e-4 and 'storage_read_record_s' not in m, m\n"
+      "c = m['calibration']\n"
+      "assert c['cache_records'] == {'round': 2} and c['storage_device'] == {'round': 2}, c\n"
+      "t = c['timings'][0]\n"
+      "assert t['median_s'] == 0.04 and t['round_medians_s'] == [0.03, 0.05, 0.04], t\n"
+      "print('ok')\n";
+  fidelity_py_ok("merge_rounds", py);
+}
+
 // --refinish --reprofile: a plan's embedded profiles take the runtime costs and cache
 // figures of other profiles (absent there = absent), and its compute tasks shift by the
 // change in task_overhead_s (the optimizer's also by step_overhead_s); rates, layout and

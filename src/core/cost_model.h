@@ -69,12 +69,12 @@ StageMemory stage_memory(const ModelCost& mc, int b, int e, double held_samples,
 // A cached epoch: the whole side network (all layers) on `samples` samples per step.
 StageMemory cached_memory(const ModelCost& mc, double samples);
 
-// Seconds on device `p` for `samples` samples of layers [b, e), as one forward and one
-// backward task: each also costs the profile's task_overhead_s (none for 0 samples).
 // Seconds for the activation cache to write (or read) `records` samples' records of
 // `bytes` in all on device `p`: the fixed cost per record plus the bytes at the rate.
 double cache_io_s(const DeviceProfile& p, bool write, double records, double bytes);
 
+// Seconds on device `p` for `samples` samples of layers [b, e), as one forward and one
+// backward task: each also costs the profile's task_overhead_s (none for 0 samples).
 struct StageTime {
   double fwd = 0, bwd = 0;     // compute
   double cache_write = 0;      // storage, overlaps compute (its own resource)

@@ -132,12 +132,10 @@ int main(int argc, char** argv) {
       const int n_taps = o.model.total_layers() + 1;
       const double record = (double)n_taps * o.seq_len * o.model.hidden * 4;
       const int samples = std::max(4, (int)std::ceil(storage_mb * (1 << 20) / record));
-      CacheCost cc = cache_measure(storage_dir, n_taps, o.seq_len, o.model.hidden, samples);
+      host.cache = cache_measure(storage_dir, n_taps, o.seq_len, o.model.hidden, samples);
+      const CacheCost& cc = host.cache;
       host.storage_read_bytes_per_s = cc.read_bytes_per_s;
       host.storage_write_bytes_per_s = cc.write_bytes_per_s;
-      host.storage_read_record_s = cc.read_record_s;
-      host.storage_write_record_s = cc.write_record_s;
-      host.cache_records = cache_cost_json(cc);
       if (!o.quiet)
         std::fprintf(stderr,
                      "pac-profile: activation cache (%d records of %.1f MB and of 1 tap): write %.2f ms/record + %.0f MB/s, "

@@ -320,8 +320,8 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
   p.nic_latency_s = host.nic_latency_s;
   p.storage_read_bytes_per_s = host.storage_read_bytes_per_s;
   p.storage_write_bytes_per_s = host.storage_write_bytes_per_s;
-  p.storage_read_record_s = host.storage_read_record_s;
-  p.storage_write_record_s = host.storage_write_record_s;
+  p.storage_read_record_s = host.cache.read_record_s;
+  p.storage_write_record_s = host.cache.write_record_s;
 
   ModelConfig timed = profile_timed_config(o.model);
   std::ostringstream notes;
@@ -360,7 +360,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
   if (host.device_read_bytes_per_s > 0)
     j["calibration"]["storage_device"] = {{"read_bytes_per_s", host.device_read_bytes_per_s},
                                           {"write_bytes_per_s", host.device_write_bytes_per_s}};
-  if (!host.cache_records.is_null()) j["calibration"]["cache_records"] = host.cache_records;
+  if (host.cache.samples > 0) j["calibration"]["cache_records"] = cache_cost_json(host.cache);
   // What we write must load: the planner's own loader is the check.
   device_profile_from_json(JsonIn::from(j, host.name));
   return j;

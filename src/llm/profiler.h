@@ -80,6 +80,31 @@ struct ProfileTiming {
 // Times every kind for every (threads, micro-batch). Prints progress to stderr.
 std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o);
 
+// The activation cache's own cost: records written and read back through ActCache
+// (cache_write_sample: dtype conversion, SHA-256, atomic file write with fsync;
+// cache_read_sample: file read from the page cache, checksum, copy) in a fresh folder
+// under `dir`, removed afterwards. This, not the raw device rate of storage_measure, is
+// what a cache task costs: the records of an epoch are read back from the page cache,
+// and the time goes to the work around the bytes (docs/profiling.md, "Storage"). Two
+// record sizes (1 tap and `n_taps`) give a fixed cost per record (file create, fsync,
+// rename; open, stat) and a rate for the bytes beyond it.
+struct CacheCost {
+  double write_bytes_per_s = 0, read_bytes_per_s = 0;  // stored record bytes per second
+  double write_record_s = 0, read_record_s = 0;        // fixed seconds per record
+  // What the fit was made from: median seconds per record of each size.
+  int samples = 0;
+  double small_record_bytes = 0, large_record_bytes = 0;
+  double small_write_s = 0, large_write_s = 0, small_read_s = 0, large_read_s = 0;
+};
+CacheCost cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples);
+json cache_cost_json(const CacheCost& c);  // the measurements, for calibration.cache_records
+// t = record_s + bytes / rate through two points (a small and a large record). Noise
+// can make the small record as slow as the large one: then the rate is the large
+// record's alone and the fixed cost 0, never a negative or infinite figure; likewise a
+// fixed cost the line puts below 0 is 0.
+void cache_cost_fit(double small_bytes, double small_s, double large_bytes, double large_s, double* rate,
+                    double* record_s);
+
 // Host figures that are not timed by profile_time_layers.
 struct HostFigures {
   std::string name;                    // profile name, e.g. "host-2core"
@@ -90,9 +115,8 @@ struct HostFigures {
   double power_idle_w = 0, power_busy_w = 0;
   double nic_bandwidth_bps = 0, nic_latency_s = 0;
   double storage_read_bytes_per_s = 0, storage_write_bytes_per_s = 0;
-  double storage_read_record_s = 0, storage_write_record_s = 0;  // cache_measure's fixed costs
   bool storage_measured = false;
-  json cache_records;                  // cache_measure's measurements (null when not taken)
+  CacheCost cache;                     // cache_measure's figures (samples 0: not measured)
   // Raw device rates (storage_measure) when the storage rates above are the cache's own
   // (cache_measure); 0 = not measured. Kept in calibration.storage_device.
   double device_read_bytes_per_s = 0, device_write_bytes_per_s = 0;
@@ -117,30 +141,6 @@ json profile_timings_json(const std::vector<ProfileTiming>& timings);
 // the folder when it cannot.
 void storage_measure(const std::string& dir, long long bytes, double* read_bytes_per_s, double* write_bytes_per_s);
 
-// The activation cache's own cost: records written and read back through ActCache
-// (cache_write_sample: dtype conversion, SHA-256, atomic file write with fsync;
-// cache_read_sample: file read from the page cache, checksum, copy) in a fresh folder
-// under `dir`, removed afterwards. This, not the raw device rate of storage_measure, is
-// what a cache task costs: the records of an epoch are read back from the page cache,
-// and the time goes to the work around the bytes (docs/profiling.md, "Storage"). Two
-// record sizes (1 tap and `n_taps`) give a fixed cost per record (file create, fsync,
-// rename; open, stat) and a rate for the bytes beyond it.
-struct CacheCost {
-  double write_bytes_per_s = 0, read_bytes_per_s = 0;  // stored record bytes per second
-  double write_record_s = 0, read_record_s = 0;        // fixed seconds per record
-  // What the fit was made from: median seconds per record of each size.
-  int samples = 0;
-  double small_record_bytes = 0, large_record_bytes = 0;
-  double small_write_s = 0, large_write_s = 0, small_read_s = 0, large_read_s = 0;
-};
-CacheCost cache_measure(const std::string& dir, int n_taps, int seq_len, int dim, int samples);
-json cache_cost_json(const CacheCost& c);
-// t = record_s + bytes / rate through two points (a small and a large record). Noise
-// can make the small record as slow as the large one: then the rate is the large
-// record's alone and the fixed cost 0, never a negative or infinite figure; likewise a
-// fixed cost the line puts below 0 is 0.
-void cache_cost_fit(double small_bytes, double small_s, double large_bytes, double large_s, double* rate,
-                    double* record_s);  // the measurements, for calibration.cache_records
 
 // Physical memory and what a job may use (MemTotal, or the cgroup memory limit when
 // lower, minus `reserve_bytes` for the OS and runtime).
