@@ -426,6 +426,23 @@ TEST(SimFidelityHarness, RowUsesTheMedianRun) {
   fidelity_py_ok("median_run_check", py);
 }
 
+// The --max-error gate judges a row on the better of its plain MAPE and its MAPE at the
+// probed machine speed (the plain one where the probes failed): 28.6% probed with 7.7%
+// plain -> 7.7; 30.2% plain with 5.7% probed -> 5.7; 25 and 22 -> 22 (over a 20% limit).
+TEST(SimFidelityHarness, GateJudgesTheBetterOfTheTwoSpeeds) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py =
+      "r = lambda p, a: {'epoch_mape_pct': p, 'adj_epoch_mape_pct': a}\n"
+      "assert f.gate_mape(r(7.7, 28.6)) == 7.7\n"
+      "assert f.gate_mape(r(30.2, 5.7)) == 5.7\n"
+      "assert f.gate_mape(r(25.0, 22.0)) == 22.0\n"
+      "assert f.gate_mape(r(25.0, None)) == 25.0\n"
+      "assert f.gate_mape(r(None, None)) is None\n"
+      "print('ok')\n";
+  fidelity_py_ok("gate_check", py);
+}
+
 // bench/calibrate_overhead.py: the fit inverts pac-plan + pac-sim. A bisection finds the
 // root of a piecewise-linear increasing function (2 + 40 max(0, x - 0.2 ms) + 10x =
 // 2.05 at x = 1.16 ms), clamps at 0 when the kernels alone are already slower than the
