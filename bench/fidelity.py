@@ -272,32 +272,64 @@ def plan_at_speed(plan_file, speed, out_file):
 # other profiles while the plan's layout and rates stay.
 REPROFILE_FIELDS = ("storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_read_record_s",
                     "storage_write_record_s", "task_overhead_s", "message_overhead_s", "step_overhead_s",
-                    "throttle_delay_s", "sustained_quota")
+                    "throttle_delay_s", "sustained_quota", "cpu_work_factor")
 
 
 def plan_reprofiled(plan_file, devices_dir, out_file):
     """The plan with each device's embedded profile given the REPROFILE_FIELDS of the
     profile of the same name in `devices_dir` (absent there = absent), and its compute
-    tasks re-priced for the change in task_overhead_s (and the optimizer's for
-    step_overhead_s) as the planner prices them: the same layout and rates, the other
-    profiles' runtime costs. The simulator reads the rest (cache I/O, latencies, the
-    quota) from the profiles."""
+    tasks re-priced as the planner prices them: the kernels' part of each task (its
+    seconds less task_overhead_s, and the optimizer's less step_overhead_s) scaled by
+    the change in cpu_work_factor (every rate is divided by it), plus the new per-task
+    costs. The same layout and rates, the other profiles' runtime costs. The simulator
+    reads the rest (cache I/O, latencies, the quota) from the profiles."""
     p = json.load(open(plan_file))
-    d_task, d_step = [], []
+    old, new = [], []
     for dev in p["scenario"]["cluster"]["devices"]:
         prof = dev["profile"]
-        new = json.load(open(os.path.join(devices_dir, prof["name"] + ".json")))
-        d_task.append(new.get("task_overhead_s", 0) - prof.get("task_overhead_s", 0))
-        d_step.append(new.get("step_overhead_s", 0) - prof.get("step_overhead_s", 0))
+        nprof = json.load(open(os.path.join(devices_dir, prof["name"] + ".json")))
+        old.append(dict(prof))
         for k in REPROFILE_FIELDS:
             prof.pop(k, None)
-            if k in new:
-                prof[k] = new[k]
+            if k in nprof:
+                prof[k] = nprof[k]
+        new.append(prof)
     for seg in p["segments"]:
         for t in seg["tasks"]:
-            if t["kind"] in ("forward", "backward", "optimizer"):
-                t["seconds"] += d_task[t["device"]] + (d_step[t["device"]] if t["kind"] == "optimizer" else 0)
+            if t["kind"] not in ("forward", "backward", "optimizer"):
+                continue
+            o, n = old[t["device"]], new[t["device"]]
+
+            def costs(prof):
+                return prof.get("task_overhead_s", 0) + (prof.get("step_overhead_s", 0) if t["kind"] == "optimizer" else 0)
+            kernels = t["seconds"] - costs(o)
+            t["seconds"] = kernels * n.get("cpu_work_factor", 1) / o.get("cpu_work_factor", 1) + costs(n)
     write_atomic(out_file, json.dumps(p))
+
+
+def plan_on_host(plan_file, cores, out_file):
+    """The plan with its scenario's devices on one host of `cores` cores
+    (cluster.host_cores; 0 removes it): what --refinish --host-cores compares with."""
+    p = json.load(open(plan_file))
+    p["scenario"]["cluster"].pop("host_cores", None)
+    if cores > 0:
+        p["scenario"]["cluster"]["host_cores"] = cores
+    write_atomic(out_file, json.dumps(p))
+
+
+def scenario_on_host(a, scen_file, scen, work_dir):
+    """The scenario to plan and simulate a measured row with: the file itself, or, when
+    the runs share this machine (a.host_cores > 0), a copy in `work_dir` whose
+    cluster.host_cores says so (the simulator then shares the host's cores among the
+    devices that compute at once, docs/simulator.md "Shared host")."""
+    cores = getattr(a, "host_cores", 0) or 0
+    if cores <= 0:
+        return scen_file
+    s = json.loads(json.dumps(scen))
+    s.setdefault("cluster", {})["host_cores"] = cores
+    out = os.path.join(work_dir, "scenario.json")
+    write_atomic(out, json.dumps(s, indent=1) + "\n")
+    return out
 
 
 def write_train_data(path, samples, source):
@@ -372,6 +404,7 @@ def prepare_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     row = {"scenario": name, "strategy": strategy, "groups": None, "sim_epoch_s": None, "sim_total_s": None,
            "planner_epoch_s": None, "measured_epoch_s": None, "measured_total_s": None,
            "epoch_mape_pct": None, "epoch_max_error_pct": None, "status": "ok", "measured": None}
+    scen_file = scenario_on_host(a, scen_file, scen, d)
     rc, out, err = run_cmd([os.path.join(bin_dir, "pac-plan"), scen_file, "--strategy", strategy,
                             "--profiles", a.profiles, "-o", plan], a.timeout)
     if rc != 0:
@@ -448,6 +481,8 @@ def measure_once(a, job, k):
     run["measured"] = "ok"
     run["total_s"] = rep.get("total_s")
     run["epoch_s"] = epochs_of(rep)
+    # The workers' CPU seconds (every thread; bench/calibrate_overhead.py's cpu_work_factor).
+    run["cpu_s"] = [dv.get("cpu_s") for dv in rep.get("devices", []) if dv.get("used")]
     return run
 
 
@@ -831,6 +866,11 @@ def main():
                     help="with --refinish: compare the runs with their plans given the runtime costs and cache "
                     "figures of the profiles in DEVICES_DIR (plan_reprofiled): an A/B of two calibrations on "
                     "the same measurements")
+    ap.add_argument("--host-cores", type=float, default=None, metavar="N",
+                    help="simulate the rows' devices on one machine of N cores (cluster.host_cores: the simulator "
+                    "shares them among the devices that compute at once, as the testbed's devices share this "
+                    "machine); with --refinish, applied to the earlier suite's plans; default: not modelled "
+                    "(docs/fidelity.md, 'Shared host': the testbed profiles are not yet measured for it)")
     ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
                     help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
                     "scenarios of 1-core devices on >= 1 Gbit/s links")
@@ -863,6 +903,9 @@ def main():
         return 2
     if a.reprofile and not os.path.isdir(a.reprofile):
         print("fidelity: --reprofile: %s is not a folder of device profiles" % a.reprofile, file=sys.stderr)
+        return 2
+    if a.host_cores is not None and a.host_cores < 0:
+        print("fidelity: --host-cores: expected a count >= 0, got %g" % a.host_cores, file=sys.stderr)
         return 2
     if a.resummarize:
         return resummarize(a)
@@ -967,6 +1010,9 @@ def refinish(a):
         if a.reprofile:
             plan_reprofiled(plan, a.reprofile, os.path.join(d, "plan-reprofiled.json"))
             plan = os.path.join(d, "plan-reprofiled.json")
+        if a.host_cores is not None:
+            plan_on_host(plan, a.host_cores, os.path.join(d, "plan-on-host.json"))
+            plan = os.path.join(d, "plan-on-host.json")
         jobs.append({"dir": d, "plan": plan, "runs": runs, "trace": None})
     a.probe = True
     a.calibration = doc.get("calibration")

@@ -82,7 +82,7 @@ void sim_check_plan(const Plan& plan, const std::string& file) {
 
 namespace {
 
-enum EventType : int { EV_TASK_END = 0, EV_FLOW_START = 1, EV_NET = 2, EV_FAULT = 3 };
+enum EventType : int { EV_TASK_END = 0, EV_FLOW_START = 1, EV_NET = 2, EV_FAULT = 3, EV_CPU = 4 };
 
 struct Event {
   double t;
@@ -126,6 +126,13 @@ struct DevState {
   double cfs_quota = 0;            // 0: not throttled (rates are what a task gets)
   int64_t cfs_period = -1;
   double cfs_used = 0;
+  // Shared host (Scenario::host_cores > 0): the CPU work of the task on the compute
+  // engine progresses at the cores the host gives this device now (fluid, like a flow).
+  int cpu_task = -1;               // the instance whose CPU work runs (-1: none)
+  double cpu_left = 0;             // its CPU seconds left at the device's full speed
+  double cpu_rate = 0;             // fraction of full speed it runs at now
+  double cpu_cores = 1;            // cores it runs on at full speed (its threads)
+  double cpu_resume = -1;          // >= 0: quota spent, throttled until then
 };
 
 // The testbed's cgroup period (exec/testbed.cpp; Linux's default cfs_period_us).
@@ -151,6 +158,11 @@ class Engine {
   uint64_t seq_ = 0;
   uint64_t net_version_ = 0;
   bool net_dirty_ = false;
+  double host_cores_ = 0;      // > 0: devices share this many cores (cpu_* below)
+  double cpu_last_ = 0;        // when the shared host's CPU progress was last brought up to date
+  uint64_t cpu_version_ = 0;
+  bool cpu_dirty_ = false;
+  std::vector<int> cpu_run_, cpu_done_;   // scratch of cpu_reschedule / cpu_event
   double now_ = 0;
   bool failed_ = false;
 
@@ -207,6 +219,11 @@ class Engine {
   void task_start(int t);
   double cpu_work_end(int d, double sustained_s);
   double cpu_ready_at(int d) const;
+  void cpu_work_begin(int d, int t, double sustained_s);
+  void cpu_advance();
+  void cpu_period_roll(int d);
+  void cpu_reschedule();
+  void cpu_event();
   void task_finish(int t);
   void engine_dispatch(int d, bool storage);
   void dispatch_mark(int d);
@@ -547,10 +564,147 @@ double Engine::cpu_work_end(int d, double sustained_s) {
 // step's CPU is negligible next to a period.
 double Engine::cpu_ready_at(int d) const {
   const DevState& ds = dev_[d];
+  if (ds.cpu_resume >= 0) return std::max(now_, ds.cpu_resume);  // shared host: throttled
   if (ds.cfs_quota <= 0) return now_;
   const int64_t k = static_cast<int64_t>(std::floor(now_ / kCfsPeriodS));
   if (ds.cfs_period != k || ds.cfs_used < ds.cfs_quota * kCfsPeriodS * (1 - 1e-12)) return now_;
   return (k + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+}
+
+// ---- Shared host (Scenario::host_cores > 0; docs/simulator.md, "Shared host").
+// The testbed runs every device as a process on one machine. A device computes on up to
+// cpu_cores cores; when the devices that compute at once want more cores than the host
+// has, each gets a max-min fair share (what Linux's CFS gives equal-weight cgroups), and
+// its CPU work progresses at that share of its full speed. Under a quota the work is
+// also held by the CFS budget, as in cpu_work_end but with the rate varying: the budget
+// is spent at the cores the device gets, and a device that spent it waits for the next
+// period (+ throttle_delay_s). Task ends, budget ends and period boundaries are EV_CPU
+// events; each change of who computes re-shares the host (cpu_reschedule). With cores
+// to spare this gives exactly cpu_work_end's times.
+
+// The CFS period holding time `t` (a boundary computed as k x P may round to just below
+// it; it belongs to period k).
+static int64_t cfs_period_of(double t) { return static_cast<int64_t>(std::floor(t / kCfsPeriodS + 1e-9)); }
+
+// Starts instance t's CPU work of `sustained_s` (at the profile's rates) on device d.
+void Engine::cpu_work_begin(int d, int t, double sustained_s) {
+  cpu_advance();
+  DevState& ds = dev_[d];
+  ds.cpu_task = t;
+  ds.cpu_left = sustained_s * (ds.cfs_quota > 0 ? ds.cfs_quota : 1);
+  if (ds.cfs_quota > 0 && ds.cpu_left > 0) {
+    cpu_period_roll(d);
+    // The budget already spent in this period (a task that ended exactly as it ran out):
+    // held until the next period, as cpu_work_end does.
+    if (ds.cpu_resume < 0 && ds.cfs_used >= ds.cfs_quota * kCfsPeriodS * (1 - 1e-12))
+      ds.cpu_resume = (ds.cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+  }
+  cpu_dirty_ = true;
+}
+
+// Brings every running device's CPU work and budget up to now at the rates set by the
+// last cpu_reschedule (constant since: every change reschedules at once).
+void Engine::cpu_advance() {
+  double dt = now_ - cpu_last_;
+  cpu_last_ = now_;
+  if (dt <= 0) return;
+  for (int d = 0; d < n_; d++) {
+    DevState& ds = dev_[d];
+    if (ds.cpu_task < 0 || ds.cpu_rate <= 0) continue;
+    double done = ds.cpu_rate * dt;
+    ds.cpu_left -= done;
+    if (ds.cfs_quota > 0) ds.cfs_used += done;
+  }
+}
+
+// A new period gives a quota device a fresh budget (never an earlier period than the
+// last one served).
+void Engine::cpu_period_roll(int d) {
+  DevState& ds = dev_[d];
+  int64_t k = std::max(ds.cfs_period, cfs_period_of(now_));
+  if (k != ds.cfs_period) {
+    ds.cfs_period = k;
+    ds.cfs_used = 0;
+  }
+}
+
+// Shares the host among the devices that compute now and schedules the next EV_CPU: the
+// first task end, budget end, period boundary (a quota device computing) or end of a
+// throttle.
+void Engine::cpu_reschedule() {
+  // Max-min fair share of host_cores_ among the computing devices, each capped at its
+  // cpu_cores: the devices wanting less than an equal share get all they want.
+  std::vector<int>& run = cpu_run_;
+  run.clear();
+  for (int d = 0; d < n_; d++) {
+    DevState& ds = dev_[d];
+    ds.cpu_rate = 0;
+    if (ds.cpu_task >= 0 && ds.cpu_resume < 0) run.push_back(d);
+  }
+  std::sort(run.begin(), run.end(), [&](int a, int b) {
+    return dev_[a].cpu_cores != dev_[b].cpu_cores ? dev_[a].cpu_cores < dev_[b].cpu_cores : a < b;
+  });
+  double cores = host_cores_;
+  for (size_t i = 0; i < run.size(); i++) {
+    DevState& ds = dev_[run[i]];
+    double give = std::min(ds.cpu_cores, cores / static_cast<double>(run.size() - i));
+    ds.cpu_rate = give / ds.cpu_cores;
+    cores -= give;
+  }
+  double next = kInf;
+  for (int d = 0; d < n_; d++) {
+    const DevState& ds = dev_[d];
+    if (ds.cpu_resume >= 0) next = std::min(next, ds.cpu_resume);
+    if (ds.cpu_task < 0 || ds.cpu_rate <= 0) continue;
+    next = std::min(next, now_ + std::max(0.0, ds.cpu_left) / ds.cpu_rate);
+    if (ds.cfs_quota > 0) {
+      next = std::min(next, now_ + std::max(0.0, ds.cfs_quota * kCfsPeriodS - ds.cfs_used) / ds.cpu_rate);
+      next = std::min(next, (ds.cfs_period + 1) * kCfsPeriodS);
+    }
+  }
+  ++cpu_version_;
+  if (next < kInf) push(std::max(now_, next), EV_CPU, static_cast<int>(static_cast<uint32_t>(cpu_version_)));
+}
+
+// Within the clock's resolution of now: `left` CPU seconds at `rate` (what is left after
+// rounding must not schedule an event at now again and again).
+static bool cpu_spent(double now, double left, double rate) {
+  return left <= 1e-12 || rate <= 0 || now + left / rate <= now;
+}
+
+void Engine::cpu_event() {
+  cpu_advance();
+  std::vector<int>& done = cpu_done_;
+  done.clear();
+  for (int d = 0; d < n_; d++) {
+    DevState& ds = dev_[d];
+    if (ds.cpu_resume >= 0 && now_ >= ds.cpu_resume - 1e-12) ds.cpu_resume = -1;
+    if (ds.cpu_task < 0) continue;
+    if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cpu_left, ds.cpu_rate)) {
+      done.push_back(d);
+      continue;
+    }
+    if (ds.cfs_quota <= 0 || ds.cpu_resume >= 0) continue;
+    // Budget spent before the period ends: throttled until the next one (+ the delay).
+    // One spent exactly at the boundary runs on with the new period's budget.
+    if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cfs_quota * kCfsPeriodS - ds.cfs_used, ds.cpu_rate) &&
+        cfs_period_of(now_) == ds.cfs_period)
+      ds.cpu_resume = (ds.cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+    else
+      cpu_period_roll(d);
+  }
+  cpu_dirty_ = true;
+  for (size_t i = 0; i < done.size(); i++) {
+    const int d = done[i];
+    DevState& ds = dev_[d];
+    int t = ds.cpu_task;
+    ds.cpu_task = -1;
+    ds.cpu_rate = 0;
+    trace_add(kind_is_storage(task_of(t).kind) ? SimTraceKind::Storage : SimTraceKind::Compute, t, d, -1, -1,
+              ds.compute_start, now_);
+    if (failed_) return;
+    task_finish(t);
+  }
 }
 
 // `t` here and below is a task instance (slot * nt_ + task id).
@@ -562,6 +716,10 @@ void Engine::task_start(int t) {
     if (failed_) return;
   }
   if (kind_is_compute(task.kind)) {
+    if (host_cores_ > 0) {
+      cpu_work_begin(task.device, t, task.seconds * dev_[task.device].slow);
+      return;
+    }
     double end = cpu_work_end(task.device, task.seconds * dev_[task.device].slow);
     trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, end);
     push(end, EV_TASK_END, t);
@@ -572,6 +730,10 @@ void Engine::task_start(int t) {
     const DeviceProfile& p = sc_.devices[task.device].profile;
     double dur = task.bytes > 0 ? cache_io_s(p, task.kind == TaskKind::CacheWrite, task.samples, task.bytes) : task.seconds;
     // On a one-core device cache I/O is CPU work on the same quota as compute.
+    if (dev_[task.device].storage_on_cpu && host_cores_ > 0) {
+      cpu_work_begin(task.device, t, dur);
+      return;
+    }
     double end = dev_[task.device].storage_on_cpu ? cpu_work_end(task.device, dur) : now_ + dur;
     trace_add(SimTraceKind::Storage, t, task.device, -1, -1, now_, end);
     push(end, EV_TASK_END, t);
@@ -598,6 +760,7 @@ void Engine::collective_step_begin(int t) {
   coll_pending_[t] = g;
   // Every member handles every step (receive, reduce, send on): a member its CPU quota
   // has throttled holds the whole ring until its next period.
+  if (host_cores_ > 0) cpu_advance();  // the members' budgets as of now
   double start = now_;
   for (int d : task.group) start = std::max(start, cpu_ready_at(d));
   for (int i = 0; i < g; i++) {
@@ -809,7 +972,11 @@ SimResult Engine::run() {
     dev_[d].storage_on_cpu = sc_.devices[d].cpu_quota > 0 && sc_.devices[d].cpu_quota <= 1.0;
     double q = sc_.devices[d].profile.sustained_quota;
     dev_[d].cfs_quota = q > 0 && q < 1 ? q : 0;
+    // On a shared host a device computes on up to its quota's cores when that is more
+    // than one (its threads), else on one.
+    dev_[d].cpu_cores = std::max(1.0, sc_.devices[d].cpu_quota);
   }
+  host_cores_ = sc_.host_cores;
   net_.init(up, down, shared ? ns.bandwidth_bps / 8 : 0);
   pair_cap_Bps_.assign(static_cast<size_t>(n_) * n_, 0);
   pair_lat_s_.assign(static_cast<size_t>(n_) * n_, 0);
@@ -886,6 +1053,10 @@ SimResult Engine::run() {
         if (f >= 0) push(t, EV_NET, static_cast<int>(static_cast<uint32_t>(++net_version_)));
         else ++net_version_;
       }
+      if (cpu_dirty_) {
+        cpu_dirty_ = false;
+        cpu_reschedule();
+      }
       if (heap_.empty()) {
         for (size_t i = 0; i < deps_left_.size(); i++)
           if (slot_iter_[i / nt_] >= 0 && deps_left_[i] > 0)
@@ -898,6 +1069,7 @@ SimResult Engine::run() {
       heap_.pop_back();
       // A network event is stale once the flows changed after it was scheduled.
       if (e.type == EV_NET && static_cast<uint32_t>(e.a) != static_cast<uint32_t>(net_version_)) continue;
+      if (e.type == EV_CPU && static_cast<uint32_t>(e.a) != static_cast<uint32_t>(cpu_version_)) continue;
       now_ = e.t;
       res_.events++;
       switch (e.type) {
@@ -905,6 +1077,7 @@ SimResult Engine::run() {
         case EV_FLOW_START: flow_begin(e.a, e.b); break;
         case EV_NET: net_event(); break;
         case EV_FAULT: fault_apply(e.a); break;
+        case EV_CPU: cpu_event(); break;
       }
     }
     if (failed_) break;

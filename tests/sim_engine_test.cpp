@@ -665,12 +665,13 @@ static std::vector<std::vector<double>> reference_starts(const Plan& plan, doubl
   return start;
 }
 
-static void reference_check(bool overlap, int trials, unsigned seed) {
+static void reference_check(bool overlap, int trials, unsigned seed, double host_cores = 0) {
   std::mt19937 rng(seed);
   for (int trial = 0; trial < trials; trial++) {
     int n = 1 + static_cast<int>(rng() % 4);
     int nt = 2 + static_cast<int>(rng() % 25);
     SimPlanBuilder pb(n);
+    pb.plan.scenario.host_cores = host_cores;
     pb.seg("x", 1, 1, 1 + static_cast<int>(rng() % 4));
     pb.plan.segments[0].overlap = overlap;
     for (int t = 0; t < nt; t++) {
@@ -700,6 +701,106 @@ static void reference_check(bool overlap, int trials, unsigned seed) {
 
 TEST(SimEngine, MatchesAReferenceListSchedulerOnRandomDags) { reference_check(false, 300, 12345); }
 TEST(SimEngine, MatchesTheReferenceWithOverlappingIterations) { reference_check(true, 300, 777); }
+// On a shared host with a core for every device (at most 4 here) nothing is shared: the
+// fluid CPU path gives the same starts as the reference.
+TEST(SimEngine, SharedHostWithCoresToSpareMatchesTheReference) {
+  reference_check(false, 300, 12345, 4);
+  reference_check(true, 300, 777, 8);
+}
+
+TEST(SimEngine, SharedHostSharesItsCoresFairly) {
+  // Three devices without quotas, one task each of 1, 1 and 2 s, on a host of 2 cores:
+  // each gets 2/3 of a core until the two short ones end at 1 / (2/3) = 1.5 s; the long
+  // one has 1 s left and a core of its own: it ends at 2.5 s. Busy time is wall time on
+  // the engine (1.5, 1.5, 2.5). Without the host (host_cores 0) or with 3 cores: 2 s.
+  auto run = [](double host) {
+    SimPlanBuilder pb(3);
+    pb.plan.scenario.host_cores = host;
+    pb.seg("x", 1, 1, 1);
+    pb.compute(TaskKind::Forward, 0, 1.0, {});
+    pb.compute(TaskKind::Forward, 1, 1.0, {});
+    pb.compute(TaskKind::Forward, 2, 2.0, {});
+    SimResult r = sim_run(pb.plan);
+    EXPECT_TRUE(r.ok);
+    return r;
+  };
+  SimResult r = run(2);
+  EXPECT_NEAR(r.makespan_s, 2.5, 1e-12);
+  EXPECT_NEAR(r.devices[0].busy_s, 1.5, 1e-12);
+  EXPECT_NEAR(r.devices[2].busy_s, 2.5, 1e-12);
+  EXPECT_NEAR(run(0).makespan_s, 2.0, 1e-12);
+  EXPECT_NEAR(run(3).makespan_s, 2.0, 1e-12);
+  // One core for all three: 3 x 1/3 until 3 s (the short ones), then the long one alone
+  // for its last second: 4 s, the sum of the work.
+  EXPECT_NEAR(run(1).makespan_s, 4.0, 1e-12);
+  // A device of 2 cores (cpu_quota 2) beside two of one on a 2-core host: max-min fair
+  // shares of 2/3 core each, so the 2-core device runs at 1/3 of its speed. Tasks of 1 s
+  // each: the two small ones end at 1.5 s, when the big one has done 0.5 s of its 1 s;
+  // alone on the host it finishes the rest at full speed: 2 s.
+  SimPlanBuilder pb(3);
+  pb.plan.scenario.host_cores = 2;
+  pb.plan.scenario.devices[2].cpu_quota = 2;
+  pb.seg("x", 1, 1, 1);
+  for (int d = 0; d < 3; d++) pb.compute(TaskKind::Forward, d, 1.0, {});
+  SimResult r2 = sim_run(pb.plan);
+  ASSERT_TRUE(r2.ok);
+  EXPECT_NEAR(r2.makespan_s, 2.0, 1e-12);
+  EXPECT_NEAR(r2.devices[0].busy_s, 1.5, 1e-12);
+}
+
+TEST(SimEngine, SharedHostAndQuotasTogether) {
+  // Three devices under 0.5-core quotas (100 ms period, 50 ms budget) on a 2-core host,
+  // one task each of 0.2 s sustained = 0.1 s of CPU at full speed. Alone, a device
+  // bursts 50 ms, is throttled to 100 ms and ends at 150 ms. Together each gets 2/3 of
+  // a core: the budgets run out at 75 ms, all wait for the period at 100 ms, then the
+  // last 50 ms of CPU at 2/3 takes 75 ms: 175 ms. With 3 cores: 150 ms, as alone.
+  auto run = [](double host, double delay) {
+    SimPlanBuilder pb(3);
+    pb.plan.scenario.host_cores = host;
+    for (int d = 0; d < 3; d++) {
+      pb.plan.scenario.devices[d].profile.sustained_quota = 0.5;
+      pb.plan.scenario.devices[d].cpu_quota = 0.5;
+      pb.plan.scenario.devices[d].profile.throttle_delay_s = delay;
+    }
+    pb.seg("x", 1, 1, 1);
+    for (int d = 0; d < 3; d++) pb.compute(TaskKind::Forward, d, 0.2, {});
+    SimResult r = sim_run(pb.plan);
+    EXPECT_TRUE(r.ok);
+    return r.makespan_s;
+  };
+  EXPECT_NEAR(run(2, 0), 0.175, 1e-12);
+  EXPECT_NEAR(run(3, 0), 0.15, 1e-12);
+  EXPECT_NEAR(run(0, 0), 0.15, 1e-12);
+  // With a 10 ms throttle delay every device resumes at 110 ms: 185 ms.
+  EXPECT_NEAR(run(2, 0.01), 0.185, 1e-12);
+}
+
+// The quota model's cases (QuotaBurstsRunFasterThanTheSustainedRate, the throttled ring)
+// give the same times through the shared host's fluid path when it has cores to spare.
+TEST(SimEngine, SharedHostWithCoresToSpareKeepsTheQuotaModel) {
+  for (double delay : {0.0, 0.01}) {
+    double t[2];
+    for (int h = 0; h < 2; h++) {
+      SimPlanBuilder pb(2, 1e9, 0);
+      pb.plan.scenario.host_cores = h ? 8 : 0;
+      pb.plan.scenario.devices[0].profile.sustained_quota = 0.5;
+      pb.plan.scenario.devices[0].cpu_quota = 0.5;
+      pb.plan.scenario.devices[0].profile.throttle_delay_s = delay;
+      pb.plan.scenario.devices[0].profile.storage_write_bytes_per_s = 0;
+      pb.seg("x", 1, 1, 1);
+      int prev = pb.compute(TaskKind::CacheWrite, 0, 0.06, {});
+      for (int i = 0; i < 40; i++) {
+        prev = pb.compute(TaskKind::Forward, 0, 0.013 * (1 + i % 7), {prev});
+        if (i % 5 == 0) prev = pb.collective(TaskKind::AllReduce, {0, 1}, 1e5, {prev});
+        if (i % 9 == 0) prev = pb.send(1, 0, 2e6, {prev});
+      }
+      SimResult r = sim_run(pb.plan);
+      ASSERT_TRUE(r.ok);
+      t[h] = r.makespan_s;
+    }
+    EXPECT_NEAR(t[1], t[0], 1e-9) << "delay " << delay;
+  }
+}
 
 TEST(SimEngine, OverlappingIterationsPipelineWithoutABarrier) {
   // d0 computes 1 s and hands over (zero-byte send) to d1, which computes 2 s; 5

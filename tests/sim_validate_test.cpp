@@ -282,14 +282,16 @@ TEST(SimFidelityHarness, SimulatesEveryStrategyAndSaysWhyNothingWasMeasured) {
   std::string build = bin_dir() + "/..";
   int rc = sh("python3 " + kSrc + "/bench/fidelity.py --build-dir " + build + " --scenarios " + scen +
                   " --strategies pac,eddl --work " + dir + "/work --out " + dir + "/f.json --table " + dir +
-                  "/f.md --plot " + dir + "/f.png --trace-dir " + dir + " --no-run",
+                  "/f.md --plot " + dir + "/f.png --trace-dir " + dir + " --no-run --host-cores 2",
               &out);
   ASSERT_EQ(rc, 0) << out;
   json doc = json::parse(file_read(dir + "/f.json"));
   ASSERT_EQ(doc["rows"].size(), 2u);
 
-  // An independent computation: plan + simulate the same scenario in-process.
+  // An independent computation: plan + simulate the same scenario in-process, its four
+  // devices on one host of 2 cores as the harness was told (--host-cores).
   Scenario sc = scenario_load(scen, kSrc + "/profiles");
+  sc.host_cores = 2;
   for (const json& row : doc["rows"]) {
     std::string strategy = row["strategy"];
     SimResult r = sim_run(plan_make(sc, strategy));
@@ -470,20 +472,42 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       // The fits run with the measured cost per step in the profile; the inversion is
       // checked without it (4 ms per step would hide a 0.4 ms message in CFS waits).
       "prof.pop('step_overhead_s', None)\n"
-      "assert c.task_field(prof) == 'throttle_delay_s'\n"
       // pac-run's step gap per step: the epochs' step_gap_s over the steps run.
       "rep = os.path.join(dir, 'report.json'); os.makedirs(dir)\n"
       "json.dump({'tasks': 8, 'epochs': [{'step_gap_s': 0.01}, {'step_gap_s': 0.006}]}, open(rep, 'w'))\n"
       "assert abs(c.step_gap_s({'report': rep}) - 0.002) < 1e-15\n"
       "json.dump({'tasks': 8, 'epochs': [{'time_s': 1.0}]}, open(rep, 'w'))\n"
       "assert c.step_gap_s({'report': rep}) is None\n"
-      "assert c.task_field({'sustained_quota': 0}) == c.task_field({}) == 'task_overhead_s'\n"
-      "want = {'task': ('throttle_delay_s', 0.0021), 'message': ('message_overhead_s', 0.0004)}\n"
+      // cpu_work_factor: the worker's CPU x the probed speed over the plan's CPU work at
+      // the rates. A 0.5-core plan of 4 iterations of a 0.1 s forward, a 0.2 s backward and
+      // a 0.05 s optimizer of which 0.01 s is the step's cost: 4 x 0.34 x 0.5 = 0.68 s of
+      // CPU; 0.85 s measured at speed 1 -> 1.25; at speed 0.8 -> 1.0; 0.5 s -> 0.74,
+      // stored as 1 (faster than the rates is the host, not the runtime).
+      "p = {'sustained_quota': 0.5, 'step_overhead_s': 0.01}\n"
+      "tp = os.path.join(dir, 'trial-plan.json')\n"
+      "json.dump({'segments': [{'repeat': 4, 'tasks': [{'kind': 'forward', 'seconds': 0.1}, {'kind': 'backward', "
+      "'seconds': 0.2}, {'kind': 'optimizer', 'seconds': 0.05}, {'kind': 'send', 'seconds': 9}]}]}, open(tp, 'w'))\n"
+      "assert abs(c.plan_cpu_work_s(tp, p) - 0.68) < 1e-12\n"
+      "tr = types.SimpleNamespace(dir=dir, profile=p, total_s=lambda v: 0)\n"
+      "f, r = c.cpu_factor(tr, [{'cpu_s': [0.85], 'machine_speed': [1.0, 1.0]}], p)\n"
+      "assert abs(f - 1.25) < 1e-12 and abs(r['measured'] - 1.25) < 1e-4, (f, r)\n"
+      "assert abs(c.cpu_factor(tr, [{'cpu_s': [0.85], 'machine_speed': [0.7, 0.9]}], p)[0] - 1.0) < 1e-12\n"
+      "f, r = c.cpu_factor(tr, [{'cpu_s': [0.5], 'machine_speed': None}], p)\n"
+      "assert f == 1.0 and abs(r['measured'] - 0.5 / 0.68) < 1e-4, r\n"
+      "assert c.cpu_factor(tr, [{'cpu_s': None}], p) == (1.0, None)\n"
+      // Three runs: the median of CPU x speed (0.85, 0.952 x 0.5 = 0.476, 1.02) -> 0.85 -> 1.25.
+      "runs = [{'cpu_s': [0.85], 'machine_speed': [1, 1]}, {'cpu_s': [0.952], 'machine_speed': [0.5, 0.5]}, "
+      "{'cpu_s': [1.02], 'machine_speed': [1, 1]}]\n"
+      "assert abs(c.cpu_factor(tr, runs, p)[0] - 1.25) < 1e-12\n"
+      // A residual within half the runs' range is not resolved (the value is then 0).
+      "assert c.below_spread(0.19, [30.3, 30.5, 31.1]) and c.below_spread(-0.4, [30.3, 30.5, 31.1])\n"
+      "assert not c.below_spread(0.41, [30.3, 30.5, 31.1]) and not c.below_spread(0.01, [30.5])\n"
+      "want = {'task': ('task_overhead_s', 0.0021), 'message': ('message_overhead_s', 0.0004)}\n"
       "for kind in ('task', 'message'):\n"
       "    scen, f = c.scenario_write(os.path.join(dir, kind), kind, name, prof)\n"
       "    t = c.Trial(a, f, name, prof, None, os.path.join(dir, kind, 'trial'))\n"
       "    field, value = want[kind]\n"
-      "    known = {'throttle_delay_s': 0.0021 if kind == 'message' else 0.0}\n"
+      "    known = {'task_overhead_s': 0.0021 if kind == 'message' else 0.0}\n"
       "    target = t.total_s(dict(known, **{field: value}))\n"
       "    x, s0 = c.fit_increasing(lambda v: t.total_s(dict(known, **{field: v})), target)\n"
       "    assert s0 < target and abs(x - value) < 2e-6, (kind, x, s0, target)\n"

@@ -26,7 +26,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
                 "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
                 "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
-                "sustained_quota", "throttle_delay_s", "calibration"});
+                "sustained_quota", "throttle_delay_s", "cpu_work_factor", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
   p.source = j.string_or("source", "");
@@ -53,6 +53,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.step_overhead_s = j.number_or("step_overhead_s", 0, 0, 1);
   p.sustained_quota = j.number_or("sustained_quota", 0, 0, 1);
   p.throttle_delay_s = j.number_or("throttle_delay_s", 0, 0, 1);
+  p.cpu_work_factor = j.number_or("cpu_work_factor", 1, 1, 100);
   return p;
 }
 
@@ -79,6 +80,7 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.step_overhead_s > 0) j["step_overhead_s"] = p.step_overhead_s;
   if (p.sustained_quota > 0) j["sustained_quota"] = p.sustained_quota;
   if (p.throttle_delay_s > 0) j["throttle_delay_s"] = p.throttle_delay_s;
+  if (p.cpu_work_factor != 1) j["cpu_work_factor"] = p.cpu_work_factor;
   return j;
 }
 
@@ -165,7 +167,9 @@ ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_
   return model_config_from_json(profile_ref_load(ref, profiles_dir, "models"));
 }
 
-double device_rate(const DeviceProfile& p, const std::string& dtype, const std::string& kind, int micro_batch) {
+// The rate as timed (device_rate divides it by the profile's cpu_work_factor).
+static double device_rate_timed(const DeviceProfile& p, const std::string& dtype, const std::string& kind,
+                                int micro_batch) {
   auto it = p.eff_flops_by_kind.find(kind + "@" + std::to_string(micro_batch));
   if (it != p.eff_flops_by_kind.end()) return it->second;
   it = p.eff_flops_by_kind.find(kind);
@@ -173,11 +177,15 @@ double device_rate(const DeviceProfile& p, const std::string& dtype, const std::
   // A backward rate not calibrated separately: the forward's.
   const std::string bwd = "_bwd";
   if (kind.size() > bwd.size() && kind.compare(kind.size() - bwd.size(), bwd.size(), bwd) == 0)
-    return device_rate(p, dtype, kind.substr(0, kind.size() - bwd.size()), micro_batch);
+    return device_rate_timed(p, dtype, kind.substr(0, kind.size() - bwd.size()), micro_batch);
   it = p.eff_flops.find(dtype);
   if (it != p.eff_flops.end()) return it->second;
   it = p.eff_flops.find("fp32");
   return it != p.eff_flops.end() ? it->second : 1.0;
+}
+
+double device_rate(const DeviceProfile& p, const std::string& dtype, const std::string& kind, int micro_batch) {
+  return device_rate_timed(p, dtype, kind, micro_batch) / p.cpu_work_factor;
 }
 
 bool profile_has_kind(const DeviceProfile& p, const std::string& kind) {

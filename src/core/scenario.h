@@ -58,9 +58,16 @@ struct DeviceProfile {
   // budget lasts (sim/engine.cpp, cpu_work_end). 0 = rates are what every task gets.
   double sustained_quota = 0;
   // With sustained_quota: the time a throttled device loses at the start of the next
-  // period before it runs again, fitted by bench/calibrate_overhead.py on a device that
-  // computes all the time (it ran 9-23% slower than its sustained rate).
+  // period before it runs again. Fitted by earlier bench/calibrate_overhead.py runs
+  // (where a device that computes all the time ran 9-23% slower than its sustained
+  // rate); what that measured is now cpu_work_factor, and the fit no longer sets it.
   double throttle_delay_s = 0;
+  // CPU seconds the runtime spends per second of work at the rates above (>= 1; every
+  // rate is divided by it, device_rate). Testbed profiles under a quota: measured by
+  // bench/calibrate_overhead.py as the one-device plan's worker CPU time over the plan's
+  // work at the rates: the same work took 1.1-1.3x the CPU under a cgroup quota as
+  // without one (docs/profiling.md, "Runtime overhead"). 1 = the rates as timed.
+  double cpu_work_factor = 1;
 };
 
 // Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the
@@ -143,6 +150,12 @@ struct Scenario {
   DataSpec data;
   int epochs = 1;
   std::vector<DeviceSpec> devices;
+  // > 0: every device is a process on one machine with this many cores (the testbed of
+  // exec/testbed.h: workers under cgroup CPU quotas on this host), so their compute
+  // shares those cores when more devices compute at once than it has. The simulator
+  // models it (docs/simulator.md, "Shared host"); the planner plans for the devices and
+  // ignores it. 0: each device has its own hardware (a real cluster).
+  double host_cores = 0;
   NetworkSpec network;
   std::string strategy = "pac";     // planner strategy
   int stages = 0;                   // force this many pipeline stages (0: the planner chooses)
