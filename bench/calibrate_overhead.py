@@ -100,12 +100,12 @@ def run_cpu_s(run):
     return cpu[0] if cpu and cpu[0] is not None else None
 
 
-def cpu_factor(trial, runs, profile):
+def cpu_factor(plan_file, runs, profile):
     """cpu_work_factor, measured: over the runs of the one-device plan, the median of the
     worker's CPU seconds at the machine's speed probed around each run (x the speed: a
     slower host takes more CPU for the same work; the median over the runs because one
     1-3 s probe is a snapshot), over the plan's CPU work at the profile's rates
-    (plan_cpu_work_s, simulated with no factor and no runtime costs). Under a cgroup
+    (plan_cpu_work_s of the plan that ran, made with no factor and no runtime costs). Under a cgroup
     quota the same work took 1.1-1.3x the CPU (the wall time was exactly CPU / q: the
     kernel enforces the quota precisely); at one full core 1.00-1.04. Stored >= 1 (below
     is the host's speed, not the runtime). Returns (value, record)."""
@@ -113,8 +113,7 @@ def cpu_factor(trial, runs, profile):
     cpus = [(c, v) for c, v in cpus if c is not None]
     if not cpus:
         return 1.0, None
-    trial.total_s({})
-    work = plan_cpu_work_s(os.path.join(trial.dir, "trial-plan.json"), trial.profile)
+    work = plan_cpu_work_s(plan_file, profile)
     at_speed = statistics.median(c * v for c, v in cpus)
     raw = at_speed / work if work > 0 else 1.0
     return max(1.0, raw), {"worker_cpu_s": [round(c, 4) for c, _ in cpus], "at_speed": [round(v, 4) for _, v in cpus],
@@ -343,7 +342,9 @@ def calibrate_profile(a, path):
             trial, med, runs = measure(a, kind, name, profile, values)
         if kind == "task":
             # First what the runtime's work costs in CPU (the rates / it), then per task.
-            factor, record["cpu_work_factor"] = cpu_factor(trial, runs, profile)
+            # (The plan that ran sits beside its reports, in both modes.)
+            ran = os.path.join(os.path.dirname(med["report"]), "plan.json")
+            factor, record["cpu_work_factor"] = cpu_factor(ran, runs, profile)
             if factor > 1:
                 profile["cpu_work_factor"] = round(factor, 4)
             log("%s: cpu_work_factor = %.3f (%s)" % (name, factor, record["cpu_work_factor"]))
@@ -384,10 +385,9 @@ def calibrate_profile(a, path):
             "; the residual is within the runs' spread %s: 0" % [round(r["total_s"], 3) for r in runs] if spread else ""))
     record["wall_s"] = old["wall_s"] if old else round(time.time() - t0, 1)
     out = dict(profile)
-    # throttle_delay_s: what earlier fits put the CPU factor's effect into; no longer fitted.
-    for f in FIELDS + ("throttle_delay_s",):
+    for f in FIELDS:
         out.pop(f, None)
-        if values.get(f, 0) > 0:
+        if values[f] > 0:
             out[f] = round(values[f], 7)
     out["calibration"] = dict(cal)
     out["calibration"]["overhead"] = record
