@@ -523,6 +523,11 @@ def finish_row(a, row, job):
         return row
     v = json.load(open(val))
     row["measured"] = "ok"
+    # The simulation compared is the plan's as validated, which --refinish with
+    # --reprofile / --host-cores changes: the row's simulated times (its ranking, the plot)
+    # must be that one, not the simulation prepare_row made of the plan that ran.
+    row["sim_epoch_s"] = [e["predicted_s"] for e in v["epochs"]]
+    row["sim_total_s"] = v["total"]["predicted_s"]
     row["measured_epoch_s"] = [e["measured_s"] for e in v["epochs"]]
     row["measured_total_s"] = v["total"]["measured_s"]
     row["epoch_mape_pct"] = v["epoch_mape_pct"]
@@ -589,6 +594,76 @@ def ranking_agrees(rows, sim_key="sim_total_s"):
     return True
 
 
+def run_totals(row):
+    """The total times of a row's runs (the measured ones)."""
+    return [r["total_s"] for r in row.get("runs") or [] if r.get("measured") == "ok" and r.get("total_s")]
+
+
+def runs_separate(a, b):
+    """Whether two rows' runs order them beyond the host's noise: every run of one is
+    faster than every run of the other (the ranges of their total times do not overlap).
+    A pair whose ranges overlap is one the measurement itself orders differently from
+    round to round."""
+    ta, tb = run_totals(a), run_totals(b)
+    return len(ta) > 1 and len(tb) > 1 and (max(ta) < min(tb) or max(tb) < min(ta))
+
+
+def separated_pairs(rows, sim_key="sim_total_s"):
+    """(pairs, agreeing): the pairs of strategies the runs separate (runs_separate) and
+    the simulation does not tie, and how many of them the simulation orders as measured.
+    The ranking the measurement can vouch for, where ranking_agrees also judges pairs
+    a second round of runs would order the other way."""
+    meas = [r for r in rows if r.get("measured_total_s") is not None and r.get(sim_key) is not None]
+    pairs = agree = 0
+    for i, a in enumerate(meas):
+        for b in meas[i + 1:]:
+            if sim_tied(a[sim_key], b[sim_key]) or not runs_separate(a, b):
+                continue
+            pairs += 1
+            agree += (a[sim_key] < b[sim_key]) == (a["measured_total_s"] < b["measured_total_s"])
+    return pairs, agree
+
+
+def epoch_mape(predicted, measured):
+    """pac-sim --validate's epoch MAPE: the mean over epochs of |predicted - measured| /
+    measured, in percent."""
+    return 100.0 * sum(abs(p - m) / m for p, m in zip(predicted, measured)) / len(measured)
+
+
+def repeatability(rows):
+    """The measurement against itself: the runs of round j taken as the prediction of the
+    runs of round k, for every ordered pair of rounds, scored as the simulation is (the
+    scenarios' epoch MAPE, mean and worst, and the ranking by total time): how far a
+    second measurement of the same plans lands from the first on this host. The median
+    of three rounds, which the simulation is compared with, carries about half that
+    noise (for independent normal noise: sd 0.67 sigma against sqrt(2) sigma;
+    docs/fidelity.md, "Repeatability"). None with fewer than 2 rounds of every row
+    measured."""
+    full = [r for r in rows if r.get("runs") and all(x.get("measured") == "ok" for x in r["runs"])]
+    rounds = min((len(r["runs"]) for r in full), default=0)
+    if rounds < 2:
+        return None
+    pairs = []
+    for j in range(rounds):
+        for k in range(rounds):
+            if j == k:
+                continue
+            pseudo = [{"scenario": r["scenario"], "strategy": r["strategy"],
+                       "epoch_mape_pct": epoch_mape(r["runs"][j]["epoch_s"], r["runs"][k]["epoch_s"]),
+                       "sim_total_s": r["runs"][j]["total_s"], "measured_total_s": r["runs"][k]["total_s"]}
+                      for r in full]
+            s = summarize(pseudo, adjusted=False)
+            pairs.append({"predicted_by": j + 1, "measured": k + 1, "epoch_mape_mean_pct": s["epoch_mape_mean_pct"],
+                          "epoch_mape_worst_scenario_pct": s["epoch_mape_worst_scenario_pct"],
+                          "ranking_agrees": sum(1 for x in s["scenarios"] if x["ranking_agrees"]),
+                          "scenarios": len(s["scenarios"])})
+    med = lambda key: statistics.median(p[key] for p in pairs)
+    return {"rounds": rounds, "rows": len(full), "pairs": pairs,
+            "epoch_mape_mean_pct": med("epoch_mape_mean_pct"),
+            "epoch_mape_worst_scenario_pct": med("epoch_mape_worst_scenario_pct"),
+            "ranking_agrees": med("ranking_agrees"), "scenarios": pairs[0]["scenarios"]}
+
+
 def summarize(rows, mape_key="epoch_mape_pct", sim_key="sim_total_s", adjusted=True):
     """Per scenario and over the suite, on the plain simulation (mape_key epoch_mape_pct)
     or, for summary["at_machine_speed"], on the simulation at the probed machine speed."""
@@ -608,10 +683,16 @@ def summarize(rows, mape_key="epoch_mape_pct", sim_key="sim_total_s", adjusted=T
             s["measured_order"] = order(rs, "measured_total_s")
             # Compared on the strategies both sides have; simulated ties are not an order.
             s["ranking_agrees"] = ranking_agrees(rs, sim_key)
+            s["separated_pairs"], s["separated_agree"] = separated_pairs(rs, sim_key)
         scen_out.append(s)
     summary = {"rows": len(rows), "rows_measured": sum(1 for r in rows if r.get(mape_key) is not None),
                "scenarios": scen_out, "target_mean_pct": TARGET_MEAN_PCT,
                "target_scenario_pct": TARGET_SCENARIO_PCT}
+    sep = [s for s in scen_out if s.get("separated_pairs") is not None]
+    summary["ranking_separated"] = {"pairs": sum(s["separated_pairs"] for s in sep),
+                                     "agree": sum(s["separated_agree"] for s in sep),
+                                     "scenarios_agreeing": sum(1 for s in sep if s["separated_agree"] == s["separated_pairs"]),
+                                     "scenarios": len(sep)}
     if measured_mapes:
         summary["epoch_mape_mean_pct"] = sum(measured_mapes) / len(measured_mapes)
         summary["epoch_mape_worst_scenario_pct"] = max(measured_mapes)
@@ -621,6 +702,8 @@ def summarize(rows, mape_key="epoch_mape_pct", sim_key="sim_total_s", adjusted=T
     else:
         summary["epoch_mape_mean_pct"] = None
         summary["targets_met"] = None
+    if adjusted:
+        summary["repeatability"] = repeatability(rows)
     if adjusted and any(r.get("adj_epoch_mape_pct") is not None for r in rows):
         speeds = [x for r in rows for x in (r.get("machine_speed") or [])]
         summary["machine_speed_range"] = [min(speeds), max(speeds)]
@@ -692,6 +775,30 @@ def markdown(rows, summary):
                        sum(1 for x in sui["scenarios"] if x["ranking_agrees"]),
                        sum(1 for x in sui["scenarios"] if x["ranking_agrees"] is not None),
                        "yes" if sui["targets_met"] else "no"))
+    sep_text = lambda x: "%d of %d pairs, every such pair in %d of %d scenarios" % (
+        x["agree"], x["pairs"], x["scenarios_agreeing"], x["scenarios"])
+    if summary["epoch_mape_mean_pct"] is not None and summary["ranking_separated"]["pairs"]:
+        out.append("")
+        out.append("On the pairs of strategies the runs separate (every run of one faster than every run of the "
+                   "other) the simulation ranks as measured %s%s%s." % (
+                       sep_text(summary["ranking_separated"]),
+                       "; at the probed speed %s" % sep_text(adj["ranking_separated"]) if adj else "",
+                       "; at the suite's speed %s" % sep_text(sui["ranking_separated"]) if sui else ""))
+    rep = summary.get("repeatability")
+    if rep:
+        out.append("")
+        out.append("The measurement against itself (each round of runs as the prediction of another, %d ordered "
+                   "pairs of %d rounds; medians, range in brackets): mean of scenarios %.1f%% (%.1f-%.1f), worst "
+                   "scenario %.1f%% (%.1f-%.1f), ranking agrees in %s of %d (%d-%d). That is one round against another; the "
+                   "median of the rounds, which the simulation is compared with, carries less of the host's noise "
+                   "(about half with three rounds: docs/fidelity.md, \"Repeatability\")." % (
+                       len(rep["pairs"]), rep["rounds"], rep["epoch_mape_mean_pct"],
+                       min(p["epoch_mape_mean_pct"] for p in rep["pairs"]),
+                       max(p["epoch_mape_mean_pct"] for p in rep["pairs"]), rep["epoch_mape_worst_scenario_pct"],
+                       min(p["epoch_mape_worst_scenario_pct"] for p in rep["pairs"]),
+                       max(p["epoch_mape_worst_scenario_pct"] for p in rep["pairs"]),
+                       ("%g" % rep["ranking_agrees"]), rep["scenarios"],
+                       min(p["ranking_agrees"] for p in rep["pairs"]), max(p["ranking_agrees"] for p in rep["pairs"])))
     return "\n".join(out) + "\n"
 
 

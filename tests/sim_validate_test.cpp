@@ -712,6 +712,77 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
   fidelity_py_ok("summary", py);
 }
 
+// --refinish with --reprofile / --host-cores validates the runs against another plan than
+// the one that ran: the row's simulated times (its ranking, the plot) must become that
+// plan's. The standalone plan's own simulation as the measured run, validated against the
+// plan at half speed (compute only: x2) -> simulated total 2x the run, epoch MAPE 100%.
+TEST(SimFidelityHarness, RefinishRanksTheSimulationItValidated) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string dir = ::testing::TempDir() + "/sim_fidelity_refinish";
+  dir_create(dir);
+  Scenario sc = scenario_load(kSrc + "/bench/fidelity/fid-d512-2x100-switched1000-cache.json", kSrc + "/profiles");
+  Plan p = plan_make(sc, "standalone");
+  SimResult base = sim_run(p);
+  ASSERT_TRUE(base.ok);
+  file_write_atomic(dir + "/plan.json", plan_to_json(p).dump());
+  file_write_atomic(dir + "/run-1.json", report_to_json(p, base).dump());
+  std::string py =
+      "import types\n"
+      "dir = '" + dir + "'\n"
+      "f.plan_at_speed(dir + '/plan.json', 0.5, dir + '/plan-slow.json')\n"
+      "a = types.SimpleNamespace(bin_dir='" + bin_dir() + "', timeout=120, suite_speed={})\n"
+      "base = " + std::to_string(base.makespan_s) + "\n"
+      "row = {'scenario': 'x', 'strategy': 'standalone', 'sim_total_s': base, 'sim_epoch_s': [base / 2] * 2}\n"
+      "job = {'dir': dir, 'plan': dir + '/plan-slow.json', 'trace': None,\n"
+      "       'runs': [{'run': 1, 'measured': 'ok', 'total_s': base, 'load_average': None,\n"
+      "                 'report': dir + '/run-1.json'}]}\n"
+      "f.finish_row(a, row, job)\n"
+      "assert row['measured'] == 'ok', row['measured']\n"
+      "assert abs(row['sim_total_s'] - 2 * base) < 1e-4 * base, (row['sim_total_s'], base)\n"
+      "assert abs(sum(row['sim_epoch_s']) - 2 * sum(row['measured_epoch_s'])) < 1e-4 * base, row\n"
+      "assert abs(row['epoch_mape_pct'] - 100.0) < 0.01, row['epoch_mape_pct']\n"
+      "print('ok')\n";
+  fidelity_py_ok("refinish", py);
+}
+
+// The measurement against itself: round j's runs as the prediction of round k's, scored
+// as the simulation is. Two rounds, scenario A: s1 1.0 / 1.2 s, s2 2.0 / 2.2 s; scenario
+// B: s3 1.0 / 1.0 s, s4 3.0 / 0.9 s (one epoch each). Round 1 predicting round 2: A's
+// MAPE (0.2/1.2 + 0.2/2.2) / 2 = 12.879%, B's (0 + 2.1/0.9) / 2 = 116.667%; mean 64.773,
+// worst 116.667, ranking agrees in A only (B: s3 < s4, then s4 < s3). Round 2 predicting
+// round 1: A (20 + 10) / 2 = 15%, B (0 + 70) / 2 = 35%; mean 25, worst 35. Medians of the
+// two: 44.886%, 75.833%, 1 scenario. With one round there is nothing to compare.
+// Ranking on separated pairs: runs a [1.0, 1.1], b [1.2, 1.3], c [1.05, 1.4], d [2.0, 2.1];
+// c overlaps a and b, a-d is a simulated tie, so the pairs are a-b (simulated b < a:
+// wrong), b-d (right), c-d (simulated d < c: wrong) -> 3 pairs, 1 agrees.
+TEST(SimFidelityHarness, RepeatabilityAndSeparatedPairs) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py =
+      "run = lambda k, t: {'run': k, 'measured': 'ok', 'total_s': t, 'epoch_s': [t]}\n"
+      "row = lambda sc, s, t1, t2: {'scenario': sc, 'strategy': s, 'runs': [run(1, t1), run(2, t2)]}\n"
+      "rows = [row('A', 's1', 1.0, 1.2), row('A', 's2', 2.0, 2.2), row('B', 's3', 1.0, 1.0), row('B', 's4', 3.0, 0.9)]\n"
+      "r = f.repeatability(rows)\n"
+      "p = {(x['predicted_by'], x['measured']): x for x in r['pairs']}\n"
+      "assert abs(p[(1, 2)]['epoch_mape_mean_pct'] - (100 * (0.2 / 1.2 + 0.2 / 2.2) / 2 + 350 / 3) / 2) < 1e-9, p\n"
+      "assert abs(p[(1, 2)]['epoch_mape_worst_scenario_pct'] - 350 / 3) < 1e-9 and p[(1, 2)]['ranking_agrees'] == 1\n"
+      "assert abs(p[(2, 1)]['epoch_mape_mean_pct'] - 25) < 1e-9 and abs(p[(2, 1)]['epoch_mape_worst_scenario_pct'] - 35) < 1e-9\n"
+      "assert abs(r['epoch_mape_mean_pct'] - 44.886363636) < 1e-6 and abs(r['epoch_mape_worst_scenario_pct'] - 75.833333333) < 1e-6\n"
+      "assert r['ranking_agrees'] == 1 and r['scenarios'] == 2 and r['rounds'] == 2, r\n"
+      "assert f.repeatability([dict(x, runs=x['runs'][:1]) for x in rows]) is None\n"
+      "q = lambda s, ts, sim: {'scenario': 'S', 'strategy': s, 'runs': [run(k + 1, t) for k, t in enumerate(ts)],\n"
+      "                        'measured_total_s': sorted(ts)[len(ts) // 2], 'sim_total_s': sim, 'epoch_mape_pct': 1.0}\n"
+      "four = [q('a', [1.0, 1.1], 2.0), q('b', [1.2, 1.3], 1.5), q('c', [1.05, 1.4], 3.0), q('d', [2.0, 2.1], 2.0)]\n"
+      "assert f.separated_pairs(four) == (3, 1), f.separated_pairs(four)\n"
+      "s = f.summarize(four, adjusted=False)\n"
+      "assert s['ranking_separated'] == {'pairs': 3, 'agree': 1, 'scenarios_agreeing': 0, 'scenarios': 1}, s\n"
+      "one = [q('a', [1.0], 2.0), q('b', [1.2], 1.5)]\n"
+      "assert f.separated_pairs(one) == (0, 0)\n"
+      "print('ok')\n";
+  fidelity_py_ok("repeatability", py);
+}
+
 // The planner prices every Optimizer task with the profile's timed AdamW rate when the
 // profile has one (the testbed profiles do): seconds = 12 x parameters / that rate.
 TEST(SimFidelityHarness, OptimizerTasksUseTheTimedRate) {
