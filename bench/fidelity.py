@@ -579,19 +579,21 @@ def order_text(rows, key, tie=None):
     return out
 
 
-def ranking_agrees(rows, sim_key="sim_total_s"):
-    """The measured order agrees with the simulated one when every pair of measured
-    strategies that the simulation orders (not tied) is measured in that order. A pair the
-    simulation ties (the same plan) may be measured either way: that is run-to-run noise,
-    not a ranking."""
+def ordered_pairs(rows, sim_key="sim_total_s"):
+    """(a, b, same order) for every pair of measured strategies the simulation orders (does
+    not tie): whether it is measured in the simulated order. A pair the simulation ties
+    (the same plan) may be measured either way: that is run-to-run noise, not a ranking."""
     meas = [r for r in rows if r.get("measured_total_s") is not None and r.get(sim_key) is not None]
     for i, a in enumerate(meas):
         for b in meas[i + 1:]:
-            if sim_tied(a[sim_key], b[sim_key]):
-                continue
-            if (a[sim_key] < b[sim_key]) != (a["measured_total_s"] < b["measured_total_s"]):
-                return False
-    return True
+            if not sim_tied(a[sim_key], b[sim_key]):
+                yield a, b, (a[sim_key] < b[sim_key]) == (a["measured_total_s"] < b["measured_total_s"])
+
+
+def ranking_agrees(rows, sim_key="sim_total_s"):
+    """The measured order agrees with the simulated one when every pair of measured
+    strategies that the simulation orders is measured in that order (ordered_pairs)."""
+    return all(same for _, _, same in ordered_pairs(rows, sim_key))
 
 
 def run_totals(row):
@@ -613,15 +615,8 @@ def separated_pairs(rows, sim_key="sim_total_s"):
     the simulation does not tie, and how many of them the simulation orders as measured.
     The ranking the measurement can vouch for, where ranking_agrees also judges pairs
     a second round of runs would order the other way."""
-    meas = [r for r in rows if r.get("measured_total_s") is not None and r.get(sim_key) is not None]
-    pairs = agree = 0
-    for i, a in enumerate(meas):
-        for b in meas[i + 1:]:
-            if sim_tied(a[sim_key], b[sim_key]) or not runs_separate(a, b):
-                continue
-            pairs += 1
-            agree += (a[sim_key] < b[sim_key]) == (a["measured_total_s"] < b["measured_total_s"])
-    return pairs, agree
+    sep = [same for a, b, same in ordered_pairs(rows, sim_key) if runs_separate(a, b)]
+    return len(sep), sum(sep)
 
 
 def epoch_mape(predicted, measured):
@@ -637,8 +632,8 @@ def repeatability(rows):
     second measurement of the same plans lands from the first on this host. The median
     of three rounds, which the simulation is compared with, carries about half that
     noise (for independent normal noise: sd 0.67 sigma against sqrt(2) sigma;
-    docs/fidelity.md, "Repeatability"). None with fewer than 2 rounds of every row
-    measured."""
+    docs/fidelity.md, "Repeatability"; less with more rounds). None with fewer than 2
+    rounds of every row measured."""
     full = [r for r in rows if r.get("runs") and all(x.get("measured") == "ok" for x in r["runs"])]
     rounds = min((len(r["runs"]) for r in full), default=0)
     if rounds < 2:

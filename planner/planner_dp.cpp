@@ -32,8 +32,10 @@ PlanCtx plan_ctx_make(const Scenario& s, const MethodSpec& method) {
     c.rate_side.push_back(device_rate(d.profile, method.dtype, "side", beta));
     c.rate_layer_bwd.push_back(device_rate(d.profile, method.dtype, "layer_bwd", beta));
     c.rate_side_bwd.push_back(device_rate(d.profile, method.dtype, "side_bwd", beta));
-    auto opt = d.profile.eff_flops_by_kind.find("optimizer");
-    c.rate_opt.push_back(opt != d.profile.eff_flops_by_kind.end() ? opt->second / d.profile.cpu_work_factor : 0.0);
+    // The timed AdamW rate (one, whatever the micro-batch), through device_rate like the
+    // others (it applies cpu_work_factor); 0 = not timed.
+    c.rate_opt.push_back(profile_has_kind(d.profile, "optimizer") ? device_rate(d.profile, method.dtype, "optimizer", 1)
+                                                                  : 0.0);
     c.mem.push_back(d.profile.memory_bytes);
   }
   return c;

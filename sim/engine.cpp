@@ -219,6 +219,8 @@ class Engine {
   void task_start(int t);
   double cpu_work_end(int d, double sustained_s);
   double cpu_ready_at(int d) const;
+  bool cfs_spent(int d) const;
+  double cfs_resume_at(int d) const;
   void cpu_work_begin(int d, int t, double sustained_s);
   void cpu_advance();
   void cpu_period_roll(int d);
@@ -567,8 +569,20 @@ double Engine::cpu_ready_at(int d) const {
   if (ds.cpu_resume >= 0) return std::max(now_, ds.cpu_resume);  // shared host: throttled
   if (ds.cfs_quota <= 0) return now_;
   const int64_t k = static_cast<int64_t>(std::floor(now_ / kCfsPeriodS));
-  if (ds.cfs_period != k || ds.cfs_used < ds.cfs_quota * kCfsPeriodS * (1 - 1e-12)) return now_;
-  return (k + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+  if (ds.cfs_period != k || !cfs_spent(d)) return now_;
+  return cfs_resume_at(d);
+}
+
+// Whether device d has spent the CFS budget of its current period (cfs_period).
+bool Engine::cfs_spent(int d) const {
+  const DevState& ds = dev_[d];
+  return ds.cfs_used >= ds.cfs_quota * kCfsPeriodS * (1 - 1e-12);
+}
+
+// When device d, throttled in its current period, runs again: the next period's start
+// + the profile's throttle delay.
+double Engine::cfs_resume_at(int d) const {
+  return (dev_[d].cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
 }
 
 // ---- Shared host (Scenario::host_cores > 0; docs/simulator.md, "Shared host").
@@ -596,8 +610,7 @@ void Engine::cpu_work_begin(int d, int t, double sustained_s) {
     cpu_period_roll(d);
     // The budget already spent in this period (a task that ended exactly as it ran out):
     // held until the next period, as cpu_work_end does.
-    if (ds.cpu_resume < 0 && ds.cfs_used >= ds.cfs_quota * kCfsPeriodS * (1 - 1e-12))
-      ds.cpu_resume = (ds.cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+    if (ds.cpu_resume < 0 && cfs_spent(d)) ds.cpu_resume = cfs_resume_at(d);
   }
   cpu_dirty_ = true;
 }
@@ -689,7 +702,7 @@ void Engine::cpu_event() {
     // One spent exactly at the boundary runs on with the new period's budget.
     if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cfs_quota * kCfsPeriodS - ds.cfs_used, ds.cpu_rate) &&
         cfs_period_of(now_) == ds.cfs_period)
-      ds.cpu_resume = (ds.cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+      ds.cpu_resume = cfs_resume_at(d);
     else
       cpu_period_roll(d);
   }
