@@ -10,6 +10,7 @@
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
 #   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
 #   OVERHEAD=0 bash bench/calibrate_testbed.sh      # rates only, no runtime-overhead fit
+#   OVERHEAD_CHECK=0 bash bench/calibrate_testbed.sh  # no 2-stage pipeline check (it sets nothing)
 #   STORAGE_ONLY=1 bash bench/calibrate_testbed.sh  # only the activation cache's figures (~1 min)
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
 #   OUT=/tmp/p/devices RESULTS=/tmp/p/raw MODELS=llama-d512-l8 QUOTAS="0.5 1.0" bash bench/calibrate_testbed.sh
@@ -125,8 +126,9 @@ if [ "${HOSTS:-0}" = 1 ]; then
     --repeats 7 --storage-mb 256 --name host-1core -o profiles/devices/host-1core.json --json --quiet \
     > bench/results/profile_host-1core.json
 fi
-# The runtime's per-task and per-message cost (task_overhead_s, message_overhead_s),
-# fitted on two small calibration plans run on the testbed with the rates just written
+# The runtime's CPU per unit of work, per task and per step (cpu_work_factor,
+# task_overhead_s, step_overhead_s), measured and fitted on small calibration plans
+# run on the testbed with the rates just written, and a 2-stage pipeline check
 # (bench/calibrate_overhead.py; ~20-60 s per profile; OVERHEAD=0 skips it, and it skips
 # itself, leaving the profiles as they are, without root or the tokenizer).
 if [ "${OVERHEAD:-1}" = 1 ]; then
@@ -136,7 +138,8 @@ if [ "${OVERHEAD:-1}" = 1 ]; then
   done
   ovh_work=$(mktemp -d /tmp/pac-overhead.XXXXXX)
   python3 bench/calibrate_overhead.py --build-dir "$build" --devices "$out_dir" \
-    --only "$(IFS=,; echo "${names[*]}")" --repeats "${OVERHEAD_REPEATS:-3}" --work "$ovh_work"
+    --only "$(IFS=,; echo "${names[*]}")" --repeats "${OVERHEAD_REPEATS:-3}" --work "$ovh_work" \
+    $([ "${OVERHEAD_CHECK:-1}" = 0 ] && echo --no-check)
   rm -rf "$ovh_work"
 fi
 echo "calibrate_testbed: load after: $(cut -d' ' -f1-3 /proc/loadavg)"

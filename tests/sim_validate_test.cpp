@@ -448,10 +448,12 @@ TEST(SimFidelityHarness, GateJudgesTheBetterOfTheTwoSpeeds) {
 // bench/calibrate_overhead.py: the fit inverts pac-plan + pac-sim. A bisection finds the
 // root of a piecewise-linear increasing function (2 + 40 max(0, x - 0.2 ms) + 10x =
 // 2.05 at x = 1.16 ms), clamps at 0 when the kernels alone are already slower than the
-// measurement and at the cap when nothing reaches it. Then, on the real tools: the
-// calibration plans' times simulated with known values (a 0.5-core profile: 2.1 ms lost
-// per throttled period, 0.4 ms per message end) are fitted back to those values, and the plans are the ones the fit
-// assumes: one device, or a 2-stage pipeline, one epoch of 4 micro-batches per step.
+// measurement and at the cap when nothing reaches it. The CPU factor and the 2-stage
+// check's CPU beyond the work per message end (recorded, not applied) in closed form.
+// Then, on the real tools: the calibration plans' times simulated with known values (a
+// 0.5-core profile: 2.1 ms per task, 0.4 ms per message end) are fitted back to those
+// values, and the plans are the ones the tool assumes: one device, or a 2-stage
+// pipeline, one epoch of 4 micro-batches per step.
 TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
   std::string out;
   if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
@@ -498,6 +500,32 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "runs = [{'cpu_s': [0.85], 'machine_speed': [1, 1]}, {'cpu_s': [0.952], 'machine_speed': [0.5, 0.5]}, "
       "{'cpu_s': [1.02], 'machine_speed': [1, 1]}]\n"
       "assert abs(c.cpu_factor(tp, runs, p)[0] - 1.25) < 1e-12\n"
+      // The 2-stage check's diagnostic (recorded, not applied): per device, CPU x speed less
+      // its compute's CPU work, over its message ends; the smaller of the two stages, the
+      // median over the runs, / q.
+      // 2 iterations of: F s0 0.1 s, send 0->1, F+B s1 0.2 + 0.2 s, send 1->0, B s0 0.1 s,
+      // an optimizer each (0.05 s, 0.01 s of it the step's). At q = 0.5 the work is
+      // 2 x 0.24 x 0.5 = 0.24 s (s0) and 2 x 0.44 x 0.5 = 0.44 s (s1); 4 ends each.
+      // Runs: [0.26, 0.50] at 1 -> min(0.005, 0.015); [0.325, 0.6] at 0.8 -> min(0.005,
+      // 0.01); [0.2, 0.5] at 1 -> min(-0.01, 0.015). Median 0.005 s per end, / 0.5 -> 10 ms.
+      "mp = os.path.join(dir, 'msg-plan.json')\n"
+      "json.dump({'segments': [{'repeat': 2, 'tasks': ["
+      "{'kind': 'forward', 'device': 0, 'seconds': 0.1}, {'kind': 'send', 'device': 0, 'peer': 1, 'seconds': 9}, "
+      "{'kind': 'forward', 'device': 1, 'seconds': 0.2}, {'kind': 'backward', 'device': 1, 'seconds': 0.2}, "
+      "{'kind': 'send', 'device': 1, 'peer': 0, 'seconds': 9}, {'kind': 'backward', 'device': 0, 'seconds': 0.1}, "
+      "{'kind': 'optimizer', 'device': 0, 'seconds': 0.05}, {'kind': 'optimizer', 'device': 1, 'seconds': 0.05}]}]}, "
+      "open(mp, 'w'))\n"
+      "w = c.plan_device_work_s(mp, p)\n"
+      "assert abs(w[0] - 0.24) < 1e-12 and abs(w[1] - 0.44) < 1e-12, w\n"
+      "assert c.plan_message_ends(mp) == {0: 4, 1: 4}\n"
+      "runs = [{'cpu_s': [0.26, 0.50], 'machine_speed': [1, 1]}, {'cpu_s': [0.325, 0.6], 'machine_speed': [0.8, 0.8]}, "
+      "{'cpu_s': [0.2, 0.5], 'machine_speed': [1, 1]}]\n"
+      "m, r = c.pipeline_extra_cpu(mp, runs, p)\n"
+      "assert abs(m - 0.01) < 1e-12 and r['per_end_cpu_s'] == [0.005, 0.005, -0.01], (m, r)\n"
+      // Every device below its work: negative (the host was faster than the rates).
+      "m, r = c.pipeline_extra_cpu(mp, [{'cpu_s': [0.2, 0.4], 'machine_speed': [1, 1]}], p)\n"
+      "assert abs(m + 0.02) < 1e-12 and r['per_end_sustained_s'] == -0.02, (m, r)\n"
+      "assert c.pipeline_extra_cpu(mp, [{'cpu_s': None}], p) == (0.0, None)\n"
       // A residual within half the runs' range is not resolved (the value is then 0).
       "assert c.below_spread(0.19, [30.3, 30.5, 31.1]) and c.below_spread(-0.4, [30.3, 30.5, 31.1])\n"
       "assert not c.below_spread(0.41, [30.3, 30.5, 31.1]) and not c.below_spread(0.01, [30.5])\n"
