@@ -403,6 +403,7 @@ void Testbed::shape_shared_medium(const Scenario& s) {
 void Testbed::make_cgroups(const Scenario& s, int i) {
   Dev& d = devs_[i];
   const DeviceSpec& ds = s.devices[i];
+  d.cpu_quota = ds.cpu_quota;
   const std::string who = "device " + d.id;
   CgroupBases b = cgroup_bases();
   const long period = 100000;
@@ -544,6 +545,11 @@ static std::string file_tail(const std::string& path, size_t n) {
   return s;
 }
 
+std::chrono::milliseconds testbed_start_timeout(std::chrono::milliseconds at_one_core, double cpu_quota) {
+  if (cpu_quota <= 0 || cpu_quota >= 1) return at_one_core;
+  return std::chrono::milliseconds(std::llround(static_cast<double>(at_one_core.count()) / cpu_quota));
+}
+
 void Testbed::start_worker(int i) {
   Dev& d = devs_[i];
   std::string addr = d.ip + ":" + std::to_string(options_.port);
@@ -555,7 +561,8 @@ void Testbed::start_worker(int i) {
   for (const std::string& a : options_.worker_args) argv.push_back(a);
   d.worker = spawn(i, argv, d.log);
   // Ready when it printed "listening on" (it has bound its socket by then).
-  auto deadline = Clock::now() + options_.start_timeout;
+  const auto timeout = testbed_start_timeout(options_.start_timeout, d.cpu_quota);
+  auto deadline = Clock::now() + timeout;
   for (;;) {
     std::ifstream in(d.log);
     std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -570,7 +577,7 @@ void Testbed::start_worker(int i) {
     }
     if (Clock::now() > deadline)
       throw RuntimeError("testbed: device " + d.id + ": worker did not listen on " + addr + " within " +
-                         std::to_string(options_.start_timeout.count()) + " ms; log " + d.log + ": " +
+                         std::to_string(timeout.count()) + " ms; log " + d.log + ": " +
                          file_tail(d.log, 600));
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

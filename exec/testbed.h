@@ -42,9 +42,16 @@ struct TestbedOptions {
   std::string log_dir;               // worker logs <device>.log; empty: /tmp/pactb<tag>-logs, removed at teardown
   int port = 7070;                   // each worker listens on <its namespace ip>:port
   bool memory_limit = true;          // cgroup memory limit = profile memory_bytes (when > 0)
-  std::chrono::milliseconds start_timeout{15000};  // per worker: until it prints "listening on"
+  std::chrono::milliseconds start_timeout{15000};  // per worker at one core: until it prints "listening on"
+                                                   // (testbed_start_timeout scales it by the quota)
   bool verbose = false;              // print each ip/tc command on stderr
 };
+
+// How long a worker under a CPU quota of `cpu_quota` cores (0: none) may take to start:
+// `at_one_core` / min(1, quota). Its start is CPU (loading LibTorch's libraries, ~1-3 s
+// of it here), which the quota hands out at q of a core: a 0.25-core worker once took
+// longer than the 15 s allowed and failed its suite run (docs/testbed.md).
+std::chrono::milliseconds testbed_start_timeout(std::chrono::milliseconds at_one_core, double cpu_quota);
 
 class Testbed {
  public:
@@ -82,6 +89,7 @@ class Testbed {
     std::vector<std::string> cgroups;  // cgroup dirs we made for it
     pid_t worker = -1;
     std::string log;
+    double cpu_quota = 0;  // the scenario's (0: none)
   };
   void build(const Scenario& s);
   void shape_device(const Scenario& s, int i);

@@ -337,3 +337,16 @@ TEST(Testbed, WorkerInsideIsReachableAndAuthenticates) {
   EXPECT_THROW(handshake_client(*bad, ClusterKey{"wrong-key-wrong-key-wrong", "test"}, "coordinator", "x"),
                PeerError);
 }
+
+// A worker's start is CPU, handed out at q of a core under a quota: its timeout is the
+// one-core value / q (no root needed: plain arithmetic). 15 s at one core -> 60 s at
+// 0.25 core, 20 s at 0.75 (15 / 0.75), 15 s without a quota or at or above one core.
+TEST(Testbed, StartTimeoutScalesWithTheQuota) {
+  using ms = std::chrono::milliseconds;
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 0.25), ms(60000));
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 0.75), ms(20000));
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 0.5), ms(30000));
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 0), ms(15000));
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 1.0), ms(15000));
+  EXPECT_EQ(testbed_start_timeout(ms(15000), 2.0), ms(15000));
+}
