@@ -167,9 +167,9 @@ def pipeline_extra_cpu(plan_file, runs, profile):
     ran), over the message ends it handled (plan_message_ends); the smaller of the two
     stages (both handle as many ends, so that bounds a cost per end), the median over the
     runs, in sustained seconds (/ q: under a quota of q a CPU second takes 1/q). Recorded,
-    not applied: measured 11-12 ms of CPU per end at 0.5 core (d512, 11-24 11:00), where
-    the runtime's framing and copy of such a tensor costs 0.2-0.4 ms (exec_transport_bench);
-    what both stages spend beyond their work is not per message. Returns (value, record)."""
+    not applied: at 0.5 core (d512, 11-24) it came out at 11.7 ms at 10:00 and -3.6 ms at
+    10:40, the probe's error on a few seconds of work, where the runtime's framing and
+    copy of such a tensor costs 0.2-0.4 ms (exec_transport_bench). Returns (value, record)."""
     q = profile.get("sustained_quota", 0)
     q = q if 0 < q < 1 else 1.0
     work = plan_device_work_s(plan_file, profile)

@@ -68,7 +68,37 @@ def main():
             cols = [" / ".join(g(by.get((th, mb), 0)) for mb in MBS) for th in (1, 2)]
             print("| %s | %s | %s | %.1f-%.1f |" % (c["model"], cols[0], cols[1], c["load_average_before"],
                                                    c["load_average_after"]))
+    overhead_table(files)
     return 0
+
+
+def overhead_table(files):
+    """The runtime costs of bench/calibrate_overhead.py (calibration.overhead) as the
+    table of docs/profiling.md, "Runtime overhead"."""
+    print("\nRuntime costs (bench/calibrate_overhead.py; times in s, costs in ms):\n")
+    print("| profile | cpu_work_factor (measured) | one device: measured / simulated without | task_overhead_s "
+          "| step_overhead_s | 2-stage check: measured / simulated | CPU beyond the work per message end "
+          "| probed speed (one device / check) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for f in files:
+        p = json.load(open(f))
+        o = p["calibration"].get("overhead") or {}
+        plans = o.get("plans", {})
+        task, chk = plans.get("task"), plans.get("message")
+        if not task:
+            continue
+        fac = o.get("cpu_work_factor") or {}
+        extra = o.get("pipeline_extra_cpu") or {}
+        def speed(rec):
+            return "x%.2f" % rec["fitted_at_speed"] if rec and rec.get("fitted_at_speed") else "-"
+        print("| %s | %s | %.2f / %.2f | %.1f | %.1f | %s | %s | %s / %s |" % (
+            p["name"], "%.2f (%.2f)" % (p.get("cpu_work_factor", 1.0), fac["measured"]) if fac else "-",
+            task["median_total_s"], task["sim_total_s_without"], 1e3 * p.get("task_overhead_s", 0.0),
+            1e3 * p.get("step_overhead_s", 0.0),
+            "%.2f / %.2f (%+.0f%%)" % (chk["median_total_s"], chk["sim_total_s_without"],
+                                       100 * (chk["sim_total_s_without"] - chk["median_total_s"]) / chk["median_total_s"])
+            if chk else "-",
+            "%.1f" % (1e3 * extra["per_end_sustained_s"]) if extra else "-", speed(task), speed(chk)))
 
 
 if __name__ == "__main__":

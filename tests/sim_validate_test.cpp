@@ -588,17 +588,20 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
         checked++;
       }
       EXPECT_EQ(p.memory_bytes, 4e9) << file;
-      // The runtime costs are what bench/calibrate_overhead.py fitted (calibration.overhead).
+      // The runtime costs are what bench/calibrate_overhead.py measured and fitted
+      // (calibration.overhead): on the one-device plan the CPU factor, measured (stored
+      // when above 1), then task_overhead_s, fitted; no throttle delay; the 2-stage plan
+      // is a check, and no cost per message is set.
       ASSERT_TRUE(c.contains("overhead")) << file;
       const json& plans = c["overhead"]["plans"];
-      // The one-device plan fits throttle_delay_s under a throttling quota, else
-      // task_overhead_s (calibrate_overhead.task_field); the other stays 0.
-      bool throttles = quota < 1;
-      EXPECT_EQ(plans["task"]["field"], throttles ? "throttle_delay_s" : "task_overhead_s") << file;
-      double fitted = plans["task"]["fitted"].get<double>();
-      EXPECT_NEAR(p.throttle_delay_s, throttles ? fitted : 0.0, 1e-12) << file;
-      EXPECT_NEAR(p.task_overhead_s, throttles ? 0.0 : fitted, 1e-12) << file;
-      EXPECT_NEAR(p.message_overhead_s, plans["message"]["fitted"].get<double>(), 1e-12) << file;
+      EXPECT_EQ(plans["task"]["field"], "task_overhead_s") << file;
+      EXPECT_NEAR(p.task_overhead_s, plans["task"]["fitted"].get<double>(), 1e-12) << file;
+      const json& factor = c["overhead"]["cpu_work_factor"];
+      ASSERT_TRUE(factor.is_object()) << file;
+      EXPECT_NEAR(p.cpu_work_factor, std::max(1.0, factor["measured"].get<double>()), 1e-4) << file;
+      EXPECT_EQ(p.throttle_delay_s, 0.0) << file;
+      EXPECT_EQ(plans["message"]["role"], "check") << file;
+      EXPECT_EQ(p.message_overhead_s, 0.0) << file;
       // The cost per step is measured at one core and kept in sustained seconds: the
       // median per-step gap / the quota (1 at one core), rounded as written.
       const json& step = c["overhead"]["step"];
@@ -822,8 +825,9 @@ TEST(SimFidelityHarness, OptimizerTasksUseTheTimedRate) {
       for (const Task& t : seg.graph.tasks) {
         if (t.kind != TaskKind::Optimizer) continue;
         const DeviceProfile& prof = sc.devices[t.device].profile;
-        double rate = prof.eff_flops_by_kind.at("optimizer");
-        // The timed rate, plus the runtime's per-task cost like every compute task, and
+        double rate = prof.eff_flops_by_kind.at("optimizer") / prof.cpu_work_factor;
+        // The timed rate over the CPU the runtime spends per unit of work (cpu_work_factor,
+        // measured by bench/calibrate_overhead.py), plus the runtime's per-task cost like every compute task, and
         // its cost per step (the coordinator's command and result after the step).
         EXPECT_NEAR(t.seconds, t.flops / rate + prof.task_overhead_s + prof.step_overhead_s, 1e-12 * t.seconds)
             << strategy << " " << t.label;
