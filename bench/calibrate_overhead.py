@@ -80,14 +80,20 @@ def below_spread(residual, totals):
     return len(totals) > 1 and abs(residual) <= (max(totals) - min(totals)) / 2
 
 
+def profile_quota(profile):
+    """The cores a profile's device computes on: its sustained quota q below one core,
+    else 1 (a sustained second of its tasks is q CPU seconds)."""
+    q = profile.get("sustained_quota", 0)
+    return q if 0 < q < 1 else 1.0
+
+
 def plan_device_work_s(plan_file, profile):
     """Per device of the plan (a dict by device index): the CPU seconds at full speed that
     its compute asks at the profile's rates: every forward, backward and optimizer task's
     seconds (less the optimizer's step_overhead_s, the coordinator's part, in which the
     worker waits) x the iterations, x the sustained quota q (a task's seconds are
     sustained ones: q of them in CPU, docs/profiling.md)."""
-    q = profile.get("sustained_quota", 0)
-    q = q if 0 < q < 1 else 1.0
+    q = profile_quota(profile)
     step = profile.get("step_overhead_s", 0)
     work = {}
     for seg in json.load(open(plan_file))["segments"]:
@@ -170,8 +176,7 @@ def pipeline_extra_cpu(plan_file, runs, profile):
     not applied: at 0.5 core (d512, 11-24) it came out at 11.7 ms at 10:00 and -3.6 ms at
     10:40, the probe's error on a few seconds of work, where the runtime's framing and
     copy of such a tensor costs 0.2-0.4 ms (exec_transport_bench). Returns (value, record)."""
-    q = profile.get("sustained_quota", 0)
-    q = q if 0 < q < 1 else 1.0
+    q = profile_quota(profile)
     work = plan_device_work_s(plan_file, profile)
     ends = plan_message_ends(plan_file)
     per_run = []
@@ -345,8 +350,7 @@ def step_measure(a, name, profile):
     gaps = [g for g in (step_gap_s(r) for r in runs) if g is not None]
     if not gaps:
         raise SystemExit("calibrate_overhead: %s: pac-run reported no step_gap_s (rebuild pac-run)" % name)
-    q = profile.get("sustained_quota", 0)
-    q = q if 0 < q < 1 else 1.0
+    q = profile_quota(profile)
     gap = statistics.median(gaps)
     value = gap / q
     log("%s: step_overhead_s = %.3f ms (median of %s ms per step at one core, / %.2f)" % (
@@ -389,6 +393,8 @@ def calibrate_profile(a, path):
         profile["step_overhead_s"] = step
     kinds = [("task", "task_overhead_s")] + ([("message", "message_overhead_s")] if a.check else [])
     for kind, field in kinds:
+        if old and kind not in old["plans"]:
+            continue  # calibrated with --no-check: no 2-stage runs to fit again
         if old:
             work = os.path.join(a.work, name, kind)
             trial = Trial(a, os.path.join(work, "scenario.json"), name, profile, None, os.path.join(work, "trial"))
@@ -396,8 +402,6 @@ def calibrate_profile(a, path):
             if not plan:
                 raise SystemExit("calibrate_overhead: --refit: no measured plan under %s" % work)
             trial.phases = json.load(open(plan[0]))["phases"]
-            if kind not in old["plans"]:
-                continue
             rec = old["plans"][kind]
             reports = os.path.dirname(plan[0])
             runs = [{"run": k + 1, "total_s": t, "machine_speed": ms, "report": os.path.join(reports, "run-%d.json" % (k + 1))}
@@ -433,6 +437,7 @@ def calibrate_profile(a, path):
             if spread:
                 x = 0.0
         values[field] = x
+        sim_x = sim0 if x == 0 else sim(x)  # each call is a pac-plan + pac-sim
         record["plans"][kind] = {
             "scenario": json.load(open(trial.scen_file))["name"],
             "field": field,
@@ -442,7 +447,7 @@ def calibrate_profile(a, path):
             "machine_speed": [r.get("machine_speed") for r in runs],
             "fitted_at_speed": trial.speed,
             "sim_total_s_without": round(sim0, 6),
-            "sim_total_s_fitted": round(sim(x), 6),
+            "sim_total_s_fitted": round(sim_x, 6),
             "fitted": round(x, 7),
             # Negative: the kernels alone already simulate slower than the run (the value is clamped at 0).
             "residual_s": round(med["total_s"] - sim0, 6),
