@@ -3,6 +3,7 @@
 #include "src/llm/threads.h"
 #include "exec/pac_executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -654,7 +655,8 @@ torch::Tensor PacExecutor::p1_read(int64_t id, uint64_t hash, const std::string&
 
 // The switch (docs/runtime.md, "Activation cache and switch"): every device ships its
 // cached taps to each sample's owner and the first device of every stage ships its side
-// tensors with their AdamW moments to every data-parallel device; the data-parallel
+// tensors with their AdamW moments to every data-parallel device outside the stage's
+// group (the group's members hold them already); the data-parallel
 // devices assemble whole records into their own cache and the whole side network with
 // its optimizer state; everyone drops the backbone.
 json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
@@ -716,8 +718,16 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
                    kFlagRedistribute);
     n_records_sent++;
   }
-  // 2. The stage's side tensors and AdamW moments, from its first device to every DP device.
-  if (a_.group_rank == 0) {
+  // 2. The stage's side tensors and AdamW moments, from its first device to every DP
+  //    device outside the stage's group. The group's members hold the same tensors and
+  //    moments already (one all-reduced gradient, one AdamW step, on every member each
+  //    step): a data-parallel member keeps its own, so a phase 1 that was already data
+  //    parallel ([4] -> [4]) moves no side state at all.
+  const std::vector<std::string>& group_ids = a_.my_stage().device_ids;
+  auto in_my_group = [&](const std::string& id) {
+    return std::find(group_ids.begin(), group_ids.end(), id) != group_ids.end();
+  };
+  if (a_.group_rank == 0 || rank >= 0) {
     std::map<std::string, int> index;
     for (size_t i = 0; i < named.size(); i++) index[named[i].key()] = static_cast<int>(i);
     auto& states = optim_->state();
@@ -733,12 +743,13 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
         m2 = as.exp_avg_sq();
       }
       torch::Tensor pack = torch::stack({p.reshape({-1}), m1.reshape({-1}), m2.reshape({-1})});
+      if (rank >= 0) {
+        std::lock_guard<std::mutex> lk(mu_);
+        sw_params_[index[kv.first]] = {step, pack};
+      }
+      if (a_.group_rank != 0) continue;
       for (int g = 0; g < static_cast<int>(dps.size()); g++) {
-        if (g == rank) {
-          std::lock_guard<std::mutex> lk(mu_);
-          sw_params_[index[kv.first]] = {step, pack.clone()};
-          continue;
-        }
+        if (g == rank || in_my_group(dps[g].first)) continue;
         TensorHeader h;
         h.tag = static_cast<uint32_t>(index[kv.first]);
         h.micro_batch = static_cast<uint32_t>(step);

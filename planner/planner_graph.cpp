@@ -84,23 +84,54 @@ static std::vector<std::vector<double>> switch_pairs(const PlanCtx& c, const Lay
   return pair;
 }
 
-static double switch_time_s(const PlanCtx& c, const Layout& lay) {
-  SwitchFlow f = switch_flow(c, lay);
-  std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
-  double net = 0, disk = 0, total_in = 0, lat = 0, last_chunk = 0;
-  for (int d = 0; d < c.n; d++) total_in += f.in[d];
-  // Each device sends its pairs one after another and receives likewise, each pair at
-  // that pair's link rate (the scenario's `links` override, else switch and NICs).
+// The side network's trainable tensors with AdamW's two moments, one float each per
+// trainable parameter: what pac-run ships of a stage at the switch.
+constexpr int kSideStateCopies = 3;
+
+// Side-state bytes each device sends each other device at the switch: the first device
+// of every stage ships its stage's tensors and moments to every data-parallel device
+// outside the stage's group. The group's members hold the same ones already (the same
+// all-reduced gradient and optimizer step every iteration), so a phase 1 that is
+// already data parallel over the same devices moves nothing.
+static std::vector<std::vector<double>> switch_side_pairs(const PlanCtx& c, const Layout& lay) {
+  std::vector<std::vector<double>> pair(c.n, std::vector<double>(c.n, 0));
+  for (const StagePlan& st : lay.stages) {
+    if (st.devices.empty()) continue;
+    double bytes = cost_range(c.mc, st.layer_begin, st.layer_end).trainable * kSideStateCopies * c.mc.grad_bytes;
+    for (int e = 0; e < c.n; e++) {
+      if (lay.dp_shares[e] <= 0) continue;
+      if (std::find(st.devices.begin(), st.devices.end(), e) != st.devices.end()) continue;
+      pair[st.devices[0]][e] += bytes;
+    }
+  }
+  return pair;
+}
+
+// Network time of moving pair[d][e] bytes from every d to every e: each device sends
+// its pairs one after another and receives likewise, each pair at that pair's link rate
+// (the scenario's `links` override, else switch and NICs); a shared medium carries all
+// of it at its capacity.
+static double switch_net_s(const PlanCtx& c, const std::vector<std::vector<double>>& pair) {
   std::vector<double> send_t(c.n, 0), recv_t(c.n, 0);
+  double net = 0, total = 0;
   for (int d = 0; d < c.n; d++)
     for (int e = 0; e < c.n; e++) {
       if (d == e || pair[d][e] <= 0) continue;
       double t = pair[d][e] * 8 / link_bandwidth_bps(*c.s, d, e);
       send_t[d] += t;
       recv_t[e] += t;
+      total += pair[d][e];
     }
+  for (int d = 0; d < c.n; d++) net = std::max(net, std::max(send_t[d], recv_t[d]));
+  if (c.shared_medium) net = total * 8 / c.medium_bps;
+  return net;
+}
+
+static double switch_time_s(const PlanCtx& c, const Layout& lay) {
+  SwitchFlow f = switch_flow(c, lay);
+  std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
+  double net = switch_net_s(c, pair), disk = 0, lat = 0, last_chunk = 0;
   for (int d = 0; d < c.n; d++) {
-    net = std::max(net, std::max(send_t[d], recv_t[d]));
     disk = std::max(disk, cache_io_s(c.s->devices[d].profile, true, f.records[d], f.in[d]));
     lat = std::max(lat, c.dev_lat_s[d]);
     for (int e = 0; e < c.n; e++) {
@@ -109,15 +140,12 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
       last_chunk = std::max(last_chunk, cache_io_s(c.s->devices[e].profile, true, switch_records(f, e, chunk), chunk));
     }
   }
-  if (c.shared_medium) net = total_in * 8 / c.medium_bps;
   // Streaming: the network bound plus the write of the last chunk to arrive, or the
   // storage bound plus the wait for the first chunks.
-  double stream = std::max(net + lat + last_chunk, net / kSwitchChunks + lat + disk);
-  std::vector<int> all;
-  for (int d = 0; d < c.n; d++) all.push_back(d);
-  // Side-network weights: an all-gather moves half of what an all-reduce does.
-  double gather = 0.5 * allreduce_s(c, all, c.mc.total_trainable * c.mc.weight_bytes);
-  return stream + gather;
+  double stream = net > 0 || disk > 0 ? std::max(net + lat + last_chunk, net / kSwitchChunks + lat + disk) : 0;
+  // Then the side state (pac-run's senders ship it after their cached taps).
+  double side = switch_net_s(c, switch_side_pairs(c, lay));
+  return stream + (side > 0 ? side + lat : 0);
 }
 
 // ---- the cached data-parallel phase --------------------------------------------------
@@ -443,13 +471,8 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
 static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
   SwitchFlow f = switch_flow(c, lay);
   GraphBuilder gb;
-  std::vector<int> all;
-  for (int d = 0; d < c.n; d++) all.push_back(d);
-  int ag = gb.add(TaskKind::AllGather, 0, "gather side network");
-  gb.tasks[ag].group = all;
-  gb.tasks[ag].bytes = c.mc.total_trainable * c.mc.weight_bytes;
-  gb.tasks[ag].seconds = 0.5 * allreduce_s(c, all, gb.tasks[ag].bytes);
   std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
+  std::vector<std::vector<int>> sent(c.n);  // each sender's cache chunks
   for (int d = 0; d < c.n; d++) {
     for (int e = 0; e < c.n; e++) {
       double bytes = pair[d][e] / kSwitchChunks;
@@ -469,9 +492,20 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
         gb.tasks[w].seconds = cache_io_s(c.s->devices[e].profile, true, gb.tasks[w].samples, bytes);
         gb.dep(w, sd);
         prev = sd;
+        sent[d].push_back(sd);
       }
     }
   }
+  std::vector<std::vector<double>> side = switch_side_pairs(c, lay);
+  for (int d = 0; d < c.n; d++)
+    for (int e = 0; e < c.n; e++) {
+      if (side[d][e] <= 0) continue;
+      int sd = gb.add(TaskKind::Send, d, "side state " + c.s->devices[d].id + "->" + c.s->devices[e].id);
+      gb.tasks[sd].peer = e;
+      gb.tasks[sd].bytes = side[d][e];
+      gb.tasks[sd].seconds = send_s(c, d, e, side[d][e]);
+      for (int k : sent[d]) gb.dep(sd, k);
+    }
   return gb.finish();
 }
 

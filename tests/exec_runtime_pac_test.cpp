@@ -229,6 +229,29 @@ TEST_P(ExecRuntimePacSwitch, CachedPhaseTwoSameAsSingleDevice) {
   int written = 0;
   for (auto& j : sw.results) written += j.value("records_written", 0);
   EXPECT_EQ(written, static_cast<int>(ex.size())) << "every sample lands in exactly one phase-2 cache";
+  // Side state moves only to data-parallel devices outside the stage's group: the first
+  // device of stage j sends each of its stage's tensors once to every such device, and
+  // nobody else sends any (a group's members hold the same tensors and moments). A
+  // stage's tensors: down0.* on the first stage, blocks.<b>.* for its layers b, and the
+  // head's (norm, up, gate) on the last.
+  for (size_t i = 0; i < sw.results.size(); i++) {
+    const Assignment& a = as1[sw.workers[i]];
+    int want = 0;
+    if (a.stage >= 0 && a.group_rank == 0) {
+      int n_stage = 0;
+      for (auto& kv : ref) {
+        const std::string& n = kv.first;
+        if (n.rfind("down0.", 0) == 0) n_stage += a.has_embedding();
+        else if (n.rfind("blocks.", 0) == 0) n_stage += std::stoi(n.substr(7)) >= a.layer_begin() && std::stoi(n.substr(7)) < a.layer_end();
+        else n_stage += a.has_head();
+      }
+      int outside = 0;
+      for (int d : shape.dp_devices)
+        outside += std::find(a.my_stage().devices.begin(), a.my_stage().devices.end(), d) == a.my_stage().devices.end();
+      want = n_stage * outside;
+    }
+    EXPECT_EQ(sw.results[i].value("tensors_sent", -1), want) << shape.name << " device " << a.device_id;
+  }
 
   // Phase 2 with prefetch: every step names the next mini-batch (across the epoch
   // boundary too), except that the second one names a wrong one (the fourth), so the

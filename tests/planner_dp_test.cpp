@@ -385,6 +385,7 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
   // N/8 * tap0. What is received equals what is sent: sum of in = sum of out. The writes
   // are per chunk (8 per sender->receiver transfer) and add up to the above; since every
   // device held more than 1/8 of its own stage's taps, every send crosses the stages.
+  // The side state goes too, from each stage's first device to the other stage's.
   Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
   Plan p = plan_make(s, "pac");
   ASSERT_EQ(p.phases[0].stages.size(), 2u);
@@ -395,9 +396,13 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
   double N = (double)s.data.samples;
   const Segment& sw = p.segments[1];
   ASSERT_EQ(sw.name, "switch");
-  std::vector<double> in(8, 0), out(8, 0);
+  std::vector<double> in(8, 0), out(8, 0), side_out(8, 0);
   for (const Task& t : sw.graph.tasks) {
     if (t.kind == TaskKind::CacheWrite) in[t.device] += t.bytes;
+    if (t.kind == TaskKind::Send && t.label.rfind("side state ", 0) == 0) {
+      side_out[t.device] += t.bytes;
+      continue;
+    }
     if (t.kind == TaskKind::Send) {
       out[t.device] += t.bytes;
       bool from0 = std::find(s0.devices.begin(), s0.devices.end(), t.device) != s0.devices.end();
@@ -420,4 +425,13 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
   expect_out = g0 * N * tap0 * (1.0 / g0 - 1.0 / 8) + g1 * N * tap1 * (1.0 / g1 - 1.0 / 8);
   EXPECT_NEAR(sum_out, expect_out, 1e-6 * expect_out);
   EXPECT_NEAR(sum_in, expect_out, 1e-6 * expect_out);
+  // The side state: the first device of each stage ships its stage's trainable tensors
+  // with AdamW's two moments (3 floats per parameter) to every data-parallel device of
+  // the other stage; nobody else ships any.
+  const StagePlan& s1 = p.phases[0].stages[1];
+  double tr0 = cost_range(mc, 0, s0.layer_end).trainable, tr1 = cost_range(mc, s0.layer_end, mc.num_layers()).trainable;
+  for (int d = 0; d < 8; d++) {
+    double want = d == s0.devices[0] ? g1 * 3 * mc.grad_bytes * tr0 : d == s1.devices[0] ? g0 * 3 * mc.grad_bytes * tr1 : 0;
+    EXPECT_NEAR(side_out[d], want, 1e-9 * want) << "device " << d;
+  }
 }

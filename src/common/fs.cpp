@@ -46,7 +46,7 @@ std::string path_join(const std::string& a, const std::string& b) {
   return a + "/" + b;
 }
 
-void file_write_atomic(const std::string& path, const void* data, size_t n) {
+void file_write_atomic(const std::string& path, const void* data, size_t n, bool sync) {
   std::filesystem::path p(path);
   if (p.has_parent_path()) dir_create(p.parent_path().string());
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -65,7 +65,7 @@ void file_write_atomic(const std::string& path, const void* data, size_t n) {
     }
     done += static_cast<size_t>(w);
   }
-  ::fsync(fd);
+  if (sync) ::fsync(fd);
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
