@@ -693,9 +693,16 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   // 0. The backbone is not needed any more (its taps are in the p1 cache, its head lives
   //    on in the side network): drop it first, so its memory holds the records that
   //    arrive instead of adding to them (the switch was every worker's memory peak).
+  double tr = wall_clock_us();  // the switch's parts, as trace events (pac-run --trace)
+  auto part_done = [&](const char* what) {
+    double now = wall_clock_us();
+    trace_add("compute", std::string("switch: ") + what, tr, now);
+    tr = now;
+  };
   model_ = nullptr;
   micro_.clear();
   malloc_trim(0);
+  part_done("drop backbone");
 
   // 1. My cached taps to their owners. My own samples' pieces stay in the p1 cache
   //    until their record is complete (read then, step 3): read now, a device would
@@ -718,6 +725,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
                    kFlagRedistribute);
     n_records_sent++;
   }
+  if (n_records_sent > 0) part_done("send taps");
   // 2. The stage's side tensors and AdamW moments, from its first device to every DP
   //    device outside the stage's group. The group's members hold the same tensors and
   //    moments already (one all-reduced gradient, one AdamW step, on every member each
@@ -757,6 +765,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
         n_params_sent++;
       }
     }
+    part_done("side state out");
   }
   int n_records = 0;
   if (rank >= 0) {
@@ -841,6 +850,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
       }
     }
     wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    part_done("records and side state in");
     // 4. The whole side network with its optimizer state.
     std::vector<torch::Tensor> all;
     params_.clear();
@@ -867,6 +877,7 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
     }
     optim_ = std::move(optim);
     sw_params_.clear();
+    part_done("load side network");
     if (auto g = s.find("dp_store")) {
       g->check_keys({"host", "port"});
       dp_store_host_ = g->string("host");
@@ -896,12 +907,15 @@ json PacExecutor::switch_phase(const JsonIn& s, WorkerContext& ctx) {
   // cached epochs' steps report their own (pac-run keeps both).
   json peaks = {{"rss_peak_bytes", rss_peak_bytes()}, {"tensor_peak_bytes", torch_memory_peak_bytes()}};
   memory_peaks_reset();
+  part_done("free phase 1");
   // 6. Join the data-parallel group now, as part of the switch that prepares phase 2
   //    (every data-parallel device is here at the same time), instead of in the first
   //    phase-2 step, where the store connect and Gloo's pair setup (~1 s on the testbed)
   //    would look like a slow training step.
-  if (dp_ && dp_size_ > 1 && !dp_group_)
+  if (dp_ && dp_size_ > 1 && !dp_group_) {
     dp_group_join(dp_store_host_, dp_store_port_, dp_rank_, dp_size_, "data-parallel group join at the switch");
+    part_done("join group");
+  }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json bytes = json::object();
   for (auto& kv : links_.bytes_to) bytes[kv.first] = kv.second;
