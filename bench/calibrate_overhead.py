@@ -14,10 +14,18 @@ and finds the profile values with which pac-sim reproduces the measured time:
               epoch of 128 samples (mini-batch 16, 4 micro-batches): the device computes
               all the time. First its CPU per unit of work is measured, not fitted: the
               worker's CPU seconds (pac-run's report) over the plan's work at the rates
-              -> cpu_work_factor (cpu_factor); then every second beyond that is per task
-              -> task_overhead_s. (Earlier versions fitted throttle_delay_s under a quota
-              instead: a per-period loss that stood in for the extra CPU, and that a host
-              shared by several devices, which then never throttle, did not have.)
+              -> cpu_work_factor (cpu_factor). The rest of the plan's time is recorded,
+              not fitted: task_overhead_s stays 0 (--fit-task-cost fits it as earlier
+              versions did). The factor comes from the worker's CPU seconds, which
+              already hold every CPU cost of a task (dispatch, autograd set-up), and one
+              plan cannot tell a cost per task from a loss in proportion to the time:
+              fitted, the residual of a 0.25-core device (4-10%) became 5.7-26 ms per
+              task and made a pipeline of many small tasks simulate 40-95% slow (its
+              0.25-core device spent 1.3 ms of CPU per task in all where the fit alone
+              put 1.4; docs/profiling.md, "Runtime overhead"). (Earlier versions also
+              fitted throttle_delay_s under a quota: a per-period loss that stood in for
+              the extra CPU, and that a host shared by several devices, which then never
+              throttle, did not have.)
   2. check:   TWO such devices as a 2-stage pipeline, the same data, with (1) in the
               profile: simulated and measured, nothing fitted (--no-check skips it).
               message_overhead_s stays 0: earlier versions fitted it here, and since
@@ -362,9 +370,9 @@ def step_measure(a, name, profile):
 
 def calibrate_profile(a, path):
     """Measures (or with a.refit, takes the runs recorded in the profile and left in
-    a.work) the calibration plans of one profile, measures its cpu_work_factor, fits its
-    task_overhead_s, runs the 2-stage check (unless --no-check), and rewrites the
-    profile with the values and the record."""
+    a.work) the calibration plans of one profile, measures its cpu_work_factor, records
+    (or with --fit-task-cost fits) its task_overhead_s, runs the 2-stage check (unless
+    --no-check), and rewrites the profile with the values and the record."""
     name = os.path.basename(path)[:-5]
     profile = json.load(open(path))
     cal = profile.get("calibration") or {}
@@ -424,10 +432,12 @@ def calibrate_profile(a, path):
             v[field] = x
             return trial.total_s(v)
 
+        check = kind == "message" or not a.fit_task_cost
         if kind == "message":
             # A check, not a fit (module docstring): the value stays 0; what the devices
             # spent beyond their compute per message end is recorded beside it.
             _, record["pipeline_extra_cpu"] = pipeline_extra_cpu(ran, runs, profile_with(profile, values))
+        if check:
             x, sim0 = 0.0, sim(0.0)
             spread = False
         else:
@@ -452,7 +462,7 @@ def calibrate_profile(a, path):
             # Negative: the kernels alone already simulate slower than the run (the value is clamped at 0).
             "residual_s": round(med["total_s"] - sim0, 6),
             # fit: the value was fitted on this plan; check: it was only measured and simulated.
-            "role": "check" if kind == "message" else "fit",
+            "role": "check" if check else "fit",
             # Set when the residual was within half the runs' range: the value is then 0.
             "within_runs_spread": spread,
             "sim_calls": trial.calls}
@@ -463,6 +473,9 @@ def calibrate_profile(a, path):
                 "end %s (recorded, not applied)" % (
                     name, med["total_s"], sim0, 100 * (sim0 - med["total_s"]) / med["total_s"], at,
                     "%.2f ms" % (1e3 * extra["per_end_sustained_s"]) if extra else "not reported"))
+        elif check:
+            log("%s: one device: measured %.3f s, simulated %.3f s (%+.1f%%%s); %s not fitted (recorded)" % (
+                name, med["total_s"], sim0, 100 * (sim0 - med["total_s"]) / med["total_s"], at, field))
         else:
             log("%s: %s = %.3f ms (measured %.3f s, simulated %.3f s without, %.3f s with it%s%s)" % (
                 name, field, 1e3 * x, med["total_s"], sim0, record["plans"][kind]["sim_total_s_fitted"], at,
@@ -511,6 +524,8 @@ def main():
                     "--repeats runs) and record it; the fitted values stay (--refit fits them again with it)")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-stage pipeline check "
                     "(it sets nothing; bench/fidelity.py --calibrate skips it)")
+    ap.add_argument("--fit-task-cost", action="store_true", help="fit task_overhead_s on the one-device plan "
+                    "(earlier versions' default; it is recorded and left 0 otherwise: module docstring)")
     ap.add_argument("--refit", action="store_true", help="run nothing: fit again from the runs recorded in each "
                     "profile's calibration.overhead and the plans left in --work")
     model_dir = os.environ.get("PAC_MODEL_DIR", os.path.join(ROOT, "..", "shared", "models"))

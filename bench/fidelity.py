@@ -972,8 +972,9 @@ def main():
     ap.add_argument("--host-cores", type=float, default=None, metavar="N",
                     help="simulate the rows' devices on one machine of N cores (cluster.host_cores: the simulator "
                     "shares them among the devices that compute at once, as the testbed's devices share this "
-                    "machine); with --refinish, applied to the earlier suite's plans; default: not modelled "
-                    "(docs/fidelity.md, 'Shared host': the testbed profiles are not yet measured for it)")
+                    "machine); with --refinish, applied to the earlier suite's plans; default: this machine's "
+                    "cores (os.cpu_count()), since the testbed's devices are processes on it; 0: not modelled "
+                    "(docs/fidelity.md, 'Ninth run')")
     ap.add_argument("--run-mode", choices=["testbed", "local"], default="testbed",
                     help="testbed: pac-run --testbed (quotas, tc); local: pac-run --local on loopback, only for "
                     "scenarios of 1-core devices on >= 1 Gbit/s links")
@@ -1010,6 +1011,8 @@ def main():
     if a.host_cores is not None and a.host_cores < 0:
         print("fidelity: --host-cores: expected a count >= 0, got %g" % a.host_cores, file=sys.stderr)
         return 2
+    if a.host_cores is None:
+        a.host_cores = float(os.cpu_count() or 0)
     if a.resummarize:
         return resummarize(a)
     if a.refinish:
@@ -1113,7 +1116,7 @@ def refinish(a):
         if a.reprofile:
             plan_reprofiled(plan, a.reprofile, os.path.join(d, "plan-reprofiled.json"))
             plan = os.path.join(d, "plan-reprofiled.json")
-        if a.host_cores is not None:
+        if a.host_cores > 0:
             plan_on_host(plan, a.host_cores, os.path.join(d, "plan-on-host.json"))
             plan = os.path.join(d, "plan-on-host.json")
         jobs.append({"dir": d, "plan": plan, "runs": runs, "trace": None})
@@ -1137,7 +1140,7 @@ def conclude(a, rows, run_reason, t0):
     if a.plot:
         plot(points, x_label, a.plot)
     doc = {"format": "pac-fidelity", "format_version": 1, "measured_available": not run_reason,
-           "run_mode": a.run_mode,
+           "run_mode": a.run_mode, "host_cores": a.host_cores,
            "measured_skip_reason": run_reason or None, "plot_x": x_label.split(" - X: ")[-1].lower(),
            "calibration": a.calibration,
            "repeats": a.repeats, "wall_s": round(time.time() - t0, 1), "summary": summary, "rows": rows}
