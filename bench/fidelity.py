@@ -1116,9 +1116,9 @@ def refinish(a):
         if a.reprofile:
             plan_reprofiled(plan, a.reprofile, os.path.join(d, "plan-reprofiled.json"))
             plan = os.path.join(d, "plan-reprofiled.json")
-        if a.host_cores > 0:
-            plan_on_host(plan, a.host_cores, os.path.join(d, "plan-on-host.json"))
-            plan = os.path.join(d, "plan-on-host.json")
+        # Always: 0 must also take a host out of plans that an earlier suite made with one.
+        plan_on_host(plan, a.host_cores, os.path.join(d, "plan-on-host.json"))
+        plan = os.path.join(d, "plan-on-host.json")
         jobs.append({"dir": d, "plan": plan, "runs": runs, "trace": None})
     a.probe = True
     a.calibration = doc.get("calibration")

@@ -780,6 +780,11 @@ TEST(SimFidelityHarness, RefinishRanksTheSimulationItValidated) {
       "assert abs(row['sim_total_s'] - 2 * base) < 1e-4 * base, (row['sim_total_s'], base)\n"
       "assert abs(sum(row['sim_epoch_s']) - 2 * sum(row['measured_epoch_s'])) < 1e-4 * base, row\n"
       "assert abs(row['epoch_mape_pct'] - 100.0) < 0.01, row['epoch_mape_pct']\n"
+      "import json\n"
+      "f.plan_on_host(dir + '/plan.json', 2, dir + '/plan-h2.json')\n"
+      "assert json.load(open(dir + '/plan-h2.json'))['scenario']['cluster']['host_cores'] == 2\n"
+      "f.plan_on_host(dir + '/plan-h2.json', 0, dir + '/plan-h0.json')\n"
+      "assert 'host_cores' not in json.load(open(dir + '/plan-h0.json'))['scenario']['cluster']\n"
       "print('ok')\n";
   fidelity_py_ok("refinish", py);
 }
