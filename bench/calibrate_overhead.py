@@ -80,6 +80,11 @@ FIELDS = ("task_overhead_s", "message_overhead_s")
 # The calibration plans: the suite's shape (seq 128, mini-batch 16, 4 micro-batches) on
 # half the samples, so that a run takes 1-10 s.
 SAMPLES = 128
+# The first-use plan (cached: one device, the activation cache, two epochs) on half that:
+# 4 steps per epoch, the first against the median of the other three.
+SAMPLES_CACHED = 64
+# The profile fields first_use_measure sets.
+FIRST_USE_FIELDS = ("first_step_s", "cached_first_step_s", "switch_local_s")
 
 
 def below_spread(residual, totals):
@@ -232,15 +237,16 @@ def calibration_scenario(kind, profile_name, cal):
     # (step_measure scales it to the quota as the rates are).
     quota = 1.0 if kind == "step" else cal["cpu_quota"]
     two = kind == "message"
+    cached = kind == "cached"
     devices = [{"id": "w%d" % i, "profile": profile_name, "cpu_quota": quota} for i in range(2 if two else 1)]
     scen = {"name": "overhead-%s-%s" % (kind, profile_name),
             "description": "bench/calibrate_overhead.py: %s cost of %s" % (kind, profile_name),
             "model": cal["model"],
             "method": {"kind": "parallel_adapters", "reduction_k": int(cal.get("reduction_k", 8)),
-                       "cache": False, "cache_dtype": "fp32", "dtype": "fp32"},
-            "data": {"task": "personal", "samples": SAMPLES, "seq_len": int(cal.get("seq_len", 128)),
-                     "mini_batch": 16, "micro_batches": 4},
-            "epochs": 1,
+                       "cache": cached, "cache_dtype": "fp32", "dtype": "fp32"},
+            "data": {"task": "personal", "samples": SAMPLES_CACHED if cached else SAMPLES,
+                     "seq_len": int(cal.get("seq_len", 128)), "mini_batch": 16, "micro_batches": 4},
+            "epochs": 2 if cached else 1,
             "cluster": {"devices": devices},
             "network": {"kind": "switched", "bandwidth_mbps": 1000, "latency_ms": 0.1},
             "strategy": "pac"}
@@ -368,6 +374,61 @@ def step_measure(a, name, profile):
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def first_step_excess_s(steps):
+    """A phase's first step beyond its steady steps: the first of `steps` (each step's
+    slowest compute, pac-run's epochs[].step_compute_s) less the median of the others;
+    None with fewer than 2 steps."""
+    if not steps or len(steps) < 2:
+        return None
+    return max(0.0, steps[0] - statistics.median(steps[1:]))
+
+
+def first_use_measure(a, name, profile):
+    """first_step_s, cached_first_step_s and switch_local_s of profile `name`, measured
+    (not fitted) on the cached plan: ONE device at the profile's quota, the activation
+    cache on, two epochs of SAMPLES_CACHED samples (4 steps each). From pac-run's report:
+    the first step's compute (epochs[].step_compute_s: forward, backward and the
+    optimizer step, without the cache read it waits for and without communication) less
+    the median of the epoch's other steps, in the backbone epoch and in the cached one,
+    and the switch's time (switch_s: one device sends nothing, so it is all local work:
+    drop the backbone, pack and load the side network with its AdamW state, free phase
+    1). The median over the runs of each. Returns (values, record)."""
+    for f in FIRST_USE_FIELDS:
+        profile.pop(f, None)
+    _, _, runs = measure(a, "cached", name, profile, {})
+    per = {f: [] for f in FIRST_USE_FIELDS}
+    for r in runs:
+        rep = json.load(open(r["report"]))
+        ep = rep.get("epochs", [])
+        if len(ep) != 2 or "step_compute_s" not in ep[0]:
+            raise SystemExit("calibrate_overhead: %s: pac-run's report has no epochs[].step_compute_s for the cached "
+                             "plan (rebuild pac-run)" % name)
+        for f, v in (("first_step_s", first_step_excess_s(ep[0]["step_compute_s"])),
+                     ("cached_first_step_s", first_step_excess_s(ep[1]["step_compute_s"])),
+                     ("switch_local_s", rep.get("switch_s", -1))):
+            if v is not None and v >= 0:
+                per[f].append(v)
+    values = {f: statistics.median(v) if v else 0.0 for f, v in per.items()}
+    log("%s: first_step_s %.1f ms, cached_first_step_s %.1f ms, switch_local_s %.1f ms (medians of %d runs)" % (
+        name, 1e3 * values["first_step_s"], 1e3 * values["cached_first_step_s"], 1e3 * values["switch_local_s"],
+        len(runs)))
+    rec = {"plan": "cached (one device, the activation cache, 2 epochs of %d samples)" % SAMPLES_CACHED,
+           "measured_total_s": [r["total_s"] for r in runs], "machine_speed": [r.get("machine_speed") for r in runs],
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for f in FIRST_USE_FIELDS:
+        rec[f] = [round(v, 6) for v in per[f]]
+        rec["value_" + f] = round(values[f], 6)
+    return values, rec
+
+
+def first_use_set(profile, values):
+    """The profile with the first-use fields set to `values` (absent when 0)."""
+    for f in FIRST_USE_FIELDS:
+        profile.pop(f, None)
+        if values.get(f, 0) > 0:
+            profile[f] = round(values[f], 6)
+
+
 def calibrate_profile(a, path):
     """Measures (or with a.refit, takes the runs recorded in the profile and left in
     a.work) the calibration plans of one profile, measures its cpu_work_factor, records
@@ -391,6 +452,9 @@ def calibrate_profile(a, path):
     # (and without the throttle delay earlier fits stored).
     profile.pop("cpu_work_factor", None)
     profile.pop("throttle_delay_s", None)
+    if not old:  # measured last (first_use_measure); the plans before it run without them
+        for f in FIRST_USE_FIELDS:
+            profile.pop(f, None)
     # The cost per step is measured (pac-run's step_gap_s on the one-device plan) before
     # the fits, which then simulate with it; --refit keeps the recorded one.
     if old:
@@ -480,6 +544,11 @@ def calibrate_profile(a, path):
             log("%s: %s = %.3f ms (measured %.3f s, simulated %.3f s without, %.3f s with it%s%s)" % (
                 name, field, 1e3 * x, med["total_s"], sim0, record["plans"][kind]["sim_total_s_fitted"], at,
                 "; the residual is within the runs' spread %s: 0" % [round(r["total_s"], 3) for r in runs] if spread else ""))
+    # The first use of each phase and the switch's local work: measured on the cached
+    # plan (--refit keeps the recorded values, which the profile still holds).
+    if not old:
+        first, record["first_use"] = first_use_measure(a, name, profile)
+        first_use_set(profile, first)
     record["wall_s"] = old["wall_s"] if old else round(time.time() - t0, 1)
     out = dict(profile)
     for f in FIELDS:
@@ -492,20 +561,43 @@ def calibrate_profile(a, path):
     return record
 
 
-def step_only(a, path):
-    """--step-only: measures step_overhead_s of one profile and records it in its
-    calibration.overhead, leaving the fitted values as they are (--refit fits them again
-    with it)."""
+def testbed_profile(path):
+    """(name, profile) of a testbed profile file; None (with a message) for another kind."""
     name = os.path.basename(path)[:-5]
     profile = json.load(open(path))
     cal = profile.get("calibration") or {}
     if not cal.get("model") or not cal.get("cpu_quota"):
         log("%s: no calibration.model / cpu_quota (not a testbed profile): skipped" % name)
+        return None
+    return name, profile
+
+
+def step_only(a, path):
+    """--step-only: measures step_overhead_s of one profile and records it in its
+    calibration.overhead, leaving the fitted values as they are (--refit fits them again
+    with it)."""
+    found = testbed_profile(path)
+    if not found:
         return
+    name, profile = found
     profile.pop("step_overhead_s", None)
     value, rec = step_measure(a, name, profile)
     profile["step_overhead_s"] = round(value, 7)
     profile["calibration"].setdefault("overhead", {})["step"] = rec
+    fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
+
+
+def first_only(a, path):
+    """--first-only: measures first_step_s, cached_first_step_s and switch_local_s of one
+    profile (the cached plan) and records them in its calibration.overhead, leaving the
+    other values as they are."""
+    found = testbed_profile(path)
+    if not found:
+        return
+    name, profile = found
+    values, rec = first_use_measure(a, name, dict(profile))
+    first_use_set(profile, values)
+    profile["calibration"].setdefault("overhead", {})["first_use"] = rec
     fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
 
 
@@ -522,6 +614,8 @@ def main():
                     "(the fit then compares with the simulation at the calibrated speed)")
     ap.add_argument("--step-only", action="store_true", help="measure only step_overhead_s (the one-device plan, "
                     "--repeats runs) and record it; the fitted values stay (--refit fits them again with it)")
+    ap.add_argument("--first-only", action="store_true", help="measure only first_step_s, cached_first_step_s and "
+                    "switch_local_s (the cached one-device plan, --repeats runs) and record them; the rest stays")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-stage pipeline check "
                     "(it sets nothing; bench/fidelity.py --calibrate skips it)")
     ap.add_argument("--fit-task-cost", action="store_true", help="fit task_overhead_s on the one-device plan "
@@ -570,6 +664,8 @@ def main():
     for p in paths:
         if a.step_only:
             step_only(a, p)
+        elif a.first_only:
+            first_only(a, p)
         else:
             calibrate_profile(a, p)
     return 0

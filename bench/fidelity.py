@@ -260,7 +260,9 @@ def speed_probe(a, scen, work_dir):
 def plan_at_speed(plan_file, speed, out_file):
     """The plan with every compute task (forward, backward, optimizer) taking 1/speed its
     planned seconds: what the simulator predicts for the machine as fast as the probes
-    measured it. Communication and cache I/O are not CPU-speed bound and stay."""
+    measured it. Communication and cache I/O are not CPU-speed bound and stay; so do the
+    switch's local work (local tasks) and a phase's first use (first_extra_s): page
+    faults and freeing memory, not the kernels the probe times."""
     p = json.load(open(plan_file))
     for seg in p["segments"]:
         for t in seg["tasks"]:

@@ -412,6 +412,10 @@ int run(int argc, char** argv) {
     std::vector<int64_t> order_next;
     if (in_dp && e < epochs) order_next = epoch_order_by_owner(dp_owners, seed, e + 1);
     double step_gap_s = 0;
+    // Each step's wall time and its slowest worker's compute (forward, backward, optimizer):
+    // a phase's first step pays the first use of its buffers, which the calibration
+    // measures from these (bench/calibrate_overhead.py, first_step_factor).
+    json step_s = json::array(), step_compute_s = json::array();
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
     prog.set_quiet(quiet);
     for (int64_t b = 0; b < nb; b++) {
@@ -430,7 +434,12 @@ int run(int argc, char** argv) {
       PacStepResult r = pac_train_step(c, as, static_cast<int>(step), lr_now, mb, timeout, tracing, &next);
       // The step's wall time beyond its slowest worker's own: the command, the results
       // and the coordinator's work between steps, which no plan task holds.
-      step_gap_s += std::max(0.0, std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count() - r.max_seconds);
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+      step_gap_s += std::max(0.0, wall - r.max_seconds);
+      double most_compute = 0;
+      for (const json& j : r.results) most_compute = std::max(most_compute, j.value("compute_s", 0.0));
+      step_s.push_back(wall);
+      step_compute_s.push_back(most_compute);
       if (p2 >= 0) pac_note_cached(r, &holders);
       for (size_t i = 0; i < r.results.size(); i++) trace.add_result(r.workers[i], static_cast<int>(step), r.results[i]);
       for (const json& j : r.results) {
@@ -452,7 +461,9 @@ int run(int argc, char** argv) {
     epochs_json.push_back({{"epoch", e},
                            {"phase", in_dp ? "data_parallel" : plan.phases[0].kind},
                            {"time_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count()},
-                           {"step_gap_s", step_gap_s}});
+                           {"step_gap_s", step_gap_s},
+                           {"step_s", step_s},
+                           {"step_compute_s", step_compute_s}});
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double coordinator_cpu_s = process_cpu_s() - coordinator_cpu0;

@@ -127,6 +127,23 @@ static double switch_net_s(const PlanCtx& c, const std::vector<std::vector<doubl
   return net;
 }
 
+// The devices that hold a stage of phase 1: each does the switch's local work.
+static std::vector<int> phase1_devices(const Layout& lay) {
+  std::vector<int> out;
+  for (const StagePlan& st : lay.stages)
+    for (size_t k = 0; k < st.devices.size(); k++)
+      if (st.shares[k] > 0) out.push_back(st.devices[k]);
+  return out;
+}
+
+// The switch's local work (the profile's switch_local_s) on the slowest phase-1 device:
+// each starts with it, before sending (switch_graph).
+static double switch_local_max_s(const PlanCtx& c, const Layout& lay) {
+  double t = 0;
+  for (int d : phase1_devices(lay)) t = std::max(t, c.s->devices[d].profile.switch_local_s);
+  return t;
+}
+
 static double switch_time_s(const PlanCtx& c, const Layout& lay) {
   SwitchFlow f = switch_flow(c, lay);
   std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
@@ -145,7 +162,32 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
   double stream = net > 0 || disk > 0 ? std::max(net + lat + last_chunk, net / kSwitchChunks + lat + disk) : 0;
   // Then the side state (pac-run's senders ship it after their cached taps).
   double side = switch_net_s(c, switch_side_pairs(c, lay));
-  return stream + (side > 0 ? side + lat : 0);
+  return switch_local_max_s(c, lay) + stream + (side > 0 ? side + lat : 0);
+}
+
+// A phase's first use (the profiles' first_step_s or cached_first_step_s, added to each
+// device's first compute task of the phase's first iteration: pipeline_graph, dp_graph):
+// what the phase's first epoch takes beyond its steady iterations. The data-parallel
+// devices start together, so the slowest one's; a pipeline's first micro-batch passes
+// the stages one after another, so each stage's slowest one's, summed.
+static double first_use_max_s(const PlanCtx& c, const std::vector<int>& devices, bool cached) {
+  double t = 0;
+  for (int d : devices) {
+    const DeviceProfile& p = c.s->devices[d].profile;
+    t = std::max(t, cached ? p.cached_first_step_s : p.first_step_s);
+  }
+  return t;
+}
+
+static double pipeline_first_use_s(const PlanCtx& c, const Layout& lay) {
+  double t = 0;
+  for (const StagePlan& st : lay.stages) {
+    std::vector<int> used;
+    for (size_t k = 0; k < st.devices.size(); k++)
+      if (st.shares[k] > 0) used.push_back(st.devices[k]);
+    t += first_use_max_s(c, used, false);
+  }
+  return t;
 }
 
 // ---- the cached data-parallel phase --------------------------------------------------
@@ -223,12 +265,14 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
     PipelineTimes pt = pipeline_times(c, lay, false);
     per_epoch = pt.warm + pt.drain;
   }
-  for (int e = 0; e < pipeline_epochs; e++) r.epoch_s.push_back(r.iters * r.iter_s + per_epoch);
+  for (int e = 0; e < pipeline_epochs; e++)
+    r.epoch_s.push_back(r.iters * r.iter_s + per_epoch + (e == 0 ? pipeline_first_use_s(c, lay) : 0));
   if (uses_cache_phase(c, lay)) {
     r.switch_s = switch_time_s(c, lay);
     r.dp_iter_s = dp_iter_s(c, lay);
     int64_t it = iterations(c, c.batch);
-    for (int e = 1; e < E; e++) r.epoch_s.push_back(it * r.dp_iter_s + (e == 1 ? dp_first_read_s(c, lay) : 0));
+    for (int e = 1; e < E; e++)
+      r.epoch_s.push_back(it * r.dp_iter_s + (e == 1 ? dp_first_read_s(c, lay) + first_use_max_s(c, dp_group(lay), true) : 0));
     for (int d : dp_group(lay)) {
       double samples = lay.dp_shares[d] * c.batch;
       r.peak_memory[d] = std::max(r.peak_memory[d], cached_memory(c.mc, samples).total());
@@ -385,6 +429,8 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       for (int m = M - warm; m < M; m++) seq.push_back(B[j][k][m]);
       seq.erase(std::remove(seq.begin(), seq.end(), -1), seq.end());
       for (size_t q = 1; q < seq.size(); q++) gb.dep(seq[q], seq[q - 1]);
+      // The phase's first use of this device's buffers, in the segment's first iteration.
+      if (!seq.empty()) gb.tasks[seq[0]].first_extra_s = s.devices[d].profile.first_step_s;
       // Asynchronous (no flush): 1F1B continues across mini-batches, so forward m of the
       // next iteration waits only for backward M+m-warm-1 of this one; that keeps the
       // stage at warm+1 micro-batches in flight, the memory the planner charges.
@@ -471,6 +517,16 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
 static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
   SwitchFlow f = switch_flow(c, lay);
   GraphBuilder gb;
+  // Each phase-1 device first drops its part of phase 1 and packs its side state
+  // (pac-run's switch does that before it sends): one Local task of its profile's
+  // switch_local_s, which its sends wait for.
+  std::vector<int> local(c.n, -1);
+  for (int d : phase1_devices(lay)) {
+    double secs = c.s->devices[d].profile.switch_local_s;
+    if (secs <= 0) continue;
+    local[d] = gb.add(TaskKind::Local, d, "switch local " + c.s->devices[d].id);
+    gb.tasks[local[d]].seconds = secs;
+  }
   std::vector<std::vector<double>> pair = switch_pairs(c, lay, f);
   std::vector<std::vector<int>> sent(c.n);  // each sender's cache chunks
   for (int d = 0; d < c.n; d++) {
@@ -485,12 +541,13 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
         gb.tasks[sd].peer = e;
         gb.tasks[sd].bytes = bytes;
         gb.tasks[sd].seconds = send_s(c, d, e, bytes);
-        gb.dep(sd, prev);
+        gb.dep(sd, prev >= 0 ? prev : local[d]);
         int w = gb.add(TaskKind::CacheWrite, e, "cache in " + pair + part);
         gb.tasks[w].bytes = bytes;
         gb.tasks[w].samples = switch_records(f, e, bytes);
         gb.tasks[w].seconds = cache_io_s(c.s->devices[e].profile, true, gb.tasks[w].samples, bytes);
         gb.dep(w, sd);
+        gb.dep(w, local[e]);  // the receiver writes records after its own local work
         prev = sd;
         sent[d].push_back(sd);
       }
@@ -505,6 +562,7 @@ static TaskGraph switch_graph(const PlanCtx& c, const Layout& lay) {
       gb.tasks[sd].bytes = side[d][e];
       gb.tasks[sd].seconds = send_s(c, d, e, side[d][e]);
       for (int k : sent[d]) gb.dep(sd, k);
+      gb.dep(sd, local[d]);
     }
   return gb.finish();
 }
@@ -539,6 +597,7 @@ static TaskGraph dp_graph(const PlanCtx& c, const Layout& lay) {
     }
     gb.tasks[f].flops = samples * (all.side_fwd_flops + c.mc.cached_head_flops);
     gb.tasks[f].seconds = t.fwd;
+    gb.tasks[f].first_extra_s = c.s->devices[d].profile.cached_first_step_s;  // the first step after the switch
     gb.tasks[f].mem_alloc_bytes = samples * all.side_act_bytes;
     gb.tasks[f].mem_free_task = b;
     gb.tasks[b].flops = samples * all.side_bwd_flops;

@@ -22,8 +22,10 @@ double SimResult::energy_j() const {
   return e;
 }
 
+// Compute: CPU work on the device's compute engine (its quota, the host's cores): layer
+// compute, optimizer steps and the switch's local work.
 static bool kind_is_compute(TaskKind k) {
-  return k == TaskKind::Forward || k == TaskKind::Backward || k == TaskKind::Optimizer;
+  return k == TaskKind::Forward || k == TaskKind::Backward || k == TaskKind::Optimizer || k == TaskKind::Local;
 }
 static bool kind_is_storage(TaskKind k) { return k == TaskKind::CacheWrite || k == TaskKind::CacheRead; }
 static bool kind_is_collective(TaskKind k) { return k == TaskKind::AllReduce || k == TaskKind::AllGather; }
@@ -729,11 +731,13 @@ void Engine::task_start(int t) {
     if (failed_) return;
   }
   if (kind_is_compute(task.kind)) {
+    // A phase's first use (Task::first_extra_s) in the segment's first iteration only.
+    double secs = task.seconds + (iter_of(t) == 0 ? task.first_extra_s : 0);
     if (host_cores_ > 0) {
-      cpu_work_begin(task.device, t, task.seconds * dev_[task.device].slow);
+      cpu_work_begin(task.device, t, secs * dev_[task.device].slow);
       return;
     }
-    double end = cpu_work_end(task.device, task.seconds * dev_[task.device].slow);
+    double end = cpu_work_end(task.device, secs * dev_[task.device].slow);
     trace_add(SimTraceKind::Compute, t, task.device, -1, -1, now_, end);
     push(end, EV_TASK_END, t);
   } else if (kind_is_storage(task.kind)) {

@@ -141,14 +141,26 @@ TEST(CostModel, CalibratedRatesOverrideTheDtypeRate) {
   p.eff_flops_by_kind["side"] = 2e10;
   p.eff_flops_by_kind["layer@4"] = 3e11;
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 4), 3e11);
-  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 2), 1e11);
+  // Another size than the one timed: that size's rate (the nearest timed one).
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 2), 3e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 16), 3e11);
   EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "side", 2), 2e10);
-  EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "layer", 1), 1e11);  // no fp16 entry: fp32's
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp16", "layer_xyz", 1), 1e11);  // nothing timed, no fp16 entry: fp32's
   // Backward rates fall back to the forward kind's chain unless calibrated.
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer_bwd", 4), 3e11);
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 2e10);
   p.eff_flops_by_kind["side_bwd"] = 1e10;
   EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "side_bwd", 4), 1e10);
+  // Between two timed sizes the time per FLOP is interpolated linearly in the size:
+  // layer@4 = 3e11, layer@8 = 1e11; at 6 (halfway) 1 / (0.5 / 3e11 + 0.5 / 1e11) =
+  // 1.5e11; at 5 (a quarter) 1 / (0.75 / 3e11 + 0.25 / 1e11) = 2e11.
+  p.eff_flops_by_kind["layer@8"] = 1e11;
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 6), 1.5e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 5), 2e11);
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 12), 1e11);  // past the largest: its rate
+  // The plain key is not an @-size: "layer@8" and "layer" coexist, the sizes win.
+  p.eff_flops_by_kind["layer"] = 7e11;
+  EXPECT_DOUBLE_EQ(device_rate(p, "fp32", "layer", 6), 1.5e11);
 }
 
 // A calibrated task_overhead_s is paid once by each forward and each backward task, in

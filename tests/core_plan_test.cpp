@@ -33,6 +33,23 @@ TEST(Plan, RoundTripIsExact) {
   plan_save(p, file);
   EXPECT_EQ(plan_to_json(plan_load(file)), x);
 
+  // A Local task and a first use survive too; an unknown kind names the choices.
+  Plan q = p;
+  Task& l = q.segments[1].graph.tasks.emplace_back();
+  l.id = static_cast<int>(q.segments[1].graph.tasks.size()) - 1;
+  l.kind = TaskKind::Local;
+  l.device = 0;
+  l.seconds = 0.08;
+  q.segments[0].graph.tasks[0].first_extra_s = 0.27;
+  json z = plan_to_json(q);
+  EXPECT_EQ(z["segments"][1]["tasks"].back()["kind"], "local");
+  EXPECT_EQ(z["segments"][0]["tasks"][0]["first_extra_s"], 0.27);
+  EXPECT_FALSE(z["segments"][0]["tasks"][1].contains("first_extra_s"));
+  EXPECT_EQ(plan_to_json(plan_from_json(JsonIn::from(z, "q.json"))), z);
+  z["segments"][1]["tasks"].back()["kind"] = "nap";
+  std::string err = input_error([&] { plan_from_json(JsonIn::from(z, "q.json")); });
+  EXPECT_NE(err.find("cache_read, local, got \"nap\""), std::string::npos) << err;
+
   // Eco-FL's asynchronous pipeline marks its segment "overlap"; it survives too.
   Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
   s.method.kind = "adapters";

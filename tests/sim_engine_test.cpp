@@ -148,6 +148,43 @@ TEST(SimEngine, SingleDeviceIsSumOfTaskTimes) {
   EXPECT_EQ(r.tasks, 12);
 }
 
+TEST(SimEngine, FirstExtraIsPaidInTheSegmentsFirstIterationOnly) {
+  // One device, F 1 s (first_extra_s 0.5) -> B 2 s, 4 iterations over 2 epochs, then a
+  // second segment of 2 iterations (epoch 3) of F 1 s (first_extra_s 0.25):
+  // epoch 1 = 0.5 + 2 x 3 = 6.5, epoch 2 = 2 x 3 = 6, epoch 3 = 0.25 + 2 x 1 = 2.25.
+  SimPlanBuilder pb(1);
+  pb.seg("pipeline", 1, 2, 4);
+  int f = pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.segments.back().graph.tasks[f].first_extra_s = 0.5;
+  pb.compute(TaskKind::Backward, 0, 2.0, {f});
+  pb.seg("data_parallel", 3, 3, 2);
+  int g = pb.compute(TaskKind::Forward, 0, 1.0, {});
+  pb.plan.segments.back().graph.tasks[g].first_extra_s = 0.25;
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok) << r.failure.message;
+  ASSERT_EQ(r.epoch_s.size(), 3u);
+  EXPECT_DOUBLE_EQ(r.epoch_s[0], 6.5);
+  EXPECT_DOUBLE_EQ(r.epoch_s[1], 6);
+  EXPECT_DOUBLE_EQ(r.epoch_s[2], 2.25);
+  EXPECT_DOUBLE_EQ(r.devices[0].busy_s, 14.75);  // the extra is compute: busy
+}
+
+TEST(SimEngine, LocalWorkTakesTheDevicesComputeEngine) {
+  // Device 0: a Local task of 1 s and a Forward of 2 s, independent; device 1: a Local
+  // task of 0.5 s. Local work is CPU work: on device 0 it queues with the forward
+  // (1 + 2 = 3 s, the lower id first), on device 1 it runs alone; makespan 3 s.
+  SimPlanBuilder pb(2);
+  pb.seg("switch", 1, 1, 1);
+  pb.compute(TaskKind::Local, 0, 1.0, {});
+  pb.compute(TaskKind::Forward, 0, 2.0, {});
+  pb.compute(TaskKind::Local, 1, 0.5, {});
+  SimResult r = sim_run(pb.plan);
+  ASSERT_TRUE(r.ok) << r.failure.message;
+  EXPECT_DOUBLE_EQ(r.makespan_s, 3);
+  EXPECT_DOUBLE_EQ(r.devices[0].busy_s, 3);
+  EXPECT_DOUBLE_EQ(r.devices[1].busy_s, 0.5);
+}
+
 // GPipe-style pipeline: S stages, M micro-batches, forward f and backward b per stage,
 // zero-byte sends between stages (pure dependency). Closed form:
 // makespan = (M + S - 1)(f + b), each device busy M(f + b), bubble (S - 1)(f + b).

@@ -465,6 +465,7 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
   std::string py =
       "import json, os, shutil, types\n"
       "import calibrate_overhead as c\n"
+      "measure_real = c.measure\n"
       "g = lambda x: 2.0 + 40 * max(0.0, x - 0.0002) + 10 * x\n"
       "x, g0 = c.fit_increasing(g, 2.05)\n"
       "assert abs(x - 0.00116) < 1e-6 and g0 == 2.0, x\n"
@@ -484,6 +485,27 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "assert abs(c.step_gap_s({'report': rep}) - 0.002) < 1e-15\n"
       "json.dump({'tasks': 8, 'epochs': [{'time_s': 1.0}]}, open(rep, 'w'))\n"
       "assert c.step_gap_s({'report': rep}) is None\n"
+      // The first use of a phase: its first step's compute less the median of the others
+      // (0.66 - median(0.16, 0.18, 0.15) = 0.5); none with one step; never below 0.
+      "assert abs(c.first_step_excess_s([0.66, 0.16, 0.18, 0.15]) - 0.5) < 1e-12\n"
+      "assert c.first_step_excess_s([0.66]) is None and c.first_step_excess_s([0.1, 0.2, 0.3]) == 0.0\n"
+      // first_use_measure over three cached-plan runs (pac-run's reports, the runs stubbed):
+      // first_step_s median(0.3, 0.2, 0.25) = 0.25; cached median(0.5, 0.4, 0.45) = 0.45;
+      // switch_local_s median(0.08, 0.1, 0.09) = 0.09.
+      "reps = []\n"
+      "for k, (e1, e2, sw) in enumerate([(1.7, 0.66, 0.08), (1.6, 0.56, 0.1), (1.65, 0.61, 0.09)]):\n"
+      "    f = os.path.join(dir, 'cached-%d.json' % k)\n"
+      "    json.dump({'switch_s': sw, 'epochs': [{'step_compute_s': [e1, 1.4, 1.5, 1.3]}, "
+      "{'step_compute_s': [e2, 0.16, 0.15, 0.17]}]}, open(f, 'w'))\n"
+      "    reps.append({'report': f, 'total_s': 9.0})\n"
+      "c.measure = lambda a, kind, name, profile, known: (None, None, reps)\n"
+      "v, r = c.first_use_measure(a, 'x', {'first_step_s': 9})\n"
+      "assert abs(v['first_step_s'] - 0.25) < 1e-12 and abs(v['cached_first_step_s'] - 0.45) < 1e-12, v\n"
+      "assert abs(v['switch_local_s'] - 0.09) < 1e-12 and r['value_switch_local_s'] == 0.09, (v, r)\n"
+      "q = {'first_step_s': 1, 'switch_local_s': 2}\n"
+      "c.first_use_set(q, {'first_step_s': 0.25, 'cached_first_step_s': 0.0, 'switch_local_s': 0.09})\n"
+      "assert q == {'first_step_s': 0.25, 'switch_local_s': 0.09}, q\n"
+      "c.measure = measure_real\n"
       // cpu_work_factor: the worker's CPU x the probed speed over the plan's CPU work at
       // the rates. A 0.5-core plan of 4 iterations of a 0.1 s forward, a 0.2 s backward and
       // a 0.05 s optimizer of which 0.01 s is the step's cost: 4 x 0.34 x 0.5 = 0.68 s of

@@ -15,6 +15,13 @@ namespace pac {
 // Pinned, blocks below 256 MiB always come from the heap and up to 512 MiB of free heap
 // top is kept, so pac-profile and the workers time the same allocator regime. The
 // price: a process keeps its peak heap (peak memory is what the planner budgets anyway).
+// The heap is also one arena for all threads (M_ARENA_MAX 1): a worker computes the
+// cached epochs on another thread than the one that loaded the model, and that thread's
+// own arena (64 MiB heaps, unmapped when empty) gave a 16-row cached step of
+// llama-d512-l8 fresh pages every step: 0.37-0.74 s where pac-profile times 0.16 s,
+// and 0.16-0.19 s with one arena (pac-run --local, one device, 2026-12-07, EPYC;
+// perf: page faults and memset where sgemm should be). At 8 rows the step's memory fit
+// and the two agreed, which is why the fidelity suite's two-device plans did not show it.
 // Called first thing in main() of the programs that compute (with blas_kernel_fix) and
 // by compute_threads_set.
 void compute_heap_pin();

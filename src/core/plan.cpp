@@ -13,12 +13,12 @@
 namespace pac {
 
 static const char* kTaskKindNames[] = {"forward", "backward", "optimizer", "send",
-                                       "all_reduce", "all_gather", "cache_write", "cache_read"};
+                                       "all_reduce", "all_gather", "cache_write", "cache_read", "local"};
 
 const char* task_kind_name(TaskKind k) { return kTaskKindNames[(int)k]; }
 
 TaskKind task_kind_parse(const std::string& s) {
-  for (int i = 0; i < 8; i++) {
+  for (int i = 0; i < (int)(sizeof kTaskKindNames / sizeof kTaskKindNames[0]); i++) {
     if (s == kTaskKindNames[i]) return (TaskKind)i;
   }
   throw InputError("unknown task kind \"" + s + "\"");
@@ -42,6 +42,7 @@ static json task_to_json(const Task& t) {
   if (t.samples != 0) j["samples"] = t.samples;
   if (t.flops != 0) j["flops"] = t.flops;
   j["seconds"] = t.seconds;
+  if (t.first_extra_s > 0) j["first_extra_s"] = t.first_extra_s;
   if (t.bytes != 0) j["bytes"] = t.bytes;
   if (t.mem_alloc_bytes != 0) {
     j["mem_alloc_bytes"] = t.mem_alloc_bytes;
@@ -55,14 +56,14 @@ static json task_to_json(const Task& t) {
 
 static Task task_from_json(const JsonIn& j) {
   j.check_keys({"id", "kind", "device", "peer", "group", "stage", "micro_batch", "layer_begin", "layer_end", "samples",
-                "flops", "seconds", "bytes", "mem_alloc_bytes", "mem_free_task", "deps", "prev_deps", "label"});
+                "flops", "seconds", "first_extra_s", "bytes", "mem_alloc_bytes", "mem_free_task", "deps", "prev_deps", "label"});
   Task t;
   t.id = (int)j.integer("id", 0);
   try {
     t.kind = task_kind_parse(j.string("kind"));
   } catch (const InputError&) {
     j.fail_at("kind", "expected one of forward, backward, optimizer, send, all_reduce, all_gather, cache_write, "
-                      "cache_read, got \"" + j.string("kind") + "\"");
+                      "cache_read, local, got \"" + j.string("kind") + "\"");
   }
   t.device = (int)j.integer("device", 0);
   t.peer = (int)j.integer_or("peer", -1, -1);
@@ -76,6 +77,7 @@ static Task task_from_json(const JsonIn& j) {
   t.samples = j.number_or("samples", 0, 0);
   t.flops = j.number_or("flops", 0, 0);
   t.seconds = j.number("seconds", 0);
+  t.first_extra_s = j.number_or("first_extra_s", 0, 0);
   t.bytes = j.number_or("bytes", 0, 0);
   t.mem_alloc_bytes = j.number_or("mem_alloc_bytes", 0, 0);
   t.mem_free_task = (int)j.integer_or("mem_free_task", -1, -1);

@@ -21,6 +21,8 @@ enum class TaskKind {
   AllGather,    // all-gather, `bytes` = total gathered size (phase switch)
   CacheWrite,   // write `bytes` of tapped activations to local storage
   CacheRead,    // read them back (epochs 2+)
+  Local,        // CPU work on `device` that is neither a layer's compute nor I/O: the
+                // switch's dropping of phase 1 and loading of the side network
 };
 
 const char* task_kind_name(TaskKind k);
@@ -38,6 +40,10 @@ struct Task {
   double samples = 0;               // samples of the micro-batch this task processes
   double flops = 0;                 // compute work
   double seconds = 0;               // cost model's predicted duration on `device`
+  // Added to `seconds` in the segment's first iteration only: the first use of a phase
+  // (buffers touched for the first time; the profile's first_step_s and
+  // cached_first_step_s on the device's first compute task of the phase).
+  double first_extra_s = 0;
   double bytes = 0;                 // Send / collectives / cache I/O
   double mem_alloc_bytes = 0;       // held from this task's start ...
   int mem_free_task = -1;           // ... until that task ends (-1: until the task itself ends)

@@ -26,7 +26,8 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
                 "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
                 "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
-                "sustained_quota", "throttle_delay_s", "cpu_work_factor", "calibration"});
+                "sustained_quota", "throttle_delay_s", "cpu_work_factor", "first_step_s", "cached_first_step_s",
+                "switch_local_s", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
   p.source = j.string_or("source", "");
@@ -54,6 +55,9 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.sustained_quota = j.number_or("sustained_quota", 0, 0, 1);
   p.throttle_delay_s = j.number_or("throttle_delay_s", 0, 0, 1);
   p.cpu_work_factor = j.number_or("cpu_work_factor", 1, 1, 100);
+  p.first_step_s = j.number_or("first_step_s", 0, 0, 60);
+  p.cached_first_step_s = j.number_or("cached_first_step_s", 0, 0, 60);
+  p.switch_local_s = j.number_or("switch_local_s", 0, 0, 600);
   return p;
 }
 
@@ -81,6 +85,9 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.sustained_quota > 0) j["sustained_quota"] = p.sustained_quota;
   if (p.throttle_delay_s > 0) j["throttle_delay_s"] = p.throttle_delay_s;
   if (p.cpu_work_factor != 1) j["cpu_work_factor"] = p.cpu_work_factor;
+  if (p.first_step_s > 0) j["first_step_s"] = p.first_step_s;
+  if (p.cached_first_step_s > 0) j["cached_first_step_s"] = p.cached_first_step_s;
+  if (p.switch_local_s > 0) j["switch_local_s"] = p.switch_local_s;
   return j;
 }
 
@@ -170,8 +177,26 @@ ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_
 // The rate as timed (device_rate divides it by the profile's cpu_work_factor).
 static double device_rate_timed(const DeviceProfile& p, const std::string& dtype, const std::string& kind,
                                 int micro_batch) {
-  auto it = p.eff_flops_by_kind.find(kind + "@" + std::to_string(micro_batch));
+  const std::string at = kind + "@";
+  auto it = p.eff_flops_by_kind.find(at + std::to_string(micro_batch));
   if (it != p.eff_flops_by_kind.end()) return it->second;
+  // Between two timed sizes: the time per FLOP interpolated linearly in the size (the
+  // rate changes by up to 2x between timed sizes: the cached step past the LLC); beyond
+  // them, the nearest timed size's rate.
+  int lo = 0, hi = 0;
+  double r_lo = 0, r_hi = 0;
+  for (auto k = p.eff_flops_by_kind.lower_bound(at); k != p.eff_flops_by_kind.end() && k->first.compare(0, at.size(), at) == 0; ++k) {
+    int m = std::atoi(k->first.c_str() + at.size());
+    if (m <= 0 || k->second <= 0) continue;
+    if (m < micro_batch && m > lo) lo = m, r_lo = k->second;
+    if (m > micro_batch && (hi == 0 || m < hi)) hi = m, r_hi = k->second;
+  }
+  if (lo > 0 && hi > 0) {
+    double w = double(micro_batch - lo) / double(hi - lo);
+    return 1.0 / ((1 - w) / r_lo + w / r_hi);
+  }
+  if (lo > 0) return r_lo;
+  if (hi > 0) return r_hi;
   it = p.eff_flops_by_kind.find(kind);
   if (it != p.eff_flops_by_kind.end()) return it->second;
   // A backward rate not calibrated separately: the forward's.

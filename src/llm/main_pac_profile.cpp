@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
     app.add_option("--k", o.reduction_k, "Parallel Adapters reduction factor (side width = hidden / k)")->check(CLI::Range(1, 1 << 20));
     app.add_option("--micro-batches", o.micro_batches, "micro-batch sizes to time, comma separated")
         ->delimiter(',')->check(CLI::Range(1, 4096));
+    app.add_option("--cached-batches", o.cached_batches,
+                   "extra batch sizes at which only the cached step is timed (a data-parallel device's rows of a "
+                   "mini-batch, up to the whole of it), comma separated")
+        ->delimiter(',')->check(CLI::Range(1, 4096));
     app.add_option("--threads", o.threads, "LibTorch thread counts to time, comma separated; the profile uses the largest "
                                            "(default: the quota's cores rounded up, else all cores)")
         ->delimiter(',')->check(CLI::Range(1, 1024));

@@ -195,10 +195,26 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
 
   const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
   std::vector<ProfileTiming> out;
-  Progress progress("timing " + o.model.name, (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + 1)), 2.0);
+  Progress progress("timing " + o.model.name, (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + o.cached_batches.size() + 1)), 2.0);
   progress.set_quiet(o.quiet);
   long done = 0;
-  for (int threads : o.threads) {
+  int threads = 1;
+  auto report = [&](const ProfileTiming& t) {
+    out.push_back(t);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "threads %d mb %d %s %.4f s", t.threads, t.micro_batch, t.kind.c_str(), t.median_s);
+    progress.update(++done, buf);
+  };
+  // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
+  auto time_cached_step = [&](int mb) {
+    torch::Tensor taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
+    torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
+    torch::Tensor mask = torch::ones({mb, T});
+    return measure("cached_step", threads, mb, mb * f.cached_step, o, [&] { net->zero_grad(); },
+                   [&] { masked_lm_loss(net->forward(taps), targets, mask).backward(); });
+  };
+  for (int th : o.threads) {
+    threads = th;
     compute_threads_set(threads);
     for (int mb : o.micro_batches) {
       torch::Tensor x = torch::randn({mb, T, d});
@@ -211,13 +227,6 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
       torch::Tensor gl = torch::randn({mb, T, (int64_t)lc.vocab_size}) * 1e-3;
       torch::Tensor y;  // kept between prepare() and run(); released in the next prepare()
       auto nothing = [] {};
-      auto report = [&](const ProfileTiming& t) {
-        out.push_back(t);
-        char buf[160];
-        std::snprintf(buf, sizeof buf, "threads %d mb %d %s %.4f s", threads, mb, t.kind.c_str(), t.median_s);
-        progress.update(++done, buf);
-      };
-
       report(measure("layer", threads, mb, mb * f.layer_fwd, o, nothing, [&] {
         torch::NoGradGuard ng;
         y = model->layer_forward(0, x);
@@ -238,15 +247,12 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
                      [&] { y = model->classify(model->final_norm(xg)); }));
       report(measure("head_bwd", threads, mb, mb * f.head_bwd, o,
                      [&] { y = model->classify(model->final_norm(xg)); }, [&] { y.backward(gl); }));
-      {
-        // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
-        torch::Tensor taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
-        torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
-        torch::Tensor mask = torch::ones({mb, T});
-        report(measure("cached_step", threads, mb, mb * f.cached_step, o, [&] { net->zero_grad(); },
-                       [&] { masked_lm_loss(net->forward(taps), targets, mask).backward(); }));
-      }
+      report(time_cached_step(mb));
       y = torch::Tensor();
+    }
+    for (int mb : o.cached_batches) {
+      if (std::find(o.micro_batches.begin(), o.micro_batches.end(), mb) == o.micro_batches.end())
+        report(time_cached_step(mb));
     }
     // The optimizer step as the trainer takes it (torch::optim::AdamW with weight decay)
     // over one side block's parameters. Its time is mostly per-tensor dispatch, not the 12
@@ -348,6 +354,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"threads", o.threads},
                       {"profile_threads", threads},
                       {"micro_batches", o.micro_batches},
+                      {"cached_batches", o.cached_batches},
                       {"cpu_quota", host.cpu_quota},
                       {"cpu", host_cpu_id()},
                       {"blas_core", blas_core_name()},

@@ -25,6 +25,11 @@ struct ProfileOptions {
   int seq_len = 128;                   // tokens per sample
   int reduction_k = 8;                 // Parallel Adapters' side width = hidden / k
   std::vector<int> micro_batches = {1, 2, 4, 8};
+  // Sizes at which only "cached_step" is timed besides micro_batches: the cached epochs'
+  // step runs a device's share of the whole mini-batch, which can be larger than any
+  // micro-batch (a one-device cached plan runs all of it), and its rate drops past a
+  // size the micro-batches do not reach (LLC).
+  std::vector<int> cached_batches;
   std::vector<int> threads = {1};      // LibTorch intra-op thread counts to time
   int warmup = 2;                      // untimed runs before each measurement
   int repeats = 5;                     // timed runs at least; the median is kept
