@@ -84,7 +84,7 @@ SAMPLES = 128
 # 4 steps per epoch, the first against the median of the other three.
 SAMPLES_CACHED = 64
 # The profile fields first_use_measure sets.
-FIRST_USE_FIELDS = ("first_step_s", "cached_first_step_s", "switch_local_s")
+FIRST_USE_FIELDS = ("first_step_bytes_per_s", "cached_first_step_bytes_per_s", "switch_local_s")
 
 
 def below_spread(residual, totals):
@@ -383,20 +383,37 @@ def first_step_excess_s(steps):
     return max(0.0, steps[0] - statistics.median(steps[1:]))
 
 
+def first_forward_bytes(plan_file):
+    """The activation bytes (mem_alloc_bytes) of the first forward of the plan's first
+    segment and of its last (the cached one's), on device 0: what the first step of each
+    phase touches first."""
+    segs = json.load(open(plan_file))["segments"]
+
+    def first(seg):
+        for t in seg["tasks"]:
+            if t["kind"] == "forward" and t.get("device", 0) == 0:
+                return t.get("mem_alloc_bytes", 0.0)
+        return 0.0
+    return first(segs[0]), first(segs[-1])
+
+
 def first_use_measure(a, name, profile):
-    """first_step_s, cached_first_step_s and switch_local_s of profile `name`, measured
-    (not fitted) on the cached plan: ONE device at the profile's quota, the activation
-    cache on, two epochs of SAMPLES_CACHED samples (4 steps each). From pac-run's report:
-    the first step's compute (epochs[].step_compute_s: forward, backward and the
-    optimizer step, without the cache read it waits for and without communication) less
-    the median of the epoch's other steps, in the backbone epoch and in the cached one,
-    and the switch's time (switch_s: one device sends nothing, so it is all local work:
-    drop the backbone, pack and load the side network with its AdamW state, free phase
-    1). The median over the runs of each. Returns (values, record)."""
+    """The first use of each phase and the switch's local work of profile `name`,
+    measured (not fitted) on the cached plan: ONE device at the profile's quota, the
+    activation cache on, two epochs of SAMPLES_CACHED samples (4 steps each). From
+    pac-run's report, per run: the first step's compute (epochs[].step_compute_s:
+    forward, backward and the optimizer step, without the cache read it waits for and
+    without communication) less the median of the epoch's other steps, in the backbone
+    epoch and in the cached one, and the switch's time (switch_s: one device sends
+    nothing, so it is all local work: drop the backbone, pack and load the side network
+    with its AdamW state, free phase 1). The medians over the runs; the first uses become
+    rates over the activation bytes of the phase's first forward in the plan that ran
+    (first_step_bytes_per_s, cached_first_step_bytes_per_s: the planner charges a device
+    its own first forward's bytes at that rate). Returns (values, record)."""
     for f in FIRST_USE_FIELDS:
         profile.pop(f, None)
     _, _, runs = measure(a, "cached", name, profile, {})
-    per = {f: [] for f in FIRST_USE_FIELDS}
+    per = {"first_step_s": [], "cached_first_step_s": [], "switch_local_s": []}
     for r in runs:
         rep = json.load(open(r["report"]))
         ep = rep.get("epochs", [])
@@ -408,15 +425,32 @@ def first_use_measure(a, name, profile):
                      ("switch_local_s", rep.get("switch_s", -1))):
             if v is not None and v >= 0:
                 per[f].append(v)
-    values = {f: statistics.median(v) if v else 0.0 for f, v in per.items()}
-    log("%s: first_step_s %.1f ms, cached_first_step_s %.1f ms, switch_local_s %.1f ms (medians of %d runs)" % (
-        name, 1e3 * values["first_step_s"], 1e3 * values["cached_first_step_s"], 1e3 * values["switch_local_s"],
-        len(runs)))
+    values, rec = first_use_values(name, per, os.path.join(os.path.dirname(runs[0]["report"]), "plan.json"))
+    rec.update({"measured_total_s": [r["total_s"] for r in runs], "machine_speed": [r.get("machine_speed") for r in runs]})
+    return values, rec
+
+
+def first_use_values(name, per, plan_file):
+    """The profile values from the per-run first uses and switch times `per` (lists of
+    seconds) and the cached plan that ran (`plan_file`: its first forwards' bytes).
+    Returns (values, record)."""
+    med = {f: statistics.median(v) if v else 0.0 for f, v in per.items()}
+    bytes1, bytes2 = first_forward_bytes(plan_file)
+    values = {"first_step_bytes_per_s": bytes1 / med["first_step_s"] if med["first_step_s"] > 0 else 0.0,
+              "cached_first_step_bytes_per_s": bytes2 / med["cached_first_step_s"] if med["cached_first_step_s"] > 0 else 0.0,
+              "switch_local_s": med["switch_local_s"]}
+    log("%s: first step +%.1f ms (%.0f MB first touched: %.0f MB/s), first cached step +%.1f ms (%.0f MB: %.0f MB/s), "
+        "switch_local_s %.1f ms (medians of %d runs)" % (
+            name, 1e3 * med["first_step_s"], bytes1 / 1e6, values["first_step_bytes_per_s"] / 1e6,
+            1e3 * med["cached_first_step_s"], bytes2 / 1e6, values["cached_first_step_bytes_per_s"] / 1e6,
+            1e3 * med["switch_local_s"], len(per["switch_local_s"])))
     rec = {"plan": "cached (one device, the activation cache, 2 epochs of %d samples)" % SAMPLES_CACHED,
-           "measured_total_s": [r["total_s"] for r in runs], "machine_speed": [r.get("machine_speed") for r in runs],
+           "first_forward_bytes": [bytes1, bytes2],
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for f, v in per.items():
+        rec[f] = [round(x, 6) for x in v]
+        rec["median_" + f] = round(med[f], 6)
     for f in FIRST_USE_FIELDS:
-        rec[f] = [round(v, 6) for v in per[f]]
         rec["value_" + f] = round(values[f], 6)
     return values, rec
 
@@ -595,7 +629,28 @@ def first_only(a, path):
     if not found:
         return
     name, profile = found
-    values, rec = first_use_measure(a, name, dict(profile))
+    old = (profile["calibration"].get("overhead") or {}).get("first_use")
+    if a.refit:
+        # Run nothing: the per-run seconds recorded, the bytes from the cached plan made
+        # again (the cost model's activation bytes do not depend on the rates).
+        if not old:
+            log("%s: --refit: no calibration.overhead.first_use record: skipped" % name)
+            return
+        work = os.path.join(a.work, name, "cached")
+        os.makedirs(work, exist_ok=True)
+        _, scen_file = scenario_write(work, "cached", name, profile)
+        trial = Trial(a, scen_file, name, profile, None, os.path.join(work, "trial"))
+        trial.write({})
+        plan = os.path.join(work, "plan.json")
+        rc, out, err = fid.run_cmd([os.path.join(a.bin_dir, "pac-plan"), scen_file, "--strategy", "pac",
+                                    "--profiles", trial.profiles, "-o", plan], a.timeout)
+        if rc != 0:
+            raise SystemExit("calibrate_overhead: pac-plan failed: " + fid.last_line(err or out))
+        values, rec = first_use_values(name, {f: old.get(f, []) for f in ("first_step_s", "cached_first_step_s",
+                                                                          "switch_local_s")}, plan)
+        rec.update({k: old[k] for k in ("measured_total_s", "machine_speed", "date") if k in old})
+    else:
+        values, rec = first_use_measure(a, name, dict(profile))
     first_use_set(profile, values)
     profile["calibration"].setdefault("overhead", {})["first_use"] = rec
     fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
@@ -647,7 +702,10 @@ def main():
         paths = sorted(glob.glob(os.path.join(a.devices, "testbed-q*.json")))
     if a.refit:
         for p in paths:
-            calibrate_profile(a, p)
+            if a.first_only:
+                first_only(a, p)
+            else:
+                calibrate_profile(a, p)
         return 0
     why = fid.run_capability(a.bin_dir, a.timeout, "testbed")
     if not why and not os.path.exists(a.tokenizer):

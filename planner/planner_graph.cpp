@@ -165,27 +165,31 @@ static double switch_time_s(const PlanCtx& c, const Layout& lay) {
   return switch_local_max_s(c, lay) + stream + (side > 0 ? side + lat : 0);
 }
 
-// A phase's first use (the profiles' first_step_s or cached_first_step_s, added to each
-// device's first compute task of the phase's first iteration: pipeline_graph, dp_graph):
-// what the phase's first epoch takes beyond its steady iterations. The data-parallel
-// devices start together, so the slowest one's; a pipeline's first micro-batch passes
-// the stages one after another, so each stage's slowest one's, summed.
-static double first_use_max_s(const PlanCtx& c, const std::vector<int>& devices, bool cached) {
-  double t = 0;
-  for (int d : devices) {
-    const DeviceProfile& p = c.s->devices[d].profile;
-    t = std::max(t, cached ? p.cached_first_step_s : p.first_step_s);
-  }
-  return t;
+// A phase's first use on a device: the activation memory its first compute task of the
+// phase allocates (`bytes`, that task's mem_alloc_bytes) at the profile's first-touch
+// rate (first_step_bytes_per_s, or cached_first_step_bytes_per_s after the switch);
+// 0 where the profile has none. pipeline_graph and dp_graph put it on that task as
+// first_extra_s; layout_predict adds it to the phase's first epoch.
+static double first_use_s(const DeviceProfile& p, bool cached, double bytes) {
+  double rate = cached ? p.cached_first_step_bytes_per_s : p.first_step_bytes_per_s;
+  return rate > 0 ? bytes / rate : 0;
 }
 
+// The pipeline's first micro-batch passes the stages one after another, so epoch 1
+// takes each stage's slowest first use, summed over the stages (each device's first
+// forward: its rows of its first micro-batch x the stage's activation bytes).
 static double pipeline_first_use_s(const PlanCtx& c, const Layout& lay) {
   double t = 0;
   for (const StagePlan& st : lay.stages) {
-    std::vector<int> used;
+    double act = cost_range(c.mc, st.layer_begin, st.layer_end).act_bytes, most = 0;
+    std::vector<std::vector<int>> rows = stage_rows(lay, st);
     for (size_t k = 0; k < st.devices.size(); k++)
-      if (st.shares[k] > 0) used.push_back(st.devices[k]);
-    t += first_use_max_s(c, used, false);
+      for (const std::vector<int>& count : rows)
+        if (count[k] > 0) {
+          most = std::max(most, first_use_s(c.s->devices[st.devices[k]].profile, false, count[k] * act));
+          break;
+        }
+    t += most;
   }
   return t;
 }
@@ -225,6 +229,15 @@ static double dp_first_read_s(const PlanCtx& c, const Layout& lay) {
   for (int d : dp_group(lay))
     r = std::max(r, cached_time(c.mc, c.s->devices[d].profile, c.s->method.dtype, lay.dp_shares[d] * c.batch).cache_read);
   return r;
+}
+
+// The cached phase's first use: its devices start together, so the slowest one's (each
+// one's side forward over its share of the mini-batch).
+static double dp_first_use_s(const PlanCtx& c, const Layout& lay) {
+  double t = 0;
+  for (int d : dp_group(lay))
+    t = std::max(t, first_use_s(c.s->devices[d].profile, true, lay.dp_shares[d] * c.batch * c.mc.prefix.back().side_act_bytes));
+  return t;
 }
 
 static int64_t iterations(const PlanCtx& c, double batch) {
@@ -272,7 +285,7 @@ LayoutTimes layout_predict(const PlanCtx& c, const Layout& lay) {
     r.dp_iter_s = dp_iter_s(c, lay);
     int64_t it = iterations(c, c.batch);
     for (int e = 1; e < E; e++)
-      r.epoch_s.push_back(it * r.dp_iter_s + (e == 1 ? dp_first_read_s(c, lay) + first_use_max_s(c, dp_group(lay), true) : 0));
+      r.epoch_s.push_back(it * r.dp_iter_s + (e == 1 ? dp_first_read_s(c, lay) + dp_first_use_s(c, lay) : 0));
     for (int d : dp_group(lay)) {
       double samples = lay.dp_shares[d] * c.batch;
       r.peak_memory[d] = std::max(r.peak_memory[d], cached_memory(c.mc, samples).total());
@@ -430,7 +443,8 @@ static TaskGraph pipeline_graph(const PlanCtx& c, const Layout& lay, bool write_
       seq.erase(std::remove(seq.begin(), seq.end(), -1), seq.end());
       for (size_t q = 1; q < seq.size(); q++) gb.dep(seq[q], seq[q - 1]);
       // The phase's first use of this device's buffers, in the segment's first iteration.
-      if (!seq.empty()) gb.tasks[seq[0]].first_extra_s = s.devices[d].profile.first_step_s;
+      if (!seq.empty())
+        gb.tasks[seq[0]].first_extra_s = first_use_s(s.devices[d].profile, false, gb.tasks[seq[0]].mem_alloc_bytes);
       // Asynchronous (no flush): 1F1B continues across mini-batches, so forward m of the
       // next iteration waits only for backward M+m-warm-1 of this one; that keeps the
       // stage at warm+1 micro-batches in flight, the memory the planner charges.
@@ -597,8 +611,9 @@ static TaskGraph dp_graph(const PlanCtx& c, const Layout& lay) {
     }
     gb.tasks[f].flops = samples * (all.side_fwd_flops + c.mc.cached_head_flops);
     gb.tasks[f].seconds = t.fwd;
-    gb.tasks[f].first_extra_s = c.s->devices[d].profile.cached_first_step_s;  // the first step after the switch
     gb.tasks[f].mem_alloc_bytes = samples * all.side_act_bytes;
+    // The first step after the switch touches this memory first (its mem_alloc_bytes).
+    gb.tasks[f].first_extra_s = first_use_s(c.s->devices[d].profile, true, gb.tasks[f].mem_alloc_bytes);
     gb.tasks[f].mem_free_task = b;
     gb.tasks[b].flops = samples * all.side_bwd_flops;
     gb.tasks[b].seconds = t.bwd;

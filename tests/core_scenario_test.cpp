@@ -88,17 +88,17 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   // The first use of each phase and the switch's local work (calibrate_overhead.py's
   // cached plan): read, kept through the resolved form, written only when set.
   json orin = nano;
-  orin["first_step_s"] = 0.27;
-  orin["cached_first_step_s"] = 0.46;
+  orin["first_step_bytes_per_s"] = 1.6e8;
+  orin["cached_first_step_bytes_per_s"] = 2.6e8;
   orin["switch_local_s"] = 0.08;
   doc["cluster"]["devices"][0]["profile"] = orin;
   Scenario f = load_doc(doc);
   Scenario fb = scenario_from_json(JsonIn::from(scenario_to_json(f), "resolved.json"), kProfiles);
-  EXPECT_DOUBLE_EQ(fb.devices[0].profile.first_step_s, 0.27);
-  EXPECT_DOUBLE_EQ(fb.devices[0].profile.cached_first_step_s, 0.46);
+  EXPECT_DOUBLE_EQ(fb.devices[0].profile.first_step_bytes_per_s, 1.6e8);
+  EXPECT_DOUBLE_EQ(fb.devices[0].profile.cached_first_step_bytes_per_s, 2.6e8);
   EXPECT_DOUBLE_EQ(fb.devices[0].profile.switch_local_s, 0.08);
   EXPECT_EQ(fb.devices[2].profile.switch_local_s, 0);
-  EXPECT_FALSE(device_profile_to_json(fb.devices[2].profile).contains("first_step_s"));
+  EXPECT_FALSE(device_profile_to_json(fb.devices[2].profile).contains("first_step_bytes_per_s"));
   orin["switch_local_s"] = -1;
   doc["cluster"]["devices"][0]["profile"] = orin;
   std::string bad = input_error([&] { load_doc(doc); });

@@ -439,47 +439,57 @@ TEST(PlannerDp, SwitchMovesEachDeviceTheTapsItLacks) {
 
 TEST(PlannerDp, FirstUseAndTheSwitchsLocalWorkArePriced) {
   // BART-Large/MRPC under pac (two stages, then the switch, then data parallel), planned
-  // twice: as shipped, and with every device's first_step_s 0.3, cached_first_step_s
-  // 0.2 and switch_local_s 0.1 (device 0: 0.4). Closed forms of the difference:
-  // - epoch 1: the first micro-batch passes both stages, each paying its first use:
-  //   2 x 0.3 = 0.6 s;
+  // twice: as shipped, and with every device's first_step_bytes_per_s 1e9,
+  // cached_first_step_bytes_per_s 2e9 and switch_local_s 0.1 (device 0: 0.4). Each
+  // device's first compute task of a phase (its first forward) takes its activation
+  // bytes (mem_alloc_bytes) / the rate longer in the segment's first iteration. Closed
+  // forms of the difference in the prediction:
+  // - epoch 1: the first micro-batch passes both stages, each paying its slowest first
+  //   use: sum over the stages of max(first forward's bytes) / 1e9;
   // - the switch: every phase-1 device starts with its local work, its sends after it:
   //   the slowest, 0.4 s, first; so +0.4 s;
-  // - epoch 2 (the first cached one): every device's first forward pays 0.2 s, all at
-  //   once before the all-reduce: +0.2 s; later epochs: nothing.
+  // - epoch 2 (the first cached one): every device's first forward pays its bytes / 2e9,
+  //   all at once before the all-reduce: + the largest; later epochs: nothing.
   Scenario s = scenario_load(kSrc + "/scenarios/paper-bart-large-mrpc.json", kSrc + "/profiles");
   Plan base = plan_make(s, "pac");
   for (size_t d = 0; d < s.devices.size(); d++) {
-    s.devices[d].profile.first_step_s = 0.3;
-    s.devices[d].profile.cached_first_step_s = 0.2;
+    s.devices[d].profile.first_step_bytes_per_s = 1e9;
+    s.devices[d].profile.cached_first_step_bytes_per_s = 2e9;
     s.devices[d].profile.switch_local_s = d == 0 ? 0.4 : 0.1;
   }
   Plan p = plan_make(s, "pac");
   ASSERT_EQ(plan_to_json(p)["phases"], plan_to_json(base)["phases"]);  // the same layout
   ASSERT_EQ(p.phases[0].stages.size(), 2u);
   ASSERT_EQ(p.predicted.epoch_s.size(), 3u);
-  EXPECT_NEAR(p.predicted.epoch_s[0] - base.predicted.epoch_s[0], 0.6, 1e-9);
-  EXPECT_NEAR(p.predicted.switch_s - base.predicted.switch_s, 0.4, 1e-9);
-  EXPECT_NEAR(p.predicted.epoch_s[1] - base.predicted.epoch_s[1], 0.2, 1e-9);
-  EXPECT_NEAR(p.predicted.epoch_s[2], base.predicted.epoch_s[2], 1e-9);
   // The task graphs: one compute task per device carries the first use in the pipeline
-  // (its first in 1F1B order: a forward), one per data-parallel device in the cached
-  // segment (its forward); the switch has one Local task per device, which every send of
-  // that device and every cache write on it waits for.
+  // (its first in 1F1B order, a forward: its mem_alloc_bytes / 1e9), one per
+  // data-parallel device in the cached segment (its forward: / 2e9).
   std::vector<int> firsts(8, 0);
+  std::vector<double> stage_most(2, 0);
+  double cached_most = 0;
   for (const Task& t : p.segments[0].graph.tasks)
     if (t.first_extra_s > 0) {
       EXPECT_EQ(t.kind, TaskKind::Forward) << t.label;
-      EXPECT_DOUBLE_EQ(t.first_extra_s, 0.3);
+      EXPECT_NEAR(t.first_extra_s, t.mem_alloc_bytes / 1e9, 1e-12) << t.label;
+      stage_most[t.stage] = std::max(stage_most[t.stage], t.first_extra_s);
       firsts[t.device]++;
     }
   for (const Task& t : p.segments[2].graph.tasks)
     if (t.first_extra_s > 0) {
       EXPECT_EQ(t.kind, TaskKind::Forward) << t.label;
-      EXPECT_DOUBLE_EQ(t.first_extra_s, 0.2);
+      EXPECT_NEAR(t.first_extra_s, t.mem_alloc_bytes / 2e9, 1e-12) << t.label;
+      cached_most = std::max(cached_most, t.first_extra_s);
       firsts[t.device] += 10;
     }
   for (int d = 0; d < 8; d++) EXPECT_EQ(firsts[d], 11) << "device " << d;
+  ASSERT_GT(stage_most[0], 0);
+  ASSERT_GT(stage_most[1], 0);
+  EXPECT_NEAR(p.predicted.epoch_s[0] - base.predicted.epoch_s[0], stage_most[0] + stage_most[1], 1e-9);
+  EXPECT_NEAR(p.predicted.switch_s - base.predicted.switch_s, 0.4, 1e-9);
+  EXPECT_NEAR(p.predicted.epoch_s[1] - base.predicted.epoch_s[1], cached_most, 1e-9);
+  EXPECT_NEAR(p.predicted.epoch_s[2], base.predicted.epoch_s[2], 1e-9);
+  // The switch has one Local task per device, which every send of that device and
+  // every cache write on it waits for.
   const TaskGraph& sw = p.segments[1].graph;
   std::vector<int> local(8, -1);
   for (const Task& t : sw.tasks)
@@ -499,19 +509,20 @@ TEST(PlannerDp, FirstUseAndTheSwitchsLocalWorkArePriced) {
     ASSERT_GE(local[t.device], 0) << t.label;
     EXPECT_TRUE(waits(t.id, local[t.device])) << t.label;
   }
-  // The simulator, an independent computation, on both plans: the cached epoch's first
-  // use (every device starts it at once) adds exactly 0.2 s to epoch 2. The switch
-  // segment: every device's transfers start 0.1 s later at least and device 0's 0.4 s
-  // later, so it lasts between 0.1 and 0.4 s longer (device 0's own transfers have
-  // slack here; the planner's closed form above takes the slowest device's whole).
+  // The simulator, an independent computation, on both plans. The cached epoch: every
+  // device starts its first use at once and the all-reduce waits for the slowest, so
+  // epoch 2 grows by the largest one (within what the prefetch and the ring shift). The
+  // switch segment: every device's transfers start 0.1 s later at least and device
+  // 0's 0.4 s later, so it lasts between 0.1 and 0.4 s longer (device 0's own
+  // transfers have slack here; the closed form above takes the slowest device whole).
+  // The pipeline's first iteration: at least one stage's first use, at most both.
   SimResult a = sim_run(base), b = sim_run(p);
   ASSERT_TRUE(a.ok && b.ok);
-  EXPECT_NEAR(b.epoch_s[1] - a.epoch_s[1], 0.2, 1e-6);
+  EXPECT_NEAR(b.epoch_s[1] - a.epoch_s[1], cached_most, 1e-6 + 0.01 * cached_most);
   double sw_a = a.segments[1].end_s - a.segments[1].start_s, sw_b = b.segments[1].end_s - b.segments[1].start_s;
   EXPECT_GE(sw_b - sw_a, 0.1 - 1e-9);
   EXPECT_LE(sw_b - sw_a, 0.4 + 1e-6);
-  // The pipeline's first iteration: at least one stage's first use, at most both.
   double p_a = a.segments[0].end_s - a.segments[0].start_s, p_b = b.segments[0].end_s - b.segments[0].start_s;
-  EXPECT_GE(p_b - p_a, 0.3 - 1e-9);
-  EXPECT_LE(p_b - p_a, 0.6 + 1e-6);
+  EXPECT_GE(p_b - p_a, std::min(stage_most[0], stage_most[1]) - 1e-9);
+  EXPECT_LE(p_b - p_a, stage_most[0] + stage_most[1] + 1e-6);
 }

@@ -490,21 +490,28 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "assert abs(c.first_step_excess_s([0.66, 0.16, 0.18, 0.15]) - 0.5) < 1e-12\n"
       "assert c.first_step_excess_s([0.66]) is None and c.first_step_excess_s([0.1, 0.2, 0.3]) == 0.0\n"
       // first_use_measure over three cached-plan runs (pac-run's reports, the runs stubbed):
-      // first_step_s median(0.3, 0.2, 0.25) = 0.25; cached median(0.5, 0.4, 0.45) = 0.45;
-      // switch_local_s median(0.08, 0.1, 0.09) = 0.09.
+      // first step median(0.3, 0.2, 0.25) = 0.25 s, cached median(0.5, 0.4, 0.45) = 0.45 s,
+      // switch_local_s median(0.08, 0.1, 0.09) = 0.09; over the plan's first forwards'
+      // bytes (5e7 in the first segment, 1.35e8 in the cached one, device 0):
+      // 5e7 / 0.25 = 2e8 B/s and 1.35e8 / 0.45 = 3e8 B/s.
       "reps = []\n"
       "for k, (e1, e2, sw) in enumerate([(1.7, 0.66, 0.08), (1.6, 0.56, 0.1), (1.65, 0.61, 0.09)]):\n"
       "    f = os.path.join(dir, 'cached-%d.json' % k)\n"
       "    json.dump({'switch_s': sw, 'epochs': [{'step_compute_s': [e1, 1.4, 1.5, 1.3]}, "
       "{'step_compute_s': [e2, 0.16, 0.15, 0.17]}]}, open(f, 'w'))\n"
       "    reps.append({'report': f, 'total_s': 9.0})\n"
+      "json.dump({'segments': [{'tasks': [{'kind': 'forward', 'device': 1, 'mem_alloc_bytes': 1}, "
+      "{'kind': 'forward', 'device': 0, 'mem_alloc_bytes': 5e7}]}, {'tasks': []}, {'tasks': [{'kind': 'cache_read', "
+      "'device': 0}, {'kind': 'forward', 'device': 0, 'mem_alloc_bytes': 1.35e8}]}]}, "
+      "open(os.path.join(dir, 'plan.json'), 'w'))\n"
       "c.measure = lambda a, kind, name, profile, known: (None, None, reps)\n"
-      "v, r = c.first_use_measure(a, 'x', {'first_step_s': 9})\n"
-      "assert abs(v['first_step_s'] - 0.25) < 1e-12 and abs(v['cached_first_step_s'] - 0.45) < 1e-12, v\n"
-      "assert abs(v['switch_local_s'] - 0.09) < 1e-12 and r['value_switch_local_s'] == 0.09, (v, r)\n"
-      "q = {'first_step_s': 1, 'switch_local_s': 2}\n"
-      "c.first_use_set(q, {'first_step_s': 0.25, 'cached_first_step_s': 0.0, 'switch_local_s': 0.09})\n"
-      "assert q == {'first_step_s': 0.25, 'switch_local_s': 0.09}, q\n"
+      "v, r = c.first_use_measure(a, 'x', {'first_step_bytes_per_s': 9})\n"
+      "assert abs(v['first_step_bytes_per_s'] / 2e8 - 1) < 1e-12, v\n"
+      "assert abs(v['cached_first_step_bytes_per_s'] / 3e8 - 1) < 1e-12, v\n"
+      "assert abs(v['switch_local_s'] - 0.09) < 1e-12 and r['median_cached_first_step_s'] == 0.45, (v, r)\n"
+      "q = {'first_step_bytes_per_s': 1, 'switch_local_s': 2}\n"
+      "c.first_use_set(q, {'first_step_bytes_per_s': 2e8, 'cached_first_step_bytes_per_s': 0.0, 'switch_local_s': 0.09})\n"
+      "assert q == {'first_step_bytes_per_s': 2e8, 'switch_local_s': 0.09}, q\n"
       "c.measure = measure_real\n"
       // cpu_work_factor: the worker's CPU x the probed speed over the plan's CPU work at
       // the rates. A 0.5-core plan of 4 iterations of a 0.1 s forward, a 0.2 s backward and

@@ -41,8 +41,9 @@ struct Task {
   double flops = 0;                 // compute work
   double seconds = 0;               // cost model's predicted duration on `device`
   // Added to `seconds` in the segment's first iteration only: the first use of a phase
-  // (buffers touched for the first time; the profile's first_step_s and
-  // cached_first_step_s on the device's first compute task of the phase).
+  // (activation memory touched for the first time: the device's first compute task of
+  // the phase, its mem_alloc_bytes / the profile's first_step_bytes_per_s or
+  // cached_first_step_bytes_per_s).
   double first_extra_s = 0;
   double bytes = 0;                 // Send / collectives / cache I/O
   double mem_alloc_bytes = 0;       // held from this task's start ...

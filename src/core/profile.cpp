@@ -26,7 +26,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
                 "memory_bytes", "memory_total_bytes", "power_idle_w", "power_busy_w", "nic_bandwidth_bps",
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
                 "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
-                "sustained_quota", "throttle_delay_s", "cpu_work_factor", "first_step_s", "cached_first_step_s",
+                "sustained_quota", "throttle_delay_s", "cpu_work_factor", "first_step_bytes_per_s", "cached_first_step_bytes_per_s",
                 "switch_local_s", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
@@ -55,8 +55,8 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.sustained_quota = j.number_or("sustained_quota", 0, 0, 1);
   p.throttle_delay_s = j.number_or("throttle_delay_s", 0, 0, 1);
   p.cpu_work_factor = j.number_or("cpu_work_factor", 1, 1, 100);
-  p.first_step_s = j.number_or("first_step_s", 0, 0, 60);
-  p.cached_first_step_s = j.number_or("cached_first_step_s", 0, 0, 60);
+  p.first_step_bytes_per_s = j.number_or("first_step_bytes_per_s", 0, 0);
+  p.cached_first_step_bytes_per_s = j.number_or("cached_first_step_bytes_per_s", 0, 0);
   p.switch_local_s = j.number_or("switch_local_s", 0, 0, 600);
   return p;
 }
@@ -85,8 +85,8 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.sustained_quota > 0) j["sustained_quota"] = p.sustained_quota;
   if (p.throttle_delay_s > 0) j["throttle_delay_s"] = p.throttle_delay_s;
   if (p.cpu_work_factor != 1) j["cpu_work_factor"] = p.cpu_work_factor;
-  if (p.first_step_s > 0) j["first_step_s"] = p.first_step_s;
-  if (p.cached_first_step_s > 0) j["cached_first_step_s"] = p.cached_first_step_s;
+  if (p.first_step_bytes_per_s > 0) j["first_step_bytes_per_s"] = p.first_step_bytes_per_s;
+  if (p.cached_first_step_bytes_per_s > 0) j["cached_first_step_bytes_per_s"] = p.cached_first_step_bytes_per_s;
   if (p.switch_local_s > 0) j["switch_local_s"] = p.switch_local_s;
   return j;
 }

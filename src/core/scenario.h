@@ -68,15 +68,15 @@ struct DeviceProfile {
   // work at the rates: the same work took 1.1-1.3x the CPU under a cgroup quota as
   // without one (docs/profiling.md, "Runtime overhead"). 1 = the rates as timed.
   double cpu_work_factor = 1;
-  // The first use of a phase, wall seconds on this device beyond its steady step
-  // (measured by bench/calibrate_overhead.py on the profile's one-device cached plan;
-  // 0 = not measured). first_step_s: the first step of the backbone phase (its first
-  // forward touches the model's buffers for the first time); cached_first_step_s: the
-  // first step after the switch (the side network's buffers, after the switch gave
-  // phase 1's memory back). Each is added to the device's first compute task of its
-  // segment's first iteration (Task::first_extra_s).
-  double first_step_s = 0;
-  double cached_first_step_s = 0;
+  // The first use of a phase on this device: the bytes of activation memory its first
+  // step touches for the first time per second of extra wall time (page faults and
+  // zeroing), measured by bench/calibrate_overhead.py on the profile's one-device cached
+  // plan; 0 = not measured. first_step_bytes_per_s: the backbone phase's first step;
+  // cached_first_step_bytes_per_s: the first step after the switch (the switch gave
+  // phase 1's memory back). The device's first compute task of the phase's first
+  // iteration takes its mem_alloc_bytes / the rate longer (Task::first_extra_s).
+  double first_step_bytes_per_s = 0;
+  double cached_first_step_bytes_per_s = 0;
   // The switch's local work on this device, wall seconds: dropping the backbone, packing
   // and loading the side network with its AdamW state, freeing phase 1 (memory, the
   // phase-1 cache). Measured as the one-device cached plan's switch, where nothing is
