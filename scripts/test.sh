@@ -29,7 +29,7 @@ part "fidelity harness (simulated side)" ctest --output-on-failure --timeout 900
 # Measured fidelity: one small scenario (PAC's pipeline over 2 emulated devices of 0.5 and
 # 1 core on a 100 Mbit/s switch, d512, 32 samples, 2 epochs; ~15 s) planned, simulated and
 # run on the testbed, after re-measuring the two device profiles it uses on this machine
-# (--calibrate always, ~6 min with the runtime costs, docs/fidelity.md "CI gate": this host's speed moves by a third between minutes, and a
+# (--calibrate always, ~8 min with the runtime costs and the cached plan, docs/fidelity.md "CI gate": this host's speed moves by a third between minutes, and a
 # profile from another moment or machine would make the gate measure the host); fails
 # when the epoch-time MAPE exceeds 20% both at the calibration's machine speed and at the
 # speed probed around the run (the host moves by a third within minutes and a probe is a
