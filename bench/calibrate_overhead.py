@@ -83,8 +83,10 @@ SAMPLES = 128
 # The first-use plan (cached: one device, the activation cache, two epochs) on half that:
 # 4 steps per epoch, the first against the median of the other three.
 SAMPLES_CACHED = 64
-# The profile fields first_use_measure sets.
+# The profile fields first_use_measure sets, and the per-run seconds it records (in
+# calibration.overhead.first_use) to derive them from.
 FIRST_USE_FIELDS = ("first_step_bytes_per_s", "cached_first_step_bytes_per_s", "switch_local_s")
+FIRST_USE_RECORDED = ("first_step_s", "cached_first_step_s", "switch_local_s")
 
 
 def below_spread(residual, totals):
@@ -413,7 +415,7 @@ def first_use_measure(a, name, profile):
     for f in FIRST_USE_FIELDS:
         profile.pop(f, None)
     _, _, runs = measure(a, "cached", name, profile, {})
-    per = {"first_step_s": [], "cached_first_step_s": [], "switch_local_s": []}
+    per = {f: [] for f in FIRST_USE_RECORDED}
     for r in runs:
         rep = json.load(open(r["report"]))
         ep = rep.get("epochs", [])
@@ -622,9 +624,10 @@ def step_only(a, path):
 
 
 def first_only(a, path):
-    """--first-only: measures first_step_s, cached_first_step_s and switch_local_s of one
-    profile (the cached plan) and records them in its calibration.overhead, leaving the
-    other values as they are."""
+    """--first-only: measures first_step_bytes_per_s, cached_first_step_bytes_per_s and
+    switch_local_s of one profile (the cached plan) and records them in its
+    calibration.overhead, leaving the other values as they are; with --refit, derives
+    them again from that record without running anything."""
     found = testbed_profile(path)
     if not found:
         return
@@ -646,8 +649,7 @@ def first_only(a, path):
                                     "--profiles", trial.profiles, "-o", plan], a.timeout)
         if rc != 0:
             raise SystemExit("calibrate_overhead: pac-plan failed: " + fid.last_line(err or out))
-        values, rec = first_use_values(name, {f: old.get(f, []) for f in ("first_step_s", "cached_first_step_s",
-                                                                          "switch_local_s")}, plan)
+        values, rec = first_use_values(name, {f: old.get(f, []) for f in FIRST_USE_RECORDED}, plan)
         rec.update({k: old[k] for k in ("measured_total_s", "machine_speed", "date") if k in old})
     else:
         values, rec = first_use_measure(a, name, dict(profile))
@@ -669,8 +671,9 @@ def main():
                     "(the fit then compares with the simulation at the calibrated speed)")
     ap.add_argument("--step-only", action="store_true", help="measure only step_overhead_s (the one-device plan, "
                     "--repeats runs) and record it; the fitted values stay (--refit fits them again with it)")
-    ap.add_argument("--first-only", action="store_true", help="measure only first_step_s, cached_first_step_s and "
-                    "switch_local_s (the cached one-device plan, --repeats runs) and record them; the rest stays")
+    ap.add_argument("--first-only", action="store_true", help="measure only first_step_bytes_per_s, "
+                    "cached_first_step_bytes_per_s and switch_local_s (the cached one-device plan, --repeats runs) and "
+                    "record them; the rest stays (with --refit: derive them again from the recorded runs)")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-stage pipeline check "
                     "(it sets nothing; bench/fidelity.py --calibrate skips it)")
     ap.add_argument("--fit-task-cost", action="store_true", help="fit task_overhead_s on the one-device plan "

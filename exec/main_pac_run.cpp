@@ -414,7 +414,7 @@ int run(int argc, char** argv) {
     double step_gap_s = 0;
     // Each step's wall time and its slowest worker's compute (forward, backward, optimizer):
     // a phase's first step pays the first use of its buffers, which the calibration
-    // measures from these (bench/calibrate_overhead.py, first_step_factor).
+    // measures from these (bench/calibrate_overhead.py, first_use_measure).
     json step_s = json::array(), step_compute_s = json::array();
     Progress prog("epoch " + std::to_string(e) + "/" + std::to_string(epochs) + " step", nb);
     prog.set_quiet(quiet);

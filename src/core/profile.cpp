@@ -180,9 +180,9 @@ static double device_rate_timed(const DeviceProfile& p, const std::string& dtype
   const std::string at = kind + "@";
   auto it = p.eff_flops_by_kind.find(at + std::to_string(micro_batch));
   if (it != p.eff_flops_by_kind.end()) return it->second;
-  // Between two timed sizes: the time per FLOP interpolated linearly in the size (the
-  // rate changes by up to 2x between timed sizes: the cached step past the LLC); beyond
-  // them, the nearest timed size's rate.
+  // Between two timed sizes: the time per FLOP interpolated linearly in the size (a
+  // data-parallel share of 5 rows lies between micro-batches 4 and 8); beyond them, the
+  // nearest timed size's rate.
   int lo = 0, hi = 0;
   double r_lo = 0, r_hi = 0;
   for (auto k = p.eff_flops_by_kind.lower_bound(at); k != p.eff_flops_by_kind.end() && k->first.compare(0, at.size(), at) == 0; ++k) {

@@ -27,8 +27,8 @@ struct ProfileOptions {
   std::vector<int> micro_batches = {1, 2, 4, 8};
   // Sizes at which only "cached_step" is timed besides micro_batches: the cached epochs'
   // step runs a device's share of the whole mini-batch, which can be larger than any
-  // micro-batch (a one-device cached plan runs all of it), and its rate drops past a
-  // size the micro-batches do not reach (LLC).
+  // micro-batch (a one-device cached plan runs all of it): timed there rather than
+  // taken from the largest micro-batch's rate.
   std::vector<int> cached_batches;
   std::vector<int> threads = {1};      // LibTorch intra-op thread counts to time
   int warmup = 2;                      // untimed runs before each measurement
