@@ -12,9 +12,11 @@ and finds the profile values with which pac-sim reproduces the measured time:
 
   1. task:    the profile's model on ONE device at the profile's quota, no cache, one
               epoch of 128 samples (mini-batch 16, 4 micro-batches): the device computes
-              all the time. First its CPU per unit of work is measured, not fitted: the
-              worker's CPU seconds (pac-run's report) over the plan's work at the rates
-              -> cpu_work_factor (cpu_factor). The rest of the plan's time is recorded,
+              all the time (more samples where 128 ask under MIN_TASK_WORK_S of CPU).
+              First its CPU per unit of work is measured, not fitted: the worker's CPU
+              seconds in its steady steps (pac-run's devices[].step_cpu_s, without the
+              first step, whose first use is priced apart) over the plan's work at the
+              rates -> cpu_work_factor (cpu_factor). The rest of the plan's time is recorded,
               not fitted: task_overhead_s stays 0 (--fit-task-cost fits it as earlier
               versions did). The factor comes from the worker's CPU seconds, which
               already hold every CPU cost of a task (dispatch, autograd set-up), and one
@@ -57,6 +59,7 @@ the profile's calibration.overhead block, with every run's time and probes.
     python3 bench/calibrate_overhead.py --devices /tmp/p/devices --only testbed-q050-d512
     python3 bench/calibrate_overhead.py --refit --work /tmp/pac-overhead   # fit again, run nothing
     python3 bench/calibrate_overhead.py --step-only --work /tmp/pac-step   # only the cost per step
+    python3 bench/calibrate_overhead.py --factor-only --only testbed-q050-s260k   # only cpu_work_factor
 
 Needs root and network namespaces (pac-run --testbed) and the stories260K tokenizer
 (PAC_MODEL_DIR); exits 0 with a message, changing nothing, where those are missing.
@@ -64,6 +67,7 @@ Profiles are rewritten in place, each through a temp file and a rename.
 """
 import argparse
 import glob
+import math
 import json
 import os
 import statistics
@@ -77,9 +81,14 @@ ROOT = fid.ROOT
 FIELDS = ("task_overhead_s", "message_overhead_s")
 
 
-# The calibration plans: the suite's shape (seq 128, mini-batch 16, 4 micro-batches) on
-# half the samples, so that a run takes 1-10 s.
+# The calibration plans: seq 128, mini-batch 16, 4 micro-batches (the stories260K
+# suite's shape; the llama ones use 8) on 128 samples, so that a run takes 1-40 s.
 SAMPLES = 128
+# The one-device plan that measures cpu_work_factor asks at least this much CPU work at
+# the rates: more samples where 128 ask less. stories260K's 128 ask 0.55 s, in which
+# one slow step moved the factor by a third (1.41 stored where longer plans measured
+# 1.04-1.10: docs/fidelity.md, "Twelfth run").
+MIN_TASK_WORK_S = 4.0
 # The first-use plan (cached: one device, the activation cache, two epochs) on half that:
 # 4 steps per epoch, the first against the median of the other three.
 SAMPLES_CACHED = 64
@@ -160,23 +169,41 @@ def run_cpu_s(run):
     return run_device_cpu_s(run).get(0)
 
 
+def steady_cpu_s(run):
+    """The worker's CPU seconds in one run of the one-device plan as if every step were a
+    steady one: the mean of its steps after the first (pac-run's devices[].step_cpu_s)
+    x the steps. The first step pays the first use of the phase's buffers, which the
+    profile prices apart (first_step_bytes_per_s); counted here too, it was paid twice.
+    The whole run's CPU (run_cpu_s) for a report without step_cpu_s or under 3 steps."""
+    steps = run.get("step_cpu_s")
+    if steps is None and run.get("report") and os.path.exists(run["report"]):
+        devs = json.load(open(run["report"])).get("devices", [])
+        steps = devs[0].get("step_cpu_s") if devs else None
+    if not steps or len(steps) < 3:
+        return run_cpu_s(run)
+    return sum(steps[1:]) / (len(steps) - 1) * len(steps)
+
+
 def cpu_factor(plan_file, runs, profile):
     """cpu_work_factor, measured: over the runs of the one-device plan, the median of the
-    worker's CPU seconds at the machine's speed probed around each run (x the speed: a
-    slower host takes more CPU for the same work; the median over the runs because one
-    1-3 s probe is a snapshot), over the plan's CPU work at the profile's rates
-    (plan_cpu_work_s of the plan that ran, made with no factor and no runtime costs). Under a cgroup
-    quota the same work took 1.1-1.3x the CPU (the wall time was exactly CPU / q: the
-    kernel enforces the quota precisely); at one full core 1.00-1.04. Stored >= 1 (below
-    is the host's speed, not the runtime). Returns (value, record)."""
-    cpus = [(run_cpu_s(r), run_speed(r) or 1.0) for r in runs]
-    cpus = [(c, v) for c, v in cpus if c is not None]
+    worker's CPU seconds in its steady steps (steady_cpu_s) at the machine's speed probed
+    around each run (x the speed: a slower host takes more CPU for the same work; the
+    median over the runs because one 1-3 s probe is a snapshot), over the plan's CPU work
+    at the profile's rates (plan_cpu_work_s of the plan that ran, made with no factor and
+    no runtime costs). Under a cgroup quota the same work took 1.04-1.2x the CPU (the wall
+    time was exactly CPU / q: the kernel enforces the quota precisely); at one full core
+    1.00-1.05. Stored >= 1 (below is the host's speed, not the runtime). Every step of
+    the plan asks the same work (its samples are whole mini-batches). Returns (value,
+    record)."""
+    cpus = [(steady_cpu_s(r), run_cpu_s(r), run_speed(r) or 1.0) for r in runs]
+    cpus = [(c, t, v) for c, t, v in cpus if c is not None]
     if not cpus:
         return 1.0, None
     work = plan_cpu_work_s(plan_file, profile)
-    at_speed = statistics.median(c * v for c, v in cpus)
+    at_speed = statistics.median(c * v for c, _, v in cpus)
     raw = at_speed / work if work > 0 else 1.0
-    return max(1.0, raw), {"worker_cpu_s": [round(c, 4) for c, _ in cpus], "at_speed": [round(v, 4) for _, v in cpus],
+    return max(1.0, raw), {"worker_cpu_s": [round(t, 4) for _, t, _ in cpus],
+                           "steady_cpu_s": [round(c, 4) for c, _, _ in cpus], "at_speed": [round(v, 4) for _, _, v in cpus],
                            "plan_cpu_work_s": round(work, 4), "measured": round(raw, 4), "value": round(max(1.0, raw), 4)}
 
 
@@ -290,15 +317,20 @@ class Trial:
         fid.write_atomic(os.path.join(self.profiles, "devices", self.name + ".json"),
                          json.dumps(profile_with(self.profile, values), indent=1) + "\n")
 
-    def total_s(self, values):
-        self.calls += 1
+    def plan(self, values):
+        """pac-plan of the scenario with the profile at `values`: the plan file."""
         self.write(values)
         plan = os.path.join(self.dir, "trial-plan.json")
-        sim = os.path.join(self.dir, "trial-sim.json")
         rc, out, err = fid.run_cmd([os.path.join(self.a.bin_dir, "pac-plan"), self.scen_file, "--strategy", "pac",
                                     "--profiles", self.profiles, "-o", plan], self.a.timeout)
         if rc != 0:
             raise SystemExit("calibrate_overhead: pac-plan failed: " + fid.last_line(err or out))
+        return plan
+
+    def total_s(self, values):
+        self.calls += 1
+        plan = self.plan(values)
+        sim = os.path.join(self.dir, "trial-sim.json")
         if self.phases is not None and json.load(open(plan))["phases"] != self.phases:
             raise SystemExit("calibrate_overhead: %s: with %s the planner chose another layout than the measured "
                              "plan's; the fit would compare different plans" % (self.scen_file, values))
@@ -322,6 +354,14 @@ def scenario_write(work, kind, name, profile):
     return scen, scen_file
 
 
+def task_samples(work_s, samples=SAMPLES, batch=16):
+    """The samples of the one-device plan whose `samples` ask `work_s` CPU seconds at the
+    rates: enough whole mini-batches for MIN_TASK_WORK_S, never fewer than `samples`."""
+    if work_s <= 0 or work_s >= MIN_TASK_WORK_S:
+        return samples
+    return int(math.ceil(samples * MIN_TASK_WORK_S / work_s / batch)) * batch
+
+
 def measure(a, kind, name, profile, known):
     """Runs the `kind` calibration plan of profile `name` (with the overhead values
     `known` already in it) a.repeats times. Returns (trial for the fit, median run, runs)."""
@@ -330,6 +370,15 @@ def measure(a, kind, name, profile, known):
     # The measured plan is made from the profile as the fit starts it: `known` values in.
     trial = Trial(a, scen_file, name, profile, None, os.path.join(work, "trial"))
     trial.write(known)
+    if kind == "task":
+        # Enough work that one step's noise does not make the factor (MIN_TASK_WORK_S).
+        n = task_samples(plan_cpu_work_s(trial.plan(known), profile_with(profile, known)), scen["data"]["samples"],
+                         scen["data"]["mini_batch"])
+        if n != scen["data"]["samples"]:
+            log("%s: the one-device plan on %d samples (%d ask under %.0f s of CPU work)" % (
+                name, n, scen["data"]["samples"], MIN_TASK_WORK_S))
+            scen["data"]["samples"] = n
+            fid.write_atomic(scen_file, json.dumps(scen, indent=1) + "\n")
     a.profiles = trial.profiles
     row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", False)
     if job is None:
@@ -550,6 +599,7 @@ def calibrate_profile(a, path):
         sim_x = sim0 if x == 0 else sim(x)  # each call is a pac-plan + pac-sim
         record["plans"][kind] = {
             "scenario": json.load(open(trial.scen_file))["name"],
+            "samples": json.load(open(trial.scen_file))["data"]["samples"],
             "field": field,
             "devices": 2 if kind == "message" else 1,
             "measured_total_s": [r["total_s"] for r in runs],
@@ -623,6 +673,31 @@ def step_only(a, path):
     fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
 
 
+def factor_only(a, path):
+    """--factor-only: measures cpu_work_factor of one profile (the one-device plan,
+    a.repeats runs, its steady steps) and records it in its calibration.overhead, leaving
+    the other values as they are."""
+    found = testbed_profile(path)
+    if not found:
+        return
+    name, profile = found
+    plain = dict(profile)
+    # The plan's work is taken at the bare rates (the factor divides them).
+    plain.pop("cpu_work_factor", None)
+    _, med, runs = measure(a, "task", name, plain, {})
+    ran = os.path.join(os.path.dirname(med["report"]), "plan.json")
+    factor, rec = cpu_factor(ran, runs, plain)
+    profile.pop("cpu_work_factor", None)
+    if factor > 1:
+        profile["cpu_work_factor"] = round(factor, 4)
+    if rec:
+        rec.update({"samples": json.load(open(ran))["scenario"]["data"]["samples"],
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    log("%s: cpu_work_factor = %.3f (%s)" % (name, factor, rec))
+    profile["calibration"].setdefault("overhead", {})["cpu_work_factor"] = rec
+    fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
+
+
 def first_only(a, path):
     """--first-only: measures first_step_bytes_per_s, cached_first_step_bytes_per_s and
     switch_local_s of one profile (the cached plan) and records them in its
@@ -674,6 +749,8 @@ def main():
     ap.add_argument("--first-only", action="store_true", help="measure only first_step_bytes_per_s, "
                     "cached_first_step_bytes_per_s and switch_local_s (the cached one-device plan, --repeats runs) and "
                     "record them; the rest stays (with --refit: derive them again from the recorded runs)")
+    ap.add_argument("--factor-only", action="store_true", help="measure only cpu_work_factor (the one-device plan, "
+                    "--repeats runs, its steady steps) and record it; the rest stays")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-stage pipeline check "
                     "(it sets nothing; bench/fidelity.py --calibrate skips it)")
     ap.add_argument("--fit-task-cost", action="store_true", help="fit task_overhead_s on the one-device plan "
@@ -725,6 +802,8 @@ def main():
     for p in paths:
         if a.step_only:
             step_only(a, p)
+        elif a.factor_only:
+            factor_only(a, p)
         elif a.first_only:
             first_only(a, p)
         else:

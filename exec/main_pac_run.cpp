@@ -356,6 +356,10 @@ int run(int argc, char** argv) {
   // Each worker's process CPU seconds in its latest result (cumulative), against its
   // value at the join: the CPU the device used for training, all its threads.
   std::vector<double> cpu_last(nd, -1);
+  // Per device, the CPU each of its steps took (its result's cpu_s less the one before,
+  // or the join's): the calibration's CPU factor takes the steady steps, without a
+  // phase's first (bench/calibrate_overhead.py, cpu_factor).
+  std::vector<json> step_cpu(nd, json::array());
   // Peaks of the cached epochs alone (workers restart their peaks at the end of the switch).
   std::vector<double> cached_rss(nd, -1), cached_tensor(nd, -1);
   std::map<std::pair<std::string, std::string>, double> link_bytes;
@@ -447,6 +451,8 @@ int run(int argc, char** argv) {
         if (d < 0) continue;
         busy[d] += j.value("compute_s", 0.0) + j.value("cache_read_s", 0.0);
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
+        const double before = cpu_last[d] >= 0 ? cpu_last[d] : (d < static_cast<int>(cpu_join.size()) ? cpu_join[d] : -1);
+        if (before >= 0 && j.value("cpu_s", -1.0) >= 0) step_cpu[d].push_back(j.value("cpu_s", 0.0) - before);
         note_result(d, j);
         if (in_dp) {
           cached_rss[d] = std::max(cached_rss[d], j.value("rss_peak_bytes", 0.0));
@@ -525,6 +531,7 @@ int run(int argc, char** argv) {
                       {"peak_tensor_bytes", tensor[d]},
                       {"memory_bytes", sc.devices[d].profile.memory_bytes}});
       if (cpu_last[d] >= 0 && d < cpu_join.size() && cpu_join[d] >= 0) devs.back()["cpu_s"] = cpu_last[d] - cpu_join[d];
+      if (!step_cpu[d].empty()) devs.back()["step_cpu_s"] = step_cpu[d];
       if (in_dp) {
         devs.back()["cached_peak_memory_bytes"] = std::max(0.0, cached_rss[d]);
         devs.back()["cached_peak_tensor_bytes"] = std::max(0.0, cached_tensor[d]);

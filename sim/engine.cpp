@@ -126,6 +126,9 @@ struct DevState {
   // speed (1/q the profile's) while the current period's budget of q x kCfsPeriodS lasts,
   // then waits for the next period. cfs_used: budget spent in period cfs_period.
   double cfs_quota = 0;            // 0: not throttled (rates are what a task gets)
+  // Its periods' offset: period k spans [k P + cfs_phase, (k + 1) P + cfs_phase)
+  // (Scenario::cfs_phases_aligned; cfs_phase_of).
+  double cfs_phase = 0;
   int64_t cfs_period = -1;
   double cfs_used = 0;
   // Shared host (Scenario::host_cores > 0): the CPU work of the task on the compute
@@ -139,6 +142,20 @@ struct DevState {
 
 // The testbed's cgroup period (exec/testbed.cpp; Linux's default cfs_period_us).
 constexpr double kCfsPeriodS = 0.1;
+
+// Where device d's CFS periods begin. Each cgroup's period timer starts when its quota
+// first holds it, so the testbed's devices throttle at unrelated moments and a barrier
+// among them (an all-reduce, a stage hand-over) waits for the one throttled last; aligned
+// periods let every device burst and stall together and hid that wait. (On the fidelity
+// suite it moved the mean error by 0.2 points: the suite's slow multi-device steps have
+// another cause, docs/fidelity.md "Twelfth run".) The offsets are the golden-ratio
+// sequence frac(d x 0.618..) of a period: spread evenly for any count, device 0 at 0 (a
+// one-device plan is as before), no random seed.
+static double cfs_phase_of(int d, bool aligned) {
+  if (aligned) return 0;
+  double x = d * 0.6180339887498949;
+  return kCfsPeriodS * (x - std::floor(x));
+}
 
 class Engine {
  public:
@@ -537,14 +554,14 @@ double Engine::cpu_work_end(int d, double sustained_s) {
   double t = now_;
   // (Never an earlier period than the last one served: a time rounded just below a
   // period boundary must not reopen the period before it.)
-  int64_t k = std::max(ds.cfs_period, static_cast<int64_t>(std::floor(t / kCfsPeriodS)));
+  int64_t k = std::max(ds.cfs_period, static_cast<int64_t>(std::floor((t - ds.cfs_phase) / kCfsPeriodS)));
   if (k != ds.cfs_period) {
     ds.cfs_period = k;
     ds.cfs_used = 0;
   }
   const double delay = sc_.devices[d].profile.throttle_delay_s;
   for (;;) {
-    double left = budget - ds.cfs_used, to_end = (k + 1) * kCfsPeriodS - t;
+    double left = budget - ds.cfs_used, to_end = (k + 1) * kCfsPeriodS + ds.cfs_phase - t;
     double avail = std::min(left, to_end);
     if (work <= avail) {
       ds.cfs_used += work;
@@ -555,7 +572,7 @@ double Engine::cpu_work_end(int d, double sustained_s) {
       ds.cfs_used += avail;
     }
     k++;  // budget spent or period over: on at the next period, with a fresh budget
-    t = k * kCfsPeriodS + (left <= to_end ? delay : 0);  // throttled: resumes `delay` late
+    t = k * kCfsPeriodS + ds.cfs_phase + (left <= to_end ? delay : 0);  // throttled: resumes `delay` late
     ds.cfs_period = k;
     ds.cfs_used = 0;
   }
@@ -570,7 +587,7 @@ double Engine::cpu_ready_at(int d) const {
   const DevState& ds = dev_[d];
   if (ds.cpu_resume >= 0) return std::max(now_, ds.cpu_resume);  // shared host: throttled
   if (ds.cfs_quota <= 0) return now_;
-  const int64_t k = static_cast<int64_t>(std::floor(now_ / kCfsPeriodS));
+  const int64_t k = static_cast<int64_t>(std::floor((now_ - ds.cfs_phase) / kCfsPeriodS));
   if (ds.cfs_period != k || !cfs_spent(d)) return now_;
   return cfs_resume_at(d);
 }
@@ -584,7 +601,7 @@ bool Engine::cfs_spent(int d) const {
 // When device d, throttled in its current period, runs again: the next period's start
 // + the profile's throttle delay.
 double Engine::cfs_resume_at(int d) const {
-  return (dev_[d].cfs_period + 1) * kCfsPeriodS + sc_.devices[d].profile.throttle_delay_s;
+  return (dev_[d].cfs_period + 1) * kCfsPeriodS + dev_[d].cfs_phase + sc_.devices[d].profile.throttle_delay_s;
 }
 
 // ---- Shared host (Scenario::host_cores > 0; docs/simulator.md, "Shared host").
@@ -598,9 +615,11 @@ double Engine::cfs_resume_at(int d) const {
 // events; each change of who computes re-shares the host (cpu_reschedule). With cores
 // to spare this gives exactly cpu_work_end's times.
 
-// The CFS period holding time `t` (a boundary computed as k x P may round to just below
-// it; it belongs to period k).
-static int64_t cfs_period_of(double t) { return static_cast<int64_t>(std::floor(t / kCfsPeriodS + 1e-9)); }
+// The CFS period holding time `t` for periods offset by `phase` (a boundary computed as
+// k x P + phase may round to just below it; it belongs to period k).
+static int64_t cfs_period_of(double t, double phase) {
+  return static_cast<int64_t>(std::floor((t - phase) / kCfsPeriodS + 1e-9));
+}
 
 // Starts instance t's CPU work of `sustained_s` (at the profile's rates) on device d.
 void Engine::cpu_work_begin(int d, int t, double sustained_s) {
@@ -636,7 +655,7 @@ void Engine::cpu_advance() {
 // last one served).
 void Engine::cpu_period_roll(int d) {
   DevState& ds = dev_[d];
-  int64_t k = std::max(ds.cfs_period, cfs_period_of(now_));
+  int64_t k = std::max(ds.cfs_period, cfs_period_of(now_, ds.cfs_phase));
   if (k != ds.cfs_period) {
     ds.cfs_period = k;
     ds.cfs_used = 0;
@@ -674,7 +693,7 @@ void Engine::cpu_reschedule() {
     next = std::min(next, now_ + std::max(0.0, ds.cpu_left) / ds.cpu_rate);
     if (ds.cfs_quota > 0) {
       next = std::min(next, now_ + std::max(0.0, ds.cfs_quota * kCfsPeriodS - ds.cfs_used) / ds.cpu_rate);
-      next = std::min(next, (ds.cfs_period + 1) * kCfsPeriodS);
+      next = std::min(next, (ds.cfs_period + 1) * kCfsPeriodS + ds.cfs_phase);
     }
   }
   ++cpu_version_;
@@ -703,7 +722,7 @@ void Engine::cpu_event() {
     // Budget spent before the period ends: throttled until the next one (+ the delay).
     // One spent exactly at the boundary runs on with the new period's budget.
     if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cfs_quota * kCfsPeriodS - ds.cfs_used, ds.cpu_rate) &&
-        cfs_period_of(now_) == ds.cfs_period)
+        cfs_period_of(now_, ds.cfs_phase) == ds.cfs_period)
       ds.cpu_resume = cfs_resume_at(d);
     else
       cpu_period_roll(d);
@@ -989,6 +1008,7 @@ SimResult Engine::run() {
     dev_[d].storage_on_cpu = sc_.devices[d].cpu_quota > 0 && sc_.devices[d].cpu_quota <= 1.0;
     double q = sc_.devices[d].profile.sustained_quota;
     dev_[d].cfs_quota = q > 0 && q < 1 ? q : 0;
+    dev_[d].cfs_phase = cfs_phase_of(d, sc_.cfs_phases_aligned);
     // On a shared host a device computes on up to its quota's cores when that is more
     // than one (its threads), else on one.
     dev_[d].cpu_cores = std::max(1.0, sc_.devices[d].cpu_quota);

@@ -140,6 +140,16 @@ TEST(Scenario, RoundTripsThroughItsResolvedForm) {
   EXPECT_EQ(scenario_to_json(back), once);
   EXPECT_EQ(back.devices[1].id, "nano1");
   EXPECT_DOUBLE_EQ(back.network.links[0].bandwidth_bps, 50e6);
+  // CFS phases: spread by default (not written), aligned on request (written back).
+  EXPECT_FALSE(s.cfs_phases_aligned);
+  EXPECT_FALSE(once["cluster"].contains("cfs_phases"));
+  json doc = base_doc();
+  doc["cluster"]["cfs_phases"] = "aligned";
+  Scenario al = load_doc(doc);
+  EXPECT_TRUE(al.cfs_phases_aligned);
+  json al_json = scenario_to_json(al);
+  EXPECT_EQ(al_json["cluster"]["cfs_phases"], "aligned");
+  EXPECT_TRUE(scenario_from_json(JsonIn::from(al_json, "resolved.json"), kProfiles).cfs_phases_aligned);
 }
 
 TEST(Scenario, BadInputNamesFilePathAndExpectation) {
@@ -157,6 +167,10 @@ TEST(Scenario, BadInputNamesFilePathAndExpectation) {
   doc = base_doc();
   doc["stages"] = 30;  // t5-base has 24 layers
   EXPECT_EQ(input_error([&] { load_doc(doc); }), "s.json: $.stages: expected at most the model's 24 layers, got 30");
+
+  doc = base_doc();
+  doc["cluster"]["cfs_phases"] = "random";
+  EXPECT_NE(input_error([&] { load_doc(doc); }).find("$.cluster.cfs_phases"), std::string::npos);
 
   doc = base_doc();
   doc["network"]["bandwith_mbps"] = 5;

@@ -303,6 +303,20 @@ TEST_P(ExecRuntimeRunPaths, SameHeldOutLossAsTheTrainer) {
     ASSERT_TRUE(d.contains("cpu_s")) << rc.name << " " << d["id"];
     EXPECT_GT(d["cpu_s"].get<double>(), 0.0) << rc.name << " " << d["id"];
     EXPECT_LT(d["cpu_s"].get<double>(), 2 * total + 0.5) << rc.name << " " << d["id"];
+    // Per step, the CPU since the device's previous result: one entry per step it took
+    // part in (every step here), summing to cpu_s less the switch's part (all of it
+    // without a switch).
+    size_t steps = 0;
+    for (const json& e : rep["epochs"]) steps += e["step_s"].size();
+    ASSERT_TRUE(d.contains("step_cpu_s")) << rc.name << " " << d["id"];
+    ASSERT_EQ(d["step_cpu_s"].size(), steps) << rc.name << " " << d["id"];
+    double sum = 0;
+    for (const json& x : d["step_cpu_s"]) {
+      EXPECT_GE(x.get<double>(), 0.0);
+      sum += x.get<double>();
+    }
+    if (plan_caches) EXPECT_LT(sum, d["cpu_s"].get<double>()) << rc.name << " " << d["id"];
+    else EXPECT_NEAR(sum, d["cpu_s"].get<double>(), 1e-6) << rc.name << " " << d["id"];
   }
   EXPECT_GE(rep["coordinator_cpu_s"].get<double>(), 0.0);
 }

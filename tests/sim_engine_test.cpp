@@ -794,6 +794,7 @@ TEST(SimEngine, SharedHostAndQuotasTogether) {
   auto run = [](double host, double delay) {
     SimPlanBuilder pb(3);
     pb.plan.scenario.host_cores = host;
+    pb.plan.scenario.cfs_phases_aligned = true;  // the closed forms: every period at 0
     for (int d = 0; d < 3; d++) {
       pb.plan.scenario.devices[d].profile.sustained_quota = 0.5;
       pb.plan.scenario.devices[d].cpu_quota = 0.5;
@@ -810,6 +811,33 @@ TEST(SimEngine, SharedHostAndQuotasTogether) {
   EXPECT_NEAR(run(0, 0), 0.15, 1e-12);
   // With a 10 ms throttle delay every device resumes at 110 ms: 185 ms.
   EXPECT_NEAR(run(2, 0.01), 0.185, 1e-12);
+}
+
+TEST(SimEngine, CfsPhasesSpreadShiftEachDevicesPeriods) {
+  // Two devices under 0.5-core quotas (100 ms period, 50 ms budget). d1 computes 0.14 s
+  // sustained (70 ms of CPU), then hands over (0 bytes, no latency) to d0, which computes
+  // 0.02 s sustained (10 ms of CPU). Aligned periods: d1 bursts 0-50 ms, is throttled to
+  // 100 ms, ends at 120 ms; d0 (its budget unspent) ends at 130 ms. Spread: d1's periods
+  // begin at frac(0.618..) x 100 ms = 61.8034 ms; it bursts 0-50 ms in its first, resumes
+  // at 61.8034 and ends at 81.8034 ms; d0 (period 0 from 0) ends at 91.8034 ms. Both on a
+  // shared host with cores to spare and without one.
+  for (double host : {0.0, 4.0})
+    for (bool aligned : {true, false}) {
+      SimPlanBuilder pb(2, 1e9, 0);
+      pb.plan.scenario.host_cores = host;
+      pb.plan.scenario.cfs_phases_aligned = aligned;
+      for (int d = 0; d < 2; d++) {
+        pb.plan.scenario.devices[d].profile.sustained_quota = 0.5;
+        pb.plan.scenario.devices[d].cpu_quota = 0.5;
+      }
+      pb.seg("x", 1, 1, 1);
+      int f = pb.compute(TaskKind::Forward, 1, 0.14, {});
+      int s = pb.send(1, 0, 0, {f});
+      pb.compute(TaskKind::Forward, 0, 0.02, {s});
+      SimResult r = sim_run(pb.plan);
+      ASSERT_TRUE(r.ok);
+      EXPECT_NEAR(r.makespan_s, aligned ? 0.13 : 0.0918034, 1e-7) << "host " << host;
+    }
 }
 
 // The quota model's cases (QuotaBurstsRunFasterThanTheSustainedRate, the throttled ring)

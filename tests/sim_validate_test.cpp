@@ -529,6 +529,22 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "f, r = c.cpu_factor(tp, [{'cpu_s': [0.5], 'machine_speed': None}], p)\n"
       "assert f == 1.0 and abs(r['measured'] - 0.5 / 0.68) < 1e-4, r\n"
       "assert c.cpu_factor(tp, [{'cpu_s': None}], p) == (1.0, None)\n"
+      // The steady steps: pac-run's per-step CPU without the first (its first use is priced
+      // apart). Steps [0.4, 0.2, 0.25, 0.15]: mean of the last three 0.2 x 4 = 0.8 s where
+      // the run's CPU is 1.0 s; 0.8 x speed 1 / 0.68 -> 1.1765. Under 3 steps: the run's CPU.
+      "st = {'cpu_s': [1.0], 'step_cpu_s': [0.4, 0.2, 0.25, 0.15], 'machine_speed': [1, 1]}\n"
+      "assert abs(c.steady_cpu_s(st) - 0.8) < 1e-12 and c.run_cpu_s(st) == 1.0\n"
+      "f, r = c.cpu_factor(tp, [st], p)\n"
+      "assert abs(f - 0.8 / 0.68) < 1e-12 and r['worker_cpu_s'] == [1.0] and r['steady_cpu_s'] == [0.8], (f, r)\n"
+      "assert c.steady_cpu_s({'cpu_s': [1.0], 'step_cpu_s': [0.6, 0.4]}) == 1.0\n"
+      // From a report: devices[0].step_cpu_s.
+      "json.dump({'devices': [{'cpu_s': 1.0, 'step_cpu_s': [0.4, 0.2, 0.25, 0.15]}]}, open(rep, 'w'))\n"
+      "assert abs(c.steady_cpu_s({'report': rep}) - 0.8) < 1e-12\n"
+      // The one-device plan's samples: whole mini-batches for MIN_TASK_WORK_S (4 s) of
+      // work: 128 samples asking 0.55 s -> 128 x 4 / 0.55 = 930.9 -> 59 x 16 = 944;
+      // asking 9.9 s -> 128 as they are.
+      "assert c.MIN_TASK_WORK_S == 4.0 and c.task_samples(0.55) == 944 and c.task_samples(9.9) == 128\n"
+      "assert c.task_samples(0.55, 128, 8) == 936 and c.task_samples(0.0) == 128\n"
       // Three runs: the median of CPU x speed (0.85, 0.952 x 0.5 = 0.476, 1.02) -> 0.85 -> 1.25.
       "runs = [{'cpu_s': [0.85], 'machine_speed': [1, 1]}, {'cpu_s': [0.952], 'machine_speed': [0.5, 0.5]}, "
       "{'cpu_s': [1.02], 'machine_speed': [1, 1]}]\n"

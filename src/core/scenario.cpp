@@ -82,8 +82,9 @@ Scenario scenario_from_json(const JsonIn& j, const std::string& profiles_dir_in)
   s.strategy = j.choice_or("strategy", "pac", {"pac", "pac-opt", "standalone", "eddl", "ecofl", "asteroid"});
 
   JsonIn cluster = j.at("cluster");
-  cluster.check_keys({"devices", "host_cores"});
+  cluster.check_keys({"devices", "host_cores", "cfs_phases"});
   s.host_cores = cluster.number_or("host_cores", 0, 0, 1 << 20);
+  s.cfs_phases_aligned = cluster.choice_or("cfs_phases", "spread", {"spread", "aligned"}) == "aligned";
   JsonIn devs = cluster.at("devices");
   std::set<std::string> ids;
   for (const JsonIn& dj : devs.items()) {
@@ -184,6 +185,7 @@ json scenario_to_json(const Scenario& s) {
   }
   j["cluster"] = {{"devices", devs}};
   if (s.host_cores > 0) j["cluster"]["host_cores"] = s.host_cores;
+  if (s.cfs_phases_aligned) j["cluster"]["cfs_phases"] = "aligned";
   json links = json::array();
   for (const LinkSpec& l : s.network.links)
     links.push_back({{"a", l.a}, {"b", l.b}, {"bandwidth_bps", l.bandwidth_bps}, {"latency_s", l.latency_s}});

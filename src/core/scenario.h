@@ -170,6 +170,12 @@ struct Scenario {
   // models it (docs/simulator.md, "Shared host"); the planner plans for the devices and
   // ignores it. 0: each device has its own hardware (a real cluster).
   double host_cores = 0;
+  // Where each quota device's CFS periods begin (docs/simulator.md, "CFS phases"). false
+  // ("spread", the default): cgroups' period timers start independently, so device d's
+  // periods are offset by frac(d x 0.618..) of a period (device 0 by none), and a
+  // barrier among quota devices waits for the one throttled last. true ("aligned"):
+  // every device's periods begin together (closed-form tests, A/B comparisons).
+  bool cfs_phases_aligned = false;
   NetworkSpec network;
   std::string strategy = "pac";     // planner strategy
   int stages = 0;                   // force this many pipeline stages (0: the planner chooses)
