@@ -67,8 +67,8 @@ Profiles are rewritten in place, each through a temp file and a rename.
 """
 import argparse
 import glob
-import math
 import json
+import math
 import os
 import statistics
 import sys
@@ -717,13 +717,7 @@ def first_only(a, path):
         work = os.path.join(a.work, name, "cached")
         os.makedirs(work, exist_ok=True)
         _, scen_file = scenario_write(work, "cached", name, profile)
-        trial = Trial(a, scen_file, name, profile, None, os.path.join(work, "trial"))
-        trial.write({})
-        plan = os.path.join(work, "plan.json")
-        rc, out, err = fid.run_cmd([os.path.join(a.bin_dir, "pac-plan"), scen_file, "--strategy", "pac",
-                                    "--profiles", trial.profiles, "-o", plan], a.timeout)
-        if rc != 0:
-            raise SystemExit("calibrate_overhead: pac-plan failed: " + fid.last_line(err or out))
+        plan = Trial(a, scen_file, name, profile, None, os.path.join(work, "trial")).plan({})
         values, rec = first_use_values(name, {f: old.get(f, []) for f in FIRST_USE_RECORDED}, plan)
         rec.update({k: old[k] for k in ("measured_total_s", "machine_speed", "date") if k in old})
     else:

@@ -452,7 +452,8 @@ int run(int argc, char** argv) {
         busy[d] += j.value("compute_s", 0.0) + j.value("cache_read_s", 0.0);
         comm[d] += j.value("send_s", 0.0) + j.value("allreduce_s", 0.0);
         const double before = cpu_last[d] >= 0 ? cpu_last[d] : (d < static_cast<int>(cpu_join.size()) ? cpu_join[d] : -1);
-        if (before >= 0 && j.value("cpu_s", -1.0) >= 0) step_cpu[d].push_back(j.value("cpu_s", 0.0) - before);
+        const double now = j.value("cpu_s", -1.0);
+        if (before >= 0 && now >= 0) step_cpu[d].push_back(now - before);
         note_result(d, j);
         if (in_dp) {
           cached_rss[d] = std::max(cached_rss[d], j.value("rss_peak_bytes", 0.0));

@@ -157,6 +157,9 @@ static double cfs_phase_of(int d, bool aligned) {
   return kCfsPeriodS * (x - std::floor(x));
 }
 
+// When period k of a device whose periods are offset by `phase` begins.
+static double cfs_period_start(int64_t k, double phase) { return k * kCfsPeriodS + phase; }
+
 class Engine {
  public:
   Engine(const Plan& plan, const SimOptions& opt) : plan_(plan), sc_(plan.scenario), opt_(opt) {}
@@ -561,7 +564,7 @@ double Engine::cpu_work_end(int d, double sustained_s) {
   }
   const double delay = sc_.devices[d].profile.throttle_delay_s;
   for (;;) {
-    double left = budget - ds.cfs_used, to_end = (k + 1) * kCfsPeriodS + ds.cfs_phase - t;
+    double left = budget - ds.cfs_used, to_end = cfs_period_start(k + 1, ds.cfs_phase) - t;
     double avail = std::min(left, to_end);
     if (work <= avail) {
       ds.cfs_used += work;
@@ -572,7 +575,7 @@ double Engine::cpu_work_end(int d, double sustained_s) {
       ds.cfs_used += avail;
     }
     k++;  // budget spent or period over: on at the next period, with a fresh budget
-    t = k * kCfsPeriodS + ds.cfs_phase + (left <= to_end ? delay : 0);  // throttled: resumes `delay` late
+    t = cfs_period_start(k, ds.cfs_phase) + (left <= to_end ? delay : 0);  // throttled: resumes `delay` late
     ds.cfs_period = k;
     ds.cfs_used = 0;
   }
@@ -601,7 +604,7 @@ bool Engine::cfs_spent(int d) const {
 // When device d, throttled in its current period, runs again: the next period's start
 // + the profile's throttle delay.
 double Engine::cfs_resume_at(int d) const {
-  return (dev_[d].cfs_period + 1) * kCfsPeriodS + dev_[d].cfs_phase + sc_.devices[d].profile.throttle_delay_s;
+  return cfs_period_start(dev_[d].cfs_period + 1, dev_[d].cfs_phase) + sc_.devices[d].profile.throttle_delay_s;
 }
 
 // ---- Shared host (Scenario::host_cores > 0; docs/simulator.md, "Shared host").
@@ -693,7 +696,7 @@ void Engine::cpu_reschedule() {
     next = std::min(next, now_ + std::max(0.0, ds.cpu_left) / ds.cpu_rate);
     if (ds.cfs_quota > 0) {
       next = std::min(next, now_ + std::max(0.0, ds.cfs_quota * kCfsPeriodS - ds.cfs_used) / ds.cpu_rate);
-      next = std::min(next, (ds.cfs_period + 1) * kCfsPeriodS + ds.cfs_phase);
+      next = std::min(next, cfs_period_start(ds.cfs_period + 1, ds.cfs_phase));
     }
   }
   ++cpu_version_;
