@@ -86,8 +86,8 @@ FIELDS = ("task_overhead_s", "message_overhead_s")
 SAMPLES = 128
 # The one-device plan that measures cpu_work_factor asks at least this much CPU work at
 # the rates: more samples where 128 ask less. stories260K's 128 ask 0.55 s, in which
-# one slow step moved the factor by a third (1.41 stored where longer plans measured
-# 1.04-1.10: docs/fidelity.md, "Twelfth run").
+# one slow step moved the factor by a third (1.41 stored where 928-sample plans measured
+# 0.83-1.02: docs/fidelity.md, "Twelfth run").
 MIN_TASK_WORK_S = 4.0
 # The first-use plan (cached: one device, the activation cache, two epochs) on half that:
 # 4 steps per epoch, the first against the median of the other three.
