@@ -37,6 +37,14 @@ and finds the profile values with which pac-sim reproduces the measured time:
               simulate 25-200% slow, the CI gate's among them (11-24). What both stages
               spend in CPU beyond their work, per message end, is recorded
               (pipeline_extra_cpu) but not applied: it is not per message.
+  3. sync:    FOUR such devices on this host, data parallel (one stage group: a ring
+              all-reduce every step), 256 samples, every run traced (--no-sync skips
+              it, --sync-only runs only it). What a barrier among devices costs, which
+              a one-device plan cannot show: the spread of the devices' compute in a
+              step -> compute_jitter_cv, and the all-reduce's time after the last
+              device arrives -> message_overhead_s, each beyond what the simulation of
+              the same plan already has (sync_measure, sync_values). Measured on this
+              plan, not fitted to the fidelity suite; docs/profiling.md, item 4.
 
 Before the fits, the cost per training step (step_overhead_s: the step's command and
 result through the coordinator, in which no plan task runs) is measured, not fitted:
@@ -60,6 +68,7 @@ the profile's calibration.overhead block, with every run's time and probes.
     python3 bench/calibrate_overhead.py --refit --work /tmp/pac-overhead   # fit again, run nothing
     python3 bench/calibrate_overhead.py --step-only --work /tmp/pac-step   # only the cost per step
     python3 bench/calibrate_overhead.py --factor-only --only testbed-q050-s260k   # only cpu_work_factor
+    python3 bench/calibrate_overhead.py --sync-only --only testbed-q050-s260k     # only the sync plan's two values
 
 Needs root and network namespaces (pac-run --testbed) and the stories260K tokenizer
 (PAC_MODEL_DIR); exits 0 with a message, changing nothing, where those are missing.
@@ -70,6 +79,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -96,6 +106,11 @@ SAMPLES_CACHED = 64
 # calibration.overhead.first_use) to derive them from.
 FIRST_USE_FIELDS = ("first_step_bytes_per_s", "cached_first_step_bytes_per_s", "switch_local_s")
 FIRST_USE_RECORDED = ("first_step_s", "cached_first_step_s", "switch_local_s")
+# The sync plan (sync_measure): SYNC_DEVICES devices at the profile's quota, one stage
+# group (data parallel: a ring all-reduce every step), one epoch of SAMPLES_SYNC samples
+# (16 steps; the first is left out of the statistics: it pays the phase's first use).
+SYNC_DEVICES = 4
+SAMPLES_SYNC = 256
 
 
 def below_spread(residual, totals):
@@ -266,14 +281,16 @@ def calibration_scenario(kind, profile_name, cal):
     # (step_measure scales it to the quota as the rates are).
     quota = 1.0 if kind == "step" else cal["cpu_quota"]
     two = kind == "message"
+    sync = kind == "sync"
     cached = kind == "cached"
-    devices = [{"id": "w%d" % i, "profile": profile_name, "cpu_quota": quota} for i in range(2 if two else 1)]
+    count = 2 if two else SYNC_DEVICES if sync else 1
+    devices = [{"id": "w%d" % i, "profile": profile_name, "cpu_quota": quota} for i in range(count)]
     scen = {"name": "overhead-%s-%s" % (kind, profile_name),
             "description": "bench/calibrate_overhead.py: %s cost of %s" % (kind, profile_name),
             "model": cal["model"],
             "method": {"kind": "parallel_adapters", "reduction_k": int(cal.get("reduction_k", 8)),
                        "cache": cached, "cache_dtype": "fp32", "dtype": "fp32"},
-            "data": {"task": "personal", "samples": SAMPLES_CACHED if cached else SAMPLES,
+            "data": {"task": "personal", "samples": SAMPLES_CACHED if cached else SAMPLES_SYNC if sync else SAMPLES,
                      "seq_len": int(cal.get("seq_len", 128)), "mini_batch": 16, "micro_batches": 4},
             "epochs": 2 if cached else 1,
             "cluster": {"devices": devices},
@@ -281,6 +298,8 @@ def calibration_scenario(kind, profile_name, cal):
             "strategy": "pac"}
     if two:
         scen["stages"] = 2
+    if sync:
+        scen["stages"] = 1  # one group of every device: data parallel
     return scen
 
 
@@ -362,9 +381,10 @@ def task_samples(work_s, samples=SAMPLES, batch=16):
     return int(math.ceil(samples * MIN_TASK_WORK_S / work_s / batch)) * batch
 
 
-def measure(a, kind, name, profile, known):
+def measure(a, kind, name, profile, known, trace=False):
     """Runs the `kind` calibration plan of profile `name` (with the overhead values
-    `known` already in it) a.repeats times. Returns (trial for the fit, median run, runs)."""
+    `known` already in it) a.repeats times (with `trace`, each run also writes
+    run-<k>.trace.json beside its report). Returns (trial for the fit, median run, runs)."""
     work = os.path.join(a.work, name, kind)
     scen, scen_file = scenario_write(work, kind, name, profile)
     # The measured plan is made from the profile as the fit starts it: `known` values in.
@@ -380,7 +400,8 @@ def measure(a, kind, name, profile, known):
             scen["data"]["samples"] = n
             fid.write_atomic(scen_file, json.dumps(scen, indent=1) + "\n")
     a.profiles = trial.profiles
-    row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", False)
+    a.run_has_trace = trace
+    row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", trace)
     if job is None:
         raise SystemExit("calibrate_overhead: %s: %s" % (scen["name"], row.get("measured") or row["status"]))
     for k in range(1, a.repeats + 1):
@@ -503,6 +524,120 @@ def first_use_values(name, per, plan_file):
         rec["median_" + f] = round(med[f], 6)
     for f in FIRST_USE_FIELDS:
         rec["value_" + f] = round(values[f], 6)
+    return values, rec
+
+
+def trace_sync_stats(trace_file):
+    """What a data-parallel plan's timeline says about the barrier, from a pac-run --trace
+    or a pac-sim --trace of it (Chrome trace JSON: per device a track named by its id,
+    compute tasks "F ..." and "B ...", the all-reduce "allreduce ..." on the device's
+    track (run) or on its links' tracks "a -> b" (simulation); the step in args.step
+    (run) or args.iteration (simulation)). Per step after the first (it pays the phase's
+    first use), over the devices: each device's compute before the all-reduce (its
+    forwards' and backwards' wall time) and the step's all-reduce tail (the all-reduce's
+    end less the last device's compute end: the all-reduce as its last arrival sees it,
+    waiting for no one). Returns (cv, tail_s, steps): cv is the root mean square over the
+    steps of the devices' sample standard deviation over their mean (the compute's
+    step-to-step spread between devices, which compute_jitter_cv models); tail_s the
+    median tail; None, None, 0 without such steps."""
+    doc = json.load(open(trace_file))
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    names = {(e.get("pid"), e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    compute, comp_end, ar_end = {}, {}, {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        args = e.get("args") or {}
+        step = args.get("step", args.get("iteration"))
+        track = names.get((e.get("pid"), e.get("tid")), "")
+        if step is None or not track:
+            continue
+        end = (e["ts"] + e.get("dur", 0)) / 1e6
+        if e["name"].startswith(("F ", "B ")) and " -> " not in track:
+            per = compute.setdefault(step, {})
+            per[track] = per.get(track, 0.0) + e.get("dur", 0) / 1e6
+            comp_end[step] = max(comp_end.get(step, 0.0), end)
+        elif e["name"].startswith("allreduce"):
+            ar_end[step] = max(ar_end.get(step, 0.0), end)
+    rel, tails = [], []
+    for step in sorted(compute)[1:]:
+        c = list(compute[step].values())
+        if len(c) >= 2 and statistics.mean(c) > 0:
+            rel.append((statistics.stdev(c) / statistics.mean(c)) ** 2)
+        if step in ar_end:
+            tails.append(ar_end[step] - comp_end[step])
+    if not rel or not tails:
+        return None, None, 0
+    return math.sqrt(statistics.mean(rel)), statistics.median(tails), len(rel)
+
+
+def sync_values(run_stats, sim_stats, devices):
+    """compute_jitter_cv and message_overhead_s from the sync plan's runs' trace_sync_stats
+    (a list of (cv, tail_s)) and its simulation's (cv, tail_s: jitter and message cost 0).
+    cv: the median of the runs' beyond the simulation's own spread (the CFS periods'
+    offsets already make the devices' compute differ), in quadrature. The tail: a ring
+    all-reduce of n devices is 2(n-1) steps, each waiting for its pair's latency, which
+    holds both ends' message_overhead_s; so the median run's tail beyond the simulated one
+    over 2(n-1) steps x 2 ends. Both clamped at 0 (cv also at 0.5, the profile's limit).
+    Returns (values, record)."""
+    cvs = [c for c, _ in run_stats if c is not None]
+    tails = [t for _, t in run_stats if t is not None]
+    cv_sim, tail_sim = sim_stats
+    if not cvs or not tails or cv_sim is None:
+        return {"compute_jitter_cv": 0.0, "message_overhead_s": 0.0}, None
+    cv_run, tail_run = statistics.median(cvs), statistics.median(tails)
+    cv = min(0.5, math.sqrt(max(0.0, cv_run ** 2 - cv_sim ** 2)))
+    msg = max(0.0, tail_run - tail_sim) / (2 * (devices - 1)) / 2
+    return ({"compute_jitter_cv": cv, "message_overhead_s": msg},
+            {"run_cv": [round(c, 4) for c in cvs], "sim_cv": round(cv_sim, 4),
+             "run_tail_s": [round(t, 6) for t in tails], "sim_tail_s": round(tail_sim, 6),
+             "value_compute_jitter_cv": round(cv, 4), "value_message_overhead_s": round(msg, 7)})
+
+
+def sync_measure(a, name, profile, known):
+    """compute_jitter_cv and message_overhead_s of profile `name`, measured on the sync
+    plan: SYNC_DEVICES devices at the profile's quota on this host, data parallel (the
+    planner's one stage group), SAMPLES_SYNC samples, every run traced. The simulation of
+    the plan that ran (at the median run's probed speed, on this host's cores, with the
+    profile as calibrated so far and neither value) gives what the model already has;
+    what the runs show beyond it is the two values (sync_values). Returns (values, record)."""
+    prof = dict(profile)
+    prof.pop("compute_jitter_cv", None)
+    _, med, runs = measure(a, "sync", name, prof, dict(known, message_overhead_s=0.0), trace=True)
+    run_dir = os.path.dirname(med["report"])
+    run_stats = []
+    for r in runs:
+        cv, tail, _ = trace_sync_stats(os.path.join(run_dir, "run-%d.trace.json" % r["run"]))
+        run_stats.append((cv, tail))
+    plan = os.path.join(run_dir, "plan.json")
+    at = os.path.join(run_dir, "plan-sync-at-speed.json")
+    speed = run_speed(med) if a.probe else None
+    if speed:
+        fid.plan_at_speed(plan, speed, at)
+    else:
+        shutil.copyfile(plan, at)
+    trace = os.path.join(run_dir, "sim-at-speed.trace.json")
+    # The scenario the run's row was simulated with: on this host's cores (scenario_on_host).
+    scen_file = os.path.join(run_dir, "scenario.json")
+    if not os.path.exists(scen_file):
+        scen_file = os.path.join(a.work, name, "sync", "scenario.json")
+    rc, out, err = fid.run_cmd([os.path.join(a.bin_dir, "pac-sim"), scen_file, "--plan", at,
+                                "--profiles", a.profiles, "--json", os.path.join(run_dir, "sim-at-speed.json"), "--quiet",
+                                "--trace", trace], a.timeout)
+    if rc not in (0, 1):
+        raise SystemExit("calibrate_overhead: %s: pac-sim of the sync plan failed: %s" % (name, fid.last_line(err or out)))
+    cv_sim, tail_sim, _ = trace_sync_stats(trace)
+    values, rec = sync_values(run_stats, (cv_sim, tail_sim), SYNC_DEVICES)
+    if rec is None:
+        raise SystemExit("calibrate_overhead: %s: the sync plan's traces have no data-parallel steps" % name)
+    rec.update({"plan": "sync (%d devices, data parallel, %d samples)" % (SYNC_DEVICES, SAMPLES_SYNC),
+                "measured_total_s": [r["total_s"] for r in runs], "machine_speed": [r.get("machine_speed") for r in runs],
+                "simulated_at_speed": speed, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    log("%s: sync plan: compute spread between devices %s (simulated %.3f) -> compute_jitter_cv %.3f; all-reduce "
+        "tail %s ms (simulated %.2f ms) -> message_overhead_s %.3f ms" % (
+            name, rec["run_cv"], cv_sim, values["compute_jitter_cv"], [round(1e3 * t, 2) for t in rec["run_tail_s"]],
+            1e3 * tail_sim, 1e3 * values["message_overhead_s"]))
     return values, rec
 
 
@@ -635,6 +770,19 @@ def calibrate_profile(a, path):
     if not old:
         first, record["first_use"] = first_use_measure(a, name, profile)
         first_use_set(profile, first)
+    # The barrier's costs: measured on the sync plan (--refit keeps the recorded ones).
+    profile.pop("compute_jitter_cv", None)
+    sync = (old or {}).get("sync") if old else None
+    if not old and a.sync:
+        sync_vals, sync = sync_measure(a, name, profile, values)
+    elif sync:
+        sync_vals = {"compute_jitter_cv": sync["value_compute_jitter_cv"],
+                     "message_overhead_s": sync["value_message_overhead_s"]}
+    if sync:
+        record["sync"] = sync
+        values["message_overhead_s"] = sync_vals["message_overhead_s"]
+        if sync_vals["compute_jitter_cv"] > 0:
+            profile["compute_jitter_cv"] = round(sync_vals["compute_jitter_cv"], 4)
     record["wall_s"] = old["wall_s"] if old else round(time.time() - t0, 1)
     out = dict(profile)
     for f in FIELDS:
@@ -698,6 +846,26 @@ def factor_only(a, path):
     fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
 
 
+def sync_only(a, path):
+    """--sync-only: measures compute_jitter_cv and message_overhead_s of one profile (the
+    sync plan, --repeats traced runs) and records them in its calibration.overhead,
+    leaving the other values as they are."""
+    found = testbed_profile(path)
+    if not found:
+        return
+    name, profile = found
+    known = {"task_overhead_s": profile.get("task_overhead_s", 0.0)}
+    values, rec = sync_measure(a, name, {k: v for k, v in profile.items() if k not in FIELDS}, known)
+    profile.pop("compute_jitter_cv", None)
+    profile.pop("message_overhead_s", None)
+    if values["compute_jitter_cv"] > 0:
+        profile["compute_jitter_cv"] = round(values["compute_jitter_cv"], 4)
+    if values["message_overhead_s"] > 0:
+        profile["message_overhead_s"] = round(values["message_overhead_s"], 7)
+    profile["calibration"].setdefault("overhead", {})["sync"] = rec
+    fid.write_atomic(path, json.dumps(profile, indent=2, sort_keys=True) + "\n")
+
+
 def first_only(a, path):
     """--first-only: measures first_step_bytes_per_s, cached_first_step_bytes_per_s and
     switch_local_s of one profile (the cached plan) and records them in its
@@ -745,6 +913,10 @@ def main():
                     "record them; the rest stays (with --refit: derive them again from the recorded runs)")
     ap.add_argument("--factor-only", action="store_true", help="measure only cpu_work_factor (the one-device plan, "
                     "--repeats runs, its steady steps) and record it; the rest stays")
+    ap.add_argument("--sync-only", action="store_true", help="measure only compute_jitter_cv and message_overhead_s "
+                    "(the 4-device data-parallel plan, --repeats traced runs) and record them; the rest stays")
+    ap.add_argument("--no-sync", dest="sync", action="store_false", help="skip the 4-device data-parallel plan: "
+                    "compute_jitter_cv and message_overhead_s stay 0")
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-stage pipeline check "
                     "(it sets nothing; bench/fidelity.py --calibrate skips it)")
     ap.add_argument("--fit-task-cost", action="store_true", help="fit task_overhead_s on the one-device plan "
@@ -792,10 +964,14 @@ def main():
     # What fid.prepare_row / measure_once read from their options.
     a.run_mode, a.model_map, a.run_args, a.run_has_trace, a.trace_dir = "testbed", {}, [], False, a.work
     a.last_probe = None
+    # The sync plan's devices share this machine, as the suite's do (scenario_on_host).
+    a.host_cores = os.cpu_count() or 0
     os.makedirs(a.work, exist_ok=True)
     for p in paths:
         if a.step_only:
             step_only(a, p)
+        elif a.sync_only:
+            sync_only(a, p)
         elif a.factor_only:
             factor_only(a, p)
         elif a.first_only:

@@ -5,6 +5,7 @@ bench/calibrate_testbed.sh; stdlib only."""
 import glob
 import json
 import os
+import statistics
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -99,6 +100,27 @@ def overhead_table(files):
                                        100 * (chk["sim_total_s_without"] - chk["median_total_s"]) / chk["median_total_s"])
             if chk else "-",
             "%.1f" % (1e3 * extra["per_end_sustained_s"]) if extra else "-", speed(task), speed(chk)))
+    sync_table(files)
+
+
+def sync_table(files):
+    """The sync plan's figures (calibration.overhead.sync: 4 devices, data parallel) and
+    the two values they give, for the profiles where it ran."""
+    rows = [json.load(open(f)) for f in files]
+    rows = [(p, (p["calibration"].get("overhead") or {}).get("sync")) for p in rows]
+    rows = [(p, s) for p, s in rows if s]
+    if not rows:
+        return
+    print("\nThe sync plan (4 devices, data parallel; spread of the devices' compute per step, and the all-reduce's "
+          "tail after the last arrival, in ms; medians of the runs):\n")
+    print("| profile | compute spread: runs / simulated | compute_jitter_cv | all-reduce tail: runs / simulated "
+          "| message_overhead_s | probed speed |")
+    print("|---|---|---|---|---|---|")
+    for p, s in rows:
+        print("| %s | %.3f / %.3f | %.3f | %.2f / %.2f | %.3f | %s |" % (
+            p["name"], statistics.median(s["run_cv"]), s["sim_cv"], s["value_compute_jitter_cv"],
+            1e3 * statistics.median(s["run_tail_s"]), 1e3 * s["sim_tail_s"], 1e3 * s["value_message_overhead_s"],
+            "x%.2f" % s["simulated_at_speed"] if s.get("simulated_at_speed") else "-"))
 
 
 if __name__ == "__main__":

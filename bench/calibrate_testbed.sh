@@ -11,6 +11,8 @@
 #   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
 #   OVERHEAD=0 bash bench/calibrate_testbed.sh      # rates only, no runtime-overhead fit
 #   OVERHEAD_CHECK=0 bash bench/calibrate_testbed.sh  # no 2-stage pipeline check (it sets nothing)
+#   OVERHEAD_SYNC=0 bash bench/calibrate_testbed.sh   # no 4-device sync plan (compute_jitter_cv and
+#                                                     # message_overhead_s stay 0)
 #   STORAGE_ONLY=1 bash bench/calibrate_testbed.sh  # only the activation cache's figures (~1 min)
 #   CACHED_BATCHES=16,32 bash bench/calibrate_testbed.sh  # sizes the cached step is also timed at (default 16)
 #   HOSTS=1 bash bench/calibrate_testbed.sh   # also regenerate host-1core / host-2core (d768, ~5 min)
@@ -134,8 +136,9 @@ if [ "${HOSTS:-0}" = 1 ]; then
 fi
 # The runtime's CPU per unit of work, per task and per step (cpu_work_factor,
 # task_overhead_s, step_overhead_s), measured and fitted on small calibration plans
-# run on the testbed with the rates just written, and a 2-stage pipeline check
-# (bench/calibrate_overhead.py; ~20-60 s per profile; OVERHEAD=0 skips it, and it skips
+# run on the testbed with the rates just written, a 2-stage pipeline check, and what a
+# barrier among 4 devices costs (compute_jitter_cv, message_overhead_s: the sync plan)
+# (bench/calibrate_overhead.py; ~1-5 min per profile; OVERHEAD=0 skips it, and it skips
 # itself, leaving the profiles as they are, without root or the tokenizer).
 if [ "${OVERHEAD:-1}" = 1 ]; then
   names=()
@@ -145,7 +148,7 @@ if [ "${OVERHEAD:-1}" = 1 ]; then
   ovh_work=$(mktemp -d /tmp/pac-overhead.XXXXXX)
   python3 bench/calibrate_overhead.py --build-dir "$build" --devices "$out_dir" \
     --only "$(IFS=,; echo "${names[*]}")" --repeats "${OVERHEAD_REPEATS:-3}" --work "$ovh_work" \
-    $([ "${OVERHEAD_CHECK:-1}" = 0 ] && echo --no-check)
+    $([ "${OVERHEAD_CHECK:-1}" = 0 ] && echo --no-check) $([ "${OVERHEAD_SYNC:-1}" = 0 ] && echo --no-sync)
   rm -rf "$ovh_work"
 fi
 echo "calibrate_testbed: load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -138,6 +138,9 @@ struct DevState {
   double cpu_rate = 0;             // fraction of full speed it runs at now
   double cpu_cores = 1;            // cores it runs on at full speed (its threads)
   double cpu_resume = -1;          // >= 0: quota spent, throttled until then
+  // Compute jitter: the profile's cv and this device's Weyl step (jitter_of).
+  double jitter_cv = 0;
+  double jitter_alpha = 0;
 };
 
 // The testbed's cgroup period (exec/testbed.cpp; Linux's default cfs_period_us).
@@ -159,6 +162,36 @@ static double cfs_phase_of(int d, bool aligned) {
 
 // When period k of a device whose periods are offset by `phase` begins.
 static double cfs_period_start(int64_t k, double phase) { return k * kCfsPeriodS + phase; }
+
+// Compute jitter (DeviceProfile::compute_jitter_cv; docs/simulator.md, "Compute
+// jitter"). Device d's compute in run-wide iteration i takes m = 1 + cv sqrt(3) (2u - 1)
+// times its time: u uniform on [0, 1), so m has mean 1 and standard deviation cv. The
+// expected wait at a barrier of n devices is then closed-form: E[max of n] = 1 +
+// cv sqrt(3) (n - 1) / (n + 1) (within 2% of a normal's for n <= 4). u is not random:
+// u = frac(i sqrt(p_d) + 1/2), p_d the (d+1)-th prime. Square roots of distinct primes
+// are rationally independent, so by Weyl's theorem the devices' u's are equidistributed
+// jointly (the barrier's expected wait comes out right) and each device's own mean
+// converges as fast as a sequence can (its total over N iterations is within
+// O(cv log N) iterations of N: one device's plan keeps its time, which random draws,
+// a few per cent off over 30 steps, would not). Reproducible, no seed.
+static double jitter_alpha_of(int d) {
+  int p = 1;
+  for (int found = -1; found < d;) {  // the (d+1)-th prime, by trial division (d is small)
+    p++;
+    bool prime = true;
+    for (int k = 2; k * k <= p; k++) prime = prime && p % k != 0;
+    if (prime) found++;
+  }
+  double x = std::sqrt(static_cast<double>(p));
+  return x - std::floor(x);
+}
+
+static double jitter_of(double alpha, int64_t i, double cv) {
+  if (cv <= 0) return 1;
+  double x = static_cast<double>(i) * alpha + 0.5;
+  double u = x - std::floor(x);
+  return 1 + cv * std::sqrt(3.0) * (2 * u - 1);
+}
 
 class Engine {
  public:
@@ -755,6 +788,8 @@ void Engine::task_start(int t) {
   if (kind_is_compute(task.kind)) {
     // A phase's first use (Task::first_extra_s) in the segment's first iteration only.
     double secs = task.seconds + (iter_of(t) == 0 ? task.first_extra_s : 0);
+    const DevState& dj = dev_[task.device];
+    secs *= jitter_of(dj.jitter_alpha, global_base_ + iter_of(t), dj.jitter_cv);
     if (host_cores_ > 0) {
       cpu_work_begin(task.device, t, secs * dev_[task.device].slow);
       return;
@@ -1012,6 +1047,8 @@ SimResult Engine::run() {
     double q = sc_.devices[d].profile.sustained_quota;
     dev_[d].cfs_quota = q > 0 && q < 1 ? q : 0;
     dev_[d].cfs_phase = cfs_phase_of(d, sc_.cfs_phases_aligned);
+    dev_[d].jitter_cv = sc_.devices[d].profile.compute_jitter_cv;
+    dev_[d].jitter_alpha = jitter_alpha_of(d);
     // On a shared host a device computes on up to its quota's cores when that is more
     // than one (its threads), else on one.
     dev_[d].cpu_cores = std::max(1.0, sc_.devices[d].cpu_quota);

@@ -103,6 +103,19 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   doc["cluster"]["devices"][0]["profile"] = orin;
   std::string bad = input_error([&] { load_doc(doc); });
   EXPECT_NE(bad.find("s.json: $.cluster.devices[0].profile.switch_local_s: expected"), std::string::npos) << bad;
+  // Compute jitter (the 4-device calibration plan): kept through the resolved form;
+  // above 0.5 the multiplier 1 + cv sqrt(3) (2u - 1) could reach 0, so it is refused.
+  json jit = nano;
+  jit["compute_jitter_cv"] = 0.12;
+  doc["cluster"]["devices"][0]["profile"] = jit;
+  Scenario jb = scenario_from_json(JsonIn::from(scenario_to_json(load_doc(doc)), "resolved.json"), kProfiles);
+  EXPECT_DOUBLE_EQ(jb.devices[0].profile.compute_jitter_cv, 0.12);
+  EXPECT_FALSE(device_profile_to_json(jb.devices[2].profile).contains("compute_jitter_cv"));
+  jit["compute_jitter_cv"] = 0.7;
+  doc["cluster"]["devices"][0]["profile"] = jit;
+  std::string bad_cv = input_error([&] { load_doc(doc); });
+  EXPECT_NE(bad_cv.find("s.json: $.cluster.devices[0].profile.compute_jitter_cv: expected"), std::string::npos)
+      << bad_cv;
   nano["task_overhead_s"] = -0.001;
   doc["cluster"]["devices"][0]["profile"] = nano;
   std::string err = input_error([&] { load_doc(doc); });

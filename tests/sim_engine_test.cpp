@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "sim/engine.h"
@@ -837,6 +838,28 @@ TEST(SimEngine, CfsPhasesSpreadShiftEachDevicesPeriods) {
       SimResult r = sim_run(pb.plan);
       ASSERT_TRUE(r.ok);
       EXPECT_NEAR(r.makespan_s, aligned ? 0.13 : 0.0918034, 1e-7) << "host " << host;
+    }
+}
+
+TEST(SimEngine, ComputeJitterCostsABarrierTheExpectedMaximum) {
+  // n devices each compute 1 s per iteration, with a barrier between iterations, N =
+  // 3000 iterations, compute_jitter_cv = 0.2: each device's multiplier is uniform on
+  // [1 - a, 1 + a], a = 0.2 sqrt(3), so an iteration takes the maximum of n of them and
+  // the run N (1 + a (n - 1) / (n + 1)): 3000 s on one device (its own mean is kept),
+  // 3346.41 s on two, 3623.53 s on four. The sequence is deterministic and
+  // equidistributed, not random: within 0.3%. Without jitter: exactly N on any count.
+  const int N = 3000;
+  const double a = 0.2 * std::sqrt(3.0);
+  for (int n : {1, 2, 4})
+    for (double cv : {0.0, 0.2}) {
+      SimPlanBuilder pb(n);
+      for (int d = 0; d < n; d++) pb.plan.scenario.devices[d].profile.compute_jitter_cv = cv;
+      pb.seg("x", 1, 1, N);
+      for (int d = 0; d < n; d++) pb.compute(TaskKind::Forward, d, 1.0, {});
+      SimResult r = sim_run(pb.plan);
+      ASSERT_TRUE(r.ok);
+      double want = cv > 0 ? N * (1 + a * (n - 1) / (n + 1)) : N;
+      EXPECT_NEAR(r.makespan_s, want, cv > 0 ? 0.003 * N : 1e-6) << n << " devices, cv " << cv;
     }
 }
 

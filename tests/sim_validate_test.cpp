@@ -575,6 +575,51 @@ TEST(SimFidelityHarness, OverheadFitInvertsTheSimulation) {
       "m, r = c.pipeline_extra_cpu(mp, [{'cpu_s': [0.2, 0.4], 'machine_speed': [1, 1]}], p)\n"
       "assert abs(m + 0.02) < 1e-12 and r['per_end_sustained_s'] == -0.02, (m, r)\n"
       "assert c.pipeline_extra_cpu(mp, [{'cpu_s': None}], p) == (0.0, None)\n"
+      // The sync plan's traces (trace_sync_stats). A run's: device tracks w0, w1, the step
+      // in args.step, times in us. Step 0 is left out (first use). Step 1: w0 computes
+      // F 30 + B 10 ms = 40 ms, w1 50 + 10 = 60 ms; the all-reduce ends at 70 ms, 10 ms
+      // after the last compute end. Step 2: both 50 ms, all-reduce 12 ms after. Compute
+      // spread: step 1 sample sd 14.142 ms over mean 50 ms = 0.28284 (squared 0.08), step 2
+      // 0; cv = sqrt(mean(0.08, 0)) = 0.2; tail: median(10, 12) = 11 ms.
+      "def X(tid, name, ts, dur, **args):\n"
+      "    return {'ph': 'X', 'pid': 1, 'tid': tid, 'name': name, 'ts': ts * 1e3, 'dur': dur * 1e3, 'args': args}\n"
+      "M = lambda tid, n: {'ph': 'M', 'pid': 1, 'tid': tid, 'name': 'thread_name', 'args': {'name': n}}\n"
+      "ev = [M(1, 'w0'), M(2, 'w1'), X(1, 'F mb0', 0, 500, step=0), X(2, 'F mb0', 0, 5, step=0), "
+      "X(1, 'allreduce stage 0', 500, 1, step=0), "
+      "X(1, 'F mb0', 1000, 30, step=1), X(1, 'B mb0', 1030, 10, step=1), X(2, 'F mb0', 1000, 50, step=1), "
+      "X(2, 'B mb0', 1050, 10, step=1), X(1, 'allreduce stage 0', 1040, 30, step=1), "
+      "X(2, 'allreduce stage 0', 1060, 10, step=1), X(1, 'opt', 1070, 2, step=1), "
+      "X(1, 'F mb0', 2000, 40, step=2), X(1, 'B mb0', 2040, 10, step=2), X(2, 'F mb0', 2000, 40, step=2), "
+      "X(2, 'B mb0', 2040, 10, step=2), X(2, 'allreduce stage 0', 2050, 12, step=2)]\n"
+      "tf = os.path.join(dir, 'run.trace.json')\n"
+      "json.dump({'traceEvents': ev}, open(tf, 'w'))\n"
+      "cv, tail, n = c.trace_sync_stats(tf)\n"
+      "assert abs(cv - 0.2) < 1e-9 and abs(tail - 0.011) < 1e-9 and n == 2, (cv, tail, n)\n"
+      // A simulation's: compute on the device tracks, the ring's flows on link tracks
+      // ('w0 -> w1'), the step in args.iteration (a list of events): equal compute (cv 0),
+      // the ring's last flow 4 ms after the compute.
+      "ev = [M(1, 'w0'), M(2, 'w1'), M(3, 'w0 -> w1'), M(4, 'w1 -> w0')]\n"
+      "for it in range(3):\n"
+      "    t0 = 100 * it\n"
+      "    ev += [X(1, 'F s0 mb0', t0, 40, iteration=it), X(2, 'F s0 mb0', t0, 40, iteration=it), "
+      "X(3, 'allreduce s0', t0 + 40, 2, iteration=it), X(4, 'allreduce s0', t0 + 42, 2, iteration=it)]\n"
+      "json.dump(ev, open(tf, 'w'))\n"
+      "cv, tail, n = c.trace_sync_stats(tf)\n"
+      "assert cv == 0 and abs(tail - 0.004) < 1e-9 and n == 2, (cv, tail, n)\n"
+      // sync_values: the median run cv 0.2 beyond the simulation's 0.12 in quadrature:
+      // sqrt(0.04 - 0.0144) = 0.16; the median tail 11 ms beyond the simulated 4 ms over a
+      // 4-device ring's 6 steps x 2 ends: 7 / 12 = 0.58333 ms per message end. The
+      // simulation's spread or tail above the runs': 0.
+      "v, r = c.sync_values([(0.2, 0.011), (0.25, 0.02), (0.1, 0.009)], (0.12, 0.004), 4)\n"
+      "assert abs(v['compute_jitter_cv'] - 0.16) < 1e-12 and abs(v['message_overhead_s'] - 0.007 / 12) < 1e-12, v\n"
+      "assert r['sim_tail_s'] == 0.004 and r['run_cv'] == [0.2, 0.25, 0.1], r\n"
+      "v, _ = c.sync_values([(0.1, 0.003)], (0.12, 0.004), 4)\n"
+      "assert v == {'compute_jitter_cv': 0.0, 'message_overhead_s': 0.0}, v\n"
+      "assert c.sync_values([(None, None)], (0.1, 0.004), 4) == ({'compute_jitter_cv': 0.0, 'message_overhead_s': 0.0}, None)\n"
+      // The sync plan's scenario: SYNC_DEVICES devices at the quota, one stage (data parallel).
+      "sc = c.calibration_scenario('sync', name, prof['calibration'])\n"
+      "assert len(sc['cluster']['devices']) == 4 and sc['stages'] == 1 and sc['data']['samples'] == 256, sc\n"
+      "assert all(d['cpu_quota'] == 0.5 for d in sc['cluster']['devices']) and not sc['method']['cache'], sc\n"
       // A residual within half the runs' range is not resolved (the value is then 0).
       "assert c.below_spread(0.19, [30.3, 30.5, 31.1]) and c.below_spread(-0.4, [30.3, 30.5, 31.1])\n"
       "assert not c.below_spread(0.41, [30.3, 30.5, 31.1]) and not c.below_spread(0.01, [30.5])\n"
@@ -640,8 +685,7 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       // The runtime costs are what bench/calibrate_overhead.py measured
       // (calibration.overhead): on the one-device plan the CPU factor, measured (stored
       // when above 1), and the rest of its time recorded, not fitted (a check: no cost
-      // per task); no throttle delay; the 2-stage plan is a check too, and no cost per
-      // message is set.
+      // per task); no throttle delay; the 2-stage plan is a check too.
       ASSERT_TRUE(c.contains("overhead")) << file;
       const json& plans = c["overhead"]["plans"];
       EXPECT_EQ(plans["task"]["field"], "task_overhead_s") << file;
@@ -653,7 +697,13 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       EXPECT_NEAR(p.cpu_work_factor, std::max(1.0, factor["measured"].get<double>()), 1e-4) << file;
       EXPECT_EQ(p.throttle_delay_s, 0.0) << file;
       EXPECT_EQ(plans["message"]["role"], "check") << file;
-      EXPECT_EQ(p.message_overhead_s, 0.0) << file;
+      // The cost per message end and the compute jitter come from the sync plan
+      // (calibration.overhead.sync) when it ran, else they are 0.
+      const json& sync = c["overhead"].contains("sync") ? c["overhead"]["sync"] : json();
+      EXPECT_NEAR(p.message_overhead_s, sync.is_object() ? sync["value_message_overhead_s"].get<double>() : 0.0, 1e-7)
+          << file;
+      EXPECT_NEAR(p.compute_jitter_cv, sync.is_object() ? sync["value_compute_jitter_cv"].get<double>() : 0.0, 1e-4)
+          << file;
       // The cost per step is measured at one core and kept in sustained seconds: the
       // median per-step gap / the quota (1 at one core), rounded as written.
       const json& step = c["overhead"]["step"];

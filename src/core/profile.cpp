@@ -27,7 +27,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
                 "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
                 "sustained_quota", "throttle_delay_s", "cpu_work_factor", "first_step_bytes_per_s", "cached_first_step_bytes_per_s",
-                "switch_local_s", "calibration"});
+                "switch_local_s", "compute_jitter_cv", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
   p.source = j.string_or("source", "");
@@ -58,6 +58,8 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.first_step_bytes_per_s = j.number_or("first_step_bytes_per_s", 0, 0);
   p.cached_first_step_bytes_per_s = j.number_or("cached_first_step_bytes_per_s", 0, 0);
   p.switch_local_s = j.number_or("switch_local_s", 0, 0, 600);
+  // At most 1/sqrt(3): the multiplier 1 + cv sqrt(3) (2u - 1) stays positive.
+  p.compute_jitter_cv = j.number_or("compute_jitter_cv", 0, 0, 0.5);
   return p;
 }
 
@@ -88,6 +90,7 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.first_step_bytes_per_s > 0) j["first_step_bytes_per_s"] = p.first_step_bytes_per_s;
   if (p.cached_first_step_bytes_per_s > 0) j["cached_first_step_bytes_per_s"] = p.cached_first_step_bytes_per_s;
   if (p.switch_local_s > 0) j["switch_local_s"] = p.switch_local_s;
+  if (p.compute_jitter_cv > 0) j["compute_jitter_cv"] = p.compute_jitter_cv;
   return j;
 }
 

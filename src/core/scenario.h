@@ -82,6 +82,16 @@ struct DeviceProfile {
   // phase-1 cache). Measured as the one-device cached plan's switch, where nothing is
   // sent; priced as one Local task per phase-1 device before its sends. 0 = free.
   double switch_local_s = 0;
+  // Step-to-step jitter of this device's compute: the coefficient of variation of its
+  // compute time from one training step to the next, independent of other devices' (a
+  // shared, oversubscribed host: steal, cache and CFS contention). A barrier among
+  // devices (an all-reduce, a stage waiting for its input) waits for the slowest, so
+  // jitter costs time on several devices that it does not cost on one. Measured by
+  // bench/calibrate_overhead.py on the profile's 4-device data-parallel plan (the
+  // spread of the devices' compute in a step beyond what the simulation already has);
+  // the simulator draws each device's multiplier per iteration (sim/engine.cpp,
+  // jitter_of). 0 = none (datasheet profiles).
+  double compute_jitter_cv = 0;
 };
 
 // Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the
