@@ -400,10 +400,11 @@ def measure(a, kind, name, profile, known, trace=False):
             scen["data"]["samples"] = n
             fid.write_atomic(scen_file, json.dumps(scen, indent=1) + "\n")
     a.profiles = trial.profiles
-    a.run_has_trace = trace
-    row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", trace)
+    row, job = fid.prepare_row(a, scen_file, scen, "pac", os.path.join(work, "runs"), "", False)
     if job is None:
         raise SystemExit("calibrate_overhead: %s: %s" % (scen["name"], row.get("measured") or row["status"]))
+    if trace:  # measure_once then writes run-<k>.trace.json (the row's own trace pair is not needed)
+        job["trace"] = os.path.join(job["dir"], "run.trace.json")
     for k in range(1, a.repeats + 1):
         run = fid.measure_once(a, job, k)
         job["runs"].append(run)
@@ -772,7 +773,7 @@ def calibrate_profile(a, path):
         first_use_set(profile, first)
     # The barrier's costs: measured on the sync plan (--refit keeps the recorded ones).
     profile.pop("compute_jitter_cv", None)
-    sync = (old or {}).get("sync") if old else None
+    sync = old.get("sync") if old else None
     if not old and a.sync:
         sync_vals, sync = sync_measure(a, name, profile, values)
     elif sync:
