@@ -245,6 +245,66 @@ TEST(Profiler, MinTimeRepeatsShortKinds) {
   EXPECT_THROW(profile_time_layers(o), InputError);
 }
 
+// Interleaved rounds against a host whose speed drifts: two cases of the same work
+// (1 ms at speed 1) on a simulated clock whose slowness grows linearly, s(t) = 1 + t /
+// 0.1 s. min_time 0.05 s asks for 50 runs each (round 0's 1 ms run sizes them).
+// - In one burst (rounds 1: a's run, b's run, then b's 49 and a's 49, since round 1
+//   visits in reverse) b's runs sit in the first half and a's in the second: the same
+//   work measures 1.29 ms for b and 2.10 ms for a, a ratio of 1.63 (closed form of the
+//   schedule: every run takes 1 ms x s(its start)).
+// - In 6 rounds they take turns in ABBA order (blocks of 8-17 runs: at each turn of the
+//   order a case's runs of two rounds meet) and their medians agree to within 1%
+//   (1.6365 / 1.6512 ms, the same closed form).
+// Both keep the contract: 50 runs each, adding up to at least min_time.
+TEST(Profiler, InterleavedRoundsCancelTheHostsDrift) {
+  for (int rounds : {1, 6}) {
+    double clock = 0;
+    std::vector<int> order;
+    auto work = [&](int who) {
+      return [&, who] {
+        clock += 0.001 * (1 + clock / 0.1);
+        order.push_back(who);
+      };
+    };
+    std::vector<ProfileCase> cases(2);
+    cases[0].kind = "a";
+    cases[0].run = work(0);
+    cases[1].kind = "b";
+    cases[1].run = work(1);
+    ProfileOptions o;
+    o.warmup = 0;
+    o.repeats = 5;
+    o.min_time_s = 0.05;
+    o.rounds = rounds;
+    std::vector<ProfileTiming> t = profile_measure(cases, 1, o, [&] { return clock; });
+    ASSERT_EQ(t.size(), 2u);
+    for (const ProfileTiming& x : t) {
+      EXPECT_EQ(x.repeats, 50) << x.kind;
+      EXPECT_GE(x.repeats * x.median_s, 0.05 * 0.9) << x.kind;
+    }
+    double ratio = t[0].median_s / t[1].median_s;
+    if (rounds == 1) {
+      // The schedule: a, b, then b x 49, a x 49.
+      ASSERT_EQ(order.size(), 100u);
+      EXPECT_EQ(order[0], 0);
+      EXPECT_EQ(order[1], 1);
+      EXPECT_EQ(order[2], 1);
+      EXPECT_EQ(order[50], 1);
+      EXPECT_EQ(order[51], 0);
+      EXPECT_NEAR(ratio, 2.0987 / 1.2888, 0.01);
+    } else {
+      // No case runs more than its shares of two rounds (8-9 each) in a row.
+      int run_len = 1, longest = 1;
+      for (size_t i = 1; i < order.size(); i++) {
+        run_len = order[i] == order[i - 1] ? run_len + 1 : 1;
+        longest = std::max(longest, run_len);
+      }
+      EXPECT_LE(longest, 17);
+      EXPECT_NEAR(ratio, 1.0, 0.02);
+    }
+  }
+}
+
 TEST(Profiler, StorageMeasureWritesAndReadsBack) {
   double r = 0, w = 0;
   std::string d = tmp_dir();

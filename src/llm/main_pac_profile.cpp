@@ -53,6 +53,10 @@ int main(int argc, char** argv) {
     app.add_option("--min-time", o.min_time_s,
                    "seconds of timed runs per measurement at least: short kinds repeat more (up to 1000 runs)")
         ->capture_default_str()->check(CLI::Range(0.0, 60.0));
+    app.add_option("--rounds", o.rounds,
+                   "interleaved rounds: each measurement's runs are spread over this many passes that visit every "
+                   "kind and micro-batch in turn, so the host's drift hits them alike (1 = one burst each)")
+        ->capture_default_str()->check(CLI::Range(1, 1000));
     app.add_option("--cpu-quota", cpu_quota, "run under a cgroup CPU quota of this many cores (needs root)")
         ->check(CLI::Range(0.01, 1024.0));
     app.add_option("--storage-dir", storage_dir, "folder whose storage rate is measured (activation cache)");

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -111,38 +112,101 @@ static double median(std::vector<double> v) {
   return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Runs prepare() (untimed) + run() (timed) `warmup` times, then at least `repeats` times
-// and until the timed runs add up to `min_time_s` (at most kMaxRepeats), and keeps the
-// median: one slow run (a page fault storm, another process) does not move it. The
-// minimum time is for the sub-millisecond kinds (stories260K's layers): a median of 5 of
-// those moved by 40% between calibrations on a shared host (docs/profiling.md).
+// The interleaved rounds of ProfileOptions::rounds. A case's runs are not taken in one
+// burst: this VM's speed moves by 20-40% over seconds, and a burst catches one moment
+// of it. Spread over rounds that visit every case in turn, every case samples the same
+// stretch of the host's drift, so their ratios (micro-batch 2 against 4, a layer against
+// its backward) hold even where the absolute level moves; the median of each case's
+// runs keeps one slow run (a page fault storm, another process) from moving it. The
+// minimum time is for the sub-millisecond kinds (stories260K's layers): a median of 5
+// of those moved by 40% between calibrations on a shared host (docs/profiling.md).
 static const int kMaxRepeats = 1000;
-static ProfileTiming measure(const std::string& kind, int threads, int mb, double flops, const ProfileOptions& o,
-                             const std::function<void()>& prepare, const std::function<void()>& run) {
-  for (int i = 0; i < o.warmup; i++) {
-    prepare();
-    run();
+
+std::vector<ProfileTiming> profile_measure(std::vector<ProfileCase>& cases, int threads, const ProfileOptions& o,
+                                           const std::function<double()>& now_in,
+                                           const std::function<void(long, long)>& progress) {
+  auto t_start = std::chrono::steady_clock::now();
+  std::function<double()> now = now_in ? now_in : [t_start] { return seconds_since(t_start); };
+  const int rounds = std::max(1, o.rounds);
+  const size_t n = cases.size();
+  std::vector<std::vector<double>> ts(n);
+  std::vector<double> timed(n, 0.0);
+  std::vector<int> want(n, 0);
+  long done = 0, total = (long)(n * (rounds + 1));
+  auto time_runs = [&](size_t c, int runs) {
+    ProfileCase& pc = cases[c];
+    for (int i = 0; i < runs; i++) {
+      if (pc.prepare) pc.prepare();
+      double t0 = now();
+      pc.run();
+      double dt = now() - t0;
+      ts[c].push_back(dt);
+      timed[c] += dt;
+    }
+    if (pc.release) pc.release();
+  };
+  for (size_t c = 0; c < n; c++) {
+    for (int i = 0; i < o.warmup; i++) {
+      if (cases[c].prepare) cases[c].prepare();
+      cases[c].run();
+    }
+    if (cases[c].release) cases[c].release();
   }
-  std::vector<double> ts;
-  double timed = 0;
-  while ((int)ts.size() < o.repeats || (timed < o.min_time_s && (int)ts.size() < kMaxRepeats)) {
-    prepare();
-    auto t0 = std::chrono::steady_clock::now();
-    run();
-    ts.push_back(seconds_since(t0));
-    timed += ts.back();
+  // Round 0: one timed run each, which sizes the case's count.
+  for (size_t c = 0; c < n; c++) {
+    time_runs(c, 1);
+    double t1 = std::max(ts[c][0], 1e-9);
+    double need = o.min_time_s > 0 ? std::ceil(o.min_time_s / t1) : 1.0;
+    want[c] = (int)std::min<double>(kMaxRepeats, std::max<double>(o.repeats, need));
+    if (progress) progress(++done, total);
   }
-  std::sort(ts.begin(), ts.end());
-  ProfileTiming t;
-  t.kind = kind;
-  t.threads = threads;
-  t.micro_batch = mb;
-  t.flops = flops;
-  t.median_s = median(ts);
-  t.min_s = ts.front();
-  t.max_s = ts.back();
-  t.repeats = (int)ts.size();
-  return t;
+  // Rounds 1..R: each brings the case to its share of `want` (cumulative, so the rounds'
+  // counts differ by at most one and add up to `want`; round 0's run counts in round 1).
+  // Odd rounds visit the cases in reverse order: with an even R every case's runs sit,
+  // on average, at the same point of the whole span, so a linear drift of the host's
+  // speed moves every case alike (in one order the last case would always run later).
+  for (int r = 1; r <= rounds; r++) {
+    for (size_t i = 0; i < n; i++) {
+      size_t c = r % 2 ? n - 1 - i : i;
+      int target = (int)(((long)want[c] * r + rounds - 1) / rounds);
+      int runs = target - (int)ts[c].size();
+      if (runs > 0) time_runs(c, runs);
+      if (progress) progress(++done, total);
+    }
+  }
+  // Passes for the cases still short of the contract (a first run faster than the rest
+  // asked for too few): each pass asks for what the case's mean run says it lacks.
+  for (;;) {
+    bool any = false;
+    for (size_t c = 0; c < n; c++) {
+      int have = (int)ts[c].size();
+      bool short_repeats = have < std::min(o.repeats, kMaxRepeats);
+      bool short_time = o.min_time_s > 0 && timed[c] < o.min_time_s && have < kMaxRepeats;
+      if (!short_repeats && !short_time) continue;
+      double mean = std::max(timed[c] / have, 1e-9);
+      int runs = std::max(1, std::min(o.repeats, kMaxRepeats) - have);
+      if (short_time) runs = std::max(runs, (int)std::ceil((o.min_time_s - timed[c]) / mean));
+      time_runs(c, std::min(runs, kMaxRepeats - have));
+      any = true;
+    }
+    if (!any) break;
+  }
+  std::vector<ProfileTiming> out;
+  for (size_t c = 0; c < n; c++) {
+    std::vector<double>& v = ts[c];
+    std::sort(v.begin(), v.end());
+    ProfileTiming t;
+    t.kind = cases[c].kind;
+    t.threads = threads;
+    t.micro_batch = cases[c].micro_batch;
+    t.flops = cases[c].flops;
+    t.median_s = median(v);
+    t.min_s = v.front();
+    t.max_s = v.back();
+    t.repeats = (int)v.size();
+    out.push_back(t);
+  }
+  return out;
 }
 
 static LlamaConfig llama_config_of(const ModelConfig& m, int seq_len) {
@@ -195,85 +259,99 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
 
   const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
   std::vector<ProfileTiming> out;
-  Progress progress("timing " + o.model.name, (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + o.cached_batches.size() + 1)), 2.0);
+  const int rounds = std::max(1, o.rounds);
+  Progress progress("timing " + o.model.name,
+                    (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + o.cached_batches.size() + 1) * (rounds + 1)),
+                    2.0);
   progress.set_quiet(o.quiet);
-  long done = 0;
-  int threads = 1;
-  auto report = [&](const ProfileTiming& t) {
-    out.push_back(t);
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "threads %d mb %d %s %.4f s", t.threads, t.micro_batch, t.kind.c_str(), t.median_s);
-    progress.update(++done, buf);
+  long before = 0;  // progress units of the thread counts already timed
+
+  // One micro-batch's inputs, alive while its cases are timed (all sizes at once with
+  // interleaved rounds: ProfileOptions::rounds). `y` is kept between prepare() and run()
+  // and dropped after each round's runs.
+  struct MbState {
+    torch::Tensor x, xg, gy, b, a, ga, tokens, gl, y;
   };
-  // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
-  auto time_cached_step = [&](int mb) {
-    torch::Tensor taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
-    torch::Tensor targets = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
-    torch::Tensor mask = torch::ones({mb, T});
-    return measure("cached_step", threads, mb, mb * f.cached_step, o, [&] { net->zero_grad(); },
-                   [&] { masked_lm_loss(net->forward(taps), targets, mask).backward(); });
+  struct CachedState {
+    torch::Tensor taps, targets, mask;
   };
+  // The optimizer's own copy of one side block's parameters (AdamW with weight decay, as
+  // the trainer takes it), so its steps do not move the weights the side kinds time.
+  SideBlock opt_side(sc);
+  std::vector<torch::Tensor> opt_params = opt_side->parameters();
+  double opt_n = 0;
+  for (torch::Tensor& p : opt_params) {
+    p.mutable_grad() = torch::randn_like(p) * 1e-3;
+    opt_n += (double)p.numel();
+  }
+  torch::optim::AdamW opt(opt_params, torch::optim::AdamWOptions(1e-4).weight_decay(0.01));
+
   for (int th : o.threads) {
-    threads = th;
+    const int threads = th;
     compute_threads_set(threads);
+    std::vector<ProfileCase> cases;
+    auto add = [&](const char* kind, int mb, double flops, std::function<void()> prepare, std::function<void()> run,
+                   std::function<void()> release) {
+      cases.push_back(ProfileCase{kind, mb, flops, std::move(prepare), std::move(run), std::move(release)});
+    };
+    // As PacExecutor::dp_train_step and Trainer::train_step compute a cached step.
+    auto add_cached_step = [&](int mb) {
+      auto c = std::make_shared<CachedState>();
+      c->taps = torch::randn({mb, lc_all.n_layers + 1, T, d});
+      c->targets = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
+      c->mask = torch::ones({mb, T});
+      add("cached_step", mb, mb * f.cached_step, [&net] { net->zero_grad(); },
+          [c, &net] { masked_lm_loss(net->forward(c->taps), c->targets, c->mask).backward(); }, nullptr);
+    };
     for (int mb : o.micro_batches) {
-      torch::Tensor x = torch::randn({mb, T, d});
-      torch::Tensor xg = x.clone().requires_grad_(true);  // a stage input: its gradient goes upstream
-      torch::Tensor gy = torch::randn({mb, T, d}) * 1e-3;
-      torch::Tensor b = torch::randn({mb, T, d});          // tapped backbone state: frozen, no grad
-      torch::Tensor a = torch::randn({mb, T, r}).requires_grad_(true);
-      torch::Tensor ga = torch::randn({mb, T, r}) * 1e-3;
-      torch::Tensor tokens = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
-      torch::Tensor gl = torch::randn({mb, T, (int64_t)lc.vocab_size}) * 1e-3;
-      torch::Tensor y;  // kept between prepare() and run(); released in the next prepare()
-      auto nothing = [] {};
-      report(measure("layer", threads, mb, mb * f.layer_fwd, o, nothing, [&] {
+      auto m = std::make_shared<MbState>();
+      m->x = torch::randn({mb, T, d});
+      m->xg = m->x.clone().requires_grad_(true);  // a stage input: its gradient goes upstream
+      m->gy = torch::randn({mb, T, d}) * 1e-3;
+      m->b = torch::randn({mb, T, d});          // tapped backbone state: frozen, no grad
+      m->a = torch::randn({mb, T, r}).requires_grad_(true);
+      m->ga = torch::randn({mb, T, r}) * 1e-3;
+      m->tokens = torch::randint(0, lc.vocab_size, {mb, T}, torch::kInt64);
+      m->gl = torch::randn({mb, T, (int64_t)lc.vocab_size}) * 1e-3;
+      auto drop = [m] { m->y = torch::Tensor(); };
+      add("layer", mb, mb * f.layer_fwd, drop, [m, &model] {
         torch::NoGradGuard ng;
-        y = model->layer_forward(0, x);
-      }));
-      report(measure("layer_fwd_grad", threads, mb, mb * f.layer_fwd, o, [&] { y = torch::Tensor(); },
-                     [&] { y = model->layer_forward(0, xg); }));
-      report(measure("layer_bwd", threads, mb, mb * f.layer_bwd, o,
-                     [&] { y = model->layer_forward(0, xg); }, [&] { y.backward(gy); }));
-      report(measure("side", threads, mb, mb * f.side_fwd, o, [&] { y = torch::Tensor(); },
-                     [&] { y = side->forward(a + side->down(b), cos, sin); }));
-      report(measure("side_bwd", threads, mb, mb * f.side_bwd, o,
-                     [&] { y = side->forward(a + side->down(b), cos, sin); }, [&] { y.backward(ga); }));
-      report(measure("embed", threads, mb, 0, o, nothing, [&] {
+        m->y = model->layer_forward(0, m->x);
+      }, drop);
+      add("layer_fwd_grad", mb, mb * f.layer_fwd, drop, [m, &model] { m->y = model->layer_forward(0, m->xg); }, drop);
+      add("layer_bwd", mb, mb * f.layer_bwd, [m, &model] { m->y = model->layer_forward(0, m->xg); },
+          [m] { m->y.backward(m->gy); }, drop);
+      add("side", mb, mb * f.side_fwd, drop, [m, &side, &cos, &sin] { m->y = side->forward(m->a + side->down(m->b), cos, sin); },
+          drop);
+      add("side_bwd", mb, mb * f.side_bwd, [m, &side, &cos, &sin] { m->y = side->forward(m->a + side->down(m->b), cos, sin); },
+          [m] { m->y.backward(m->ga); }, drop);
+      add("embed", mb, 0, drop, [m, &model] {
         torch::NoGradGuard ng;
-        y = model->embed(tokens);
-      }));
-      report(measure("head", threads, mb, mb * f.head_fwd, o, [&] { y = torch::Tensor(); },
-                     [&] { y = model->classify(model->final_norm(xg)); }));
-      report(measure("head_bwd", threads, mb, mb * f.head_bwd, o,
-                     [&] { y = model->classify(model->final_norm(xg)); }, [&] { y.backward(gl); }));
-      report(time_cached_step(mb));
-      y = torch::Tensor();
+        m->y = model->embed(m->tokens);
+      }, drop);
+      add("head", mb, mb * f.head_fwd, drop, [m, &model] { m->y = model->classify(model->final_norm(m->xg)); }, drop);
+      add("head_bwd", mb, mb * f.head_bwd, [m, &model] { m->y = model->classify(model->final_norm(m->xg)); },
+          [m] { m->y.backward(m->gl); }, drop);
+      add_cached_step(mb);
     }
     for (int mb : o.cached_batches) {
-      if (std::find(o.micro_batches.begin(), o.micro_batches.end(), mb) == o.micro_batches.end())
-        report(time_cached_step(mb));
+      if (std::find(o.micro_batches.begin(), o.micro_batches.end(), mb) == o.micro_batches.end()) add_cached_step(mb);
     }
-    // The optimizer step as the trainer takes it (torch::optim::AdamW with weight decay)
-    // over one side block's parameters. Its time is mostly per-tensor dispatch, not the 12
-    // FLOPs per parameter the cost model counts, so it has a rate of its own ("optimizer",
-    // FLOPs = 12 x parameters); on the small models it is milliseconds per step where the
-    // side rate would say microseconds. Recorded at the largest micro-batch (it has none).
-    {
-      std::vector<torch::Tensor> params = side->parameters();
-      double n = 0;
-      for (torch::Tensor& p : params) {
-        p.mutable_grad() = torch::randn_like(p) * 1e-3;
-        n += (double)p.numel();
-      }
-      torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4).weight_decay(0.01));
-      int mb_max = *std::max_element(o.micro_batches.begin(), o.micro_batches.end());
-      ProfileTiming t = measure("optimizer", threads, mb_max, 12 * n, o, [] {}, [&] { opt.step(); });
-      out.push_back(t);
-      char buf[160];
-      std::snprintf(buf, sizeof buf, "threads %d optimizer %.4f s", threads, t.median_s);
-      progress.update(++done, buf);
-    }
+    // The optimizer step over one side block's parameters. Its time is mostly per-tensor
+    // dispatch, not the 12 FLOPs per parameter the cost model counts, so it has a rate of
+    // its own ("optimizer", FLOPs = 12 x parameters); on the small models it is
+    // milliseconds per step where the side rate would say microseconds. Recorded at the
+    // largest micro-batch (it has none).
+    int mb_max = *std::max_element(o.micro_batches.begin(), o.micro_batches.end());
+    add("optimizer", mb_max, 12 * opt_n, nullptr, [&opt] { opt.step(); }, nullptr);
+
+    std::vector<ProfileTiming> ts = profile_measure(cases, threads, o, {}, [&](long done, long) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "threads %d round %ld/%d", threads, (done - 1) / (long)cases.size(), rounds);
+      progress.update(before + done, buf);
+    });
+    out.insert(out.end(), ts.begin(), ts.end());
+    before += (long)cases.size() * (rounds + 1);
   }
   return out;
 }
@@ -363,6 +441,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"warmup", o.warmup},
                       {"repeats", o.repeats},
                       {"min_time_s", o.min_time_s},
+                      {"rounds", std::max(1, o.rounds)},
                       {"timings", profile_timings_json(timings)}};
   if (host.device_read_bytes_per_s > 0)
     j["calibration"]["storage_device"] = {{"read_bytes_per_s", host.device_read_bytes_per_s},

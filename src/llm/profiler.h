@@ -10,6 +10,7 @@
 // This header does not include LibTorch (the tests and the tool include it; only
 // profiler.cpp pulls torch).
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,15 @@ struct ProfileOptions {
   int warmup = 2;                      // untimed runs before each measurement
   int repeats = 5;                     // timed runs at least; the median is kept
   double min_time_s = 0;               // ... and more (up to 1000) until they add up to this
+  // The timed runs of every kind and micro-batch of one thread count are spread over
+  // this many rounds, each visiting every measurement in turn (profile_measure): the
+  // host's speed drifts over seconds, and a measurement taken in one burst carries the
+  // moment it ran, so two micro-batch sizes timed a minute apart were up to 25% apart
+  // per sample where interleaved runs put them within a few per cent (docs/profiling.md,
+  // "Interleaved rounds"). 1 = every measurement in one burst after one timed run of
+  // each (close to the design before 12-07). Every micro-batch's inputs stay alive
+  // while its thread count is timed (the sum of the sizes, not the largest).
+  int rounds = 6;
   bool quiet = false;                  // no progress lines
 };
 
@@ -84,6 +94,29 @@ struct ProfileTiming {
 
 // Times every kind for every (threads, micro-batch). Prints progress to stderr.
 std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o);
+
+// One measurement: prepare() (untimed) then run() (timed), `release` (optional) after
+// each round's runs, to drop what run() left alive.
+struct ProfileCase {
+  std::string kind;
+  int micro_batch = 1;
+  double flops = 0;
+  std::function<void()> prepare, run, release;
+};
+
+// Times `cases` (all at `threads`) in interleaved rounds: `o.warmup` untimed runs of each,
+// then round 0 times each once; that first time sets how many runs the case needs (at
+// least o.repeats, and enough to add up to o.min_time_s, at most 1000), spread evenly
+// over o.rounds further rounds that each visit every case, in order in even rounds and
+// in reverse in odd ones (an even count cancels a linear drift). Cases that still fall short
+// (their first run was slower than the rest) get further passes until they meet both
+// bounds, so every result keeps the contract "at least repeats, and until the timed
+// runs add up to min_time". Each timing is the median of the case's runs. `now` is the
+// clock in seconds (default: steady_clock; the tests pass a simulated one); `progress`
+// is told every finished run count.
+std::vector<ProfileTiming> profile_measure(std::vector<ProfileCase>& cases, int threads, const ProfileOptions& o,
+                                           const std::function<double()>& now = {},
+                                           const std::function<void(long done, long total)>& progress = {});
 
 // The activation cache's own cost: records written and read back through ActCache
 // (cache_write_sample: dtype conversion, SHA-256, atomic file write with fsync;
