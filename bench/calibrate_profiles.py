@@ -3,8 +3,9 @@
 
     calibrate_profiles.py merge OUT ROUND.json [ROUND.json ...]
         the reference rounds of one model -> one reference profile: every timing the median
-        of its rounds' medians (kept in round_medians_s); the cache's figures those of the
-        round with the median write rate
+        of its rounds' medians (kept in round_medians_s), each brought to the rounds'
+        middle speed level first (calibration.reference_rounds[].level); the cache's
+        figures those of the round with the median write rate
     calibrate_profiles.py sustained RAW.json REF.json QUOTA OUT
         a profile measured under a CPU quota -> the testbed profile: every rate the
         reference's no-quota 1-thread rate of the same kind and micro-batch x min(1, quota)
@@ -32,18 +33,41 @@ STORAGE_RATES = ("storage_read_bytes_per_s", "storage_write_bytes_per_s")
 STORAGE_RECORDS = ("storage_read_record_s", "storage_write_record_s")
 
 
+def round_levels(profs):
+    """Each round's speed level against the others: the median over the 1-thread timings
+    every round has of (the round's median_s / the median of all rounds' median_s). 1.0 =
+    a typical round; 1.2 = everything took 20% longer in this round (the host was slower
+    then). pac-profile interleaves a round's measurements (its --rounds), so within a
+    round the kinds and micro-batches share the host's moment; between rounds, minutes
+    apart, the level moves and nothing else."""
+    key = lambda t: (t["kind"], t["micro_batch"], t["threads"])
+    tables = [{key(t): t["median_s"] for t in p["calibration"]["timings"]} for p in profs]
+    common = [k for k in tables[0] if k[2] == 1 and all(tb.get(k, 0) > 0 for tb in tables)]
+    if not common:
+        return [1.0] * len(profs)
+    mid = {k: statistics.median(tb[k] for tb in tables) for k in common}
+    return [statistics.median(tb[k] / mid[k] for k in common) for tb in tables]
+
+
 def merge(out, files):
     profs = [json.load(open(f)) for f in files]
     merged = profs[0]
     key = lambda t: (t["kind"], t["micro_batch"], t["threads"])
+    # Every timing is the median over rounds of the round's median brought to the middle
+    # level (round_levels): a per-key median of the raw medians would take micro-batch 2
+    # from one round and micro-batch 4 from another, and their ratio would carry the
+    # host's drift between the rounds, which the interleaved rounds inside pac-profile
+    # were there to remove.
+    levels = round_levels(profs)
+    level = statistics.median(levels)
     by_key = {}
-    for p in profs:
+    for p, lv in zip(profs, levels):
         for t in p["calibration"]["timings"]:
-            by_key.setdefault(key(t), []).append(t["median_s"])
+            by_key.setdefault(key(t), []).append((t["median_s"], t["median_s"] * level / lv))
     for t in merged["calibration"]["timings"]:
         ms = by_key[key(t)]
-        t["round_medians_s"] = ms
-        t["median_s"] = statistics.median(ms)
+        t["round_medians_s"] = [m for m, _ in ms]
+        t["median_s"] = statistics.median(n for _, n in ms)
         t["flops_per_s"] = t["flops"] / t["median_s"] if t["median_s"] > 0 else 0
     # The cache's figures come whole from one round, the one with the median write rate,
     # not as a median per field: a round's rates and fixed costs per record are one fit of
@@ -62,8 +86,10 @@ def merge(out, files):
         c.pop(k, None)
     c.update(records)
     c["load_average_after"] = profs[-1]["calibration"]["load_average_after"]
-    c["reference_rounds"] = [{"date": p["calibration"]["date"], "load_average": [p["calibration"]["load_average_before"],
-                              p["calibration"]["load_average_after"]]} for p in profs]
+    c["reference_rounds"] = [{"date": p["calibration"]["date"], "level": round(lv, 6),
+                              "load_average": [p["calibration"]["load_average_before"],
+                                               p["calibration"]["load_average_after"]]}
+                             for p, lv in zip(profs, levels)]
     write_json_atomic(out, merged)
 
 

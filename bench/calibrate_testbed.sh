@@ -115,8 +115,10 @@ for model in $models; do
         -o "$results/$name.raw.json" --json > "$results/$name.table.json"
     fi
   done
-  # Merge the rounds into $ref.profile.json: every timing the median of its rounds (the
-  # rounds' own medians kept in round_medians_s), the cache's figures from the round with the median write rate.
+  # Merge the rounds into $ref.profile.json: every timing the median of its rounds, each
+  # round first brought to the rounds' middle speed level (the rounds' own medians kept in
+  # round_medians_s, the levels in reference_rounds), the cache's figures from the round
+  # with the median write rate.
   python3 bench/calibrate_profiles.py merge "$ref.profile.json" "${rounds[@]}"
   for q in $quotas; do
     name=testbed-$(quota_tag "$q")-$tag

@@ -656,14 +656,22 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
       int largest_mb = 0;
       for (const json& mb : c["micro_batches"]) largest_mb = std::max(largest_mb, mb.get<int>());
       // The reference is the median of its rounds (bench/calibrate_profiles.py merge):
-      // each timing's median_s is the middle one of round_medians_s; every round times
-      // 1 thread.
+      // each timing's median_s is the middle one of round_medians_s, each brought to the
+      // rounds' middle level first (reference_rounds[].level; profiles merged before the
+      // levels have none: 1); every round times 1 thread.
+      std::vector<double> levels;
+      for (const json& rr : c["reference_rounds"]) levels.push_back(rr.value("level", 1.0));
+      std::vector<double> sorted_levels = levels;
+      std::sort(sorted_levels.begin(), sorted_levels.end());
+      double level = sorted_levels.empty() ? 1.0 : sorted_levels.size() % 2 ? sorted_levels[sorted_levels.size() / 2]
+                     : (sorted_levels[sorted_levels.size() / 2 - 1] + sorted_levels[sorted_levels.size() / 2]) / 2;
       for (const json& t : c["reference_timings"]) {
         if (!t.contains("round_medians_s")) continue;
         std::vector<double> r = t["round_medians_s"].get<std::vector<double>>();
+        for (size_t i = 0; i < r.size() && i < levels.size(); i++) r[i] *= level / levels[i];
         std::sort(r.begin(), r.end());
         double mid = r.size() % 2 ? r[r.size() / 2] : (r[r.size() / 2 - 1] + r[r.size() / 2]) / 2;
-        EXPECT_DOUBLE_EQ(t["median_s"].get<double>(), mid) << file << " " << t["kind"] << "@" << t["micro_batch"];
+        EXPECT_NEAR(t["median_s"].get<double>(), mid, 1e-5 * mid) << file << " " << t["kind"] << "@" << t["micro_batch"];
         if (t["threads"] == 1) {  // 2 threads: round 1 only
           EXPECT_EQ(r.size(), c["reference_rounds"].size()) << file;
         }
@@ -727,42 +735,76 @@ TEST(SimFidelityHarness, TestbedProfilesAreSustainedRates) {
   EXPECT_EQ(checked, 8 * 26);  // 5 kinds x (4 micro-batches + the plain key) + the optimizer per profile
 }
 
+// A Python snippet that merges reference rounds with bench/calibrate_profiles.py in a
+// fresh folder: add_round(r) writes one round's profile, merged() merges all of them and
+// returns the result.
+static std::string merge_py(const std::string& name, const std::string& body) {
+  return "import json, os, shutil\n"
+         "import calibrate_profiles as cp\n"
+         "dir = '" + ::testing::TempDir() + "/" + name + "'\n"
+         "shutil.rmtree(dir, ignore_errors=True); os.makedirs(dir)\n"
+         "files = []\n"
+         "def add_round(r):\n"
+         "    files.append(os.path.join(dir, 'r%d.json' % len(files))); json.dump(r, open(files[-1], 'w'))\n"
+         "def merged():\n"
+         "    cp.merge(os.path.join(dir, 'm.json'), files)\n"
+         "    return json.load(open(os.path.join(dir, 'm.json')))\n" +
+         body + "print('ok')\n";
+}
+
+// calibrate_profiles.py merge brings each round to the middle speed level before the
+// median per timing, so one timing's ratio to another is a round's, not a mix of two.
+// Three rounds of kinds a and b (b takes twice a): r1 (1.0, 2.0) and r2 (1.2, 2.4), the
+// second 20% slower, and r3 (1.1, 1.9), a noisy one. A median per key takes a from r3
+// and b from r1: b / a = 1.818. Levels (median over the keys of the round's time / the
+// key's median over rounds: a 1.1, b 2.0): r1 (0.909 + 1.0) / 2 = 0.9545, r2 1.1455, r3
+// 0.975 (middle). Brought to 0.975, r1 and r2 both give a 1.0214, b 2.0429 and r3 stays:
+// medians a 1.0214, b 2.0429, b / a = 2.000.
+TEST(SimFidelityHarness, MergeBringsRoundsToOneLevel) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py = merge_py("merge_levels",
+      "for i, (a, b) in enumerate([(1.0, 2.0), (1.2, 2.4), (1.1, 1.9)]):\n"
+      "    add_round({'storage_write_bytes_per_s': 1e8, 'calibration': {'date': str(i), 'load_average_before': 0,\n"
+      "               'load_average_after': 0, 'timings': [\n"
+      "                   {'kind': 'a', 'micro_batch': 1, 'threads': 1, 'flops': 1.0, 'median_s': a},\n"
+      "                   {'kind': 'b', 'micro_batch': 1, 'threads': 1, 'flops': 1.0, 'median_s': b}]}})\n"
+      "c = merged()['calibration']\n"
+      "lv = [r['level'] for r in c['reference_rounds']]\n"
+      "assert abs(lv[0] - 0.954545) < 1e-6 and abs(lv[1] - 1.145455) < 1e-6 and abs(lv[2] - 0.975) < 1e-9, lv\n"
+      "t = {x['kind']: x for x in c['timings']}\n"
+      "assert t['a']['round_medians_s'] == [1.0, 1.2, 1.1] and t['b']['round_medians_s'] == [2.0, 2.4, 1.9], t\n"
+      "assert abs(t['a']['median_s'] - 0.975 / 0.9545454545) < 1e-9, t['a']\n"
+      "assert abs(t['b']['median_s'] / t['a']['median_s'] - 2.0) < 1e-9, t\n");
+  fidelity_py_ok("merge_levels", py);
+}
+
 // calibrate_profiles.py merge: every timing the median of its rounds, and the cache's
 // figures (rates, fixed costs per record, the measurements they were fitted from) all
 // from the round with the median write rate, never mixed across rounds.
 TEST(SimFidelityHarness, MergeTakesTheCacheFiguresOfOneRound) {
   std::string out;
   if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
-  std::string dir = ::testing::TempDir() + "/merge_rounds";
-  std::string py =
-      "import json, os, shutil\n"
-      "import calibrate_profiles as cp\n"
-      "dir = '" + dir + "'\n"
-      "shutil.rmtree(dir, ignore_errors=True); os.makedirs(dir)\n"
-      "files = []\n"
+  std::string py = merge_py("merge_rounds",
       "for i, (w, rec, med) in enumerate([(3e8, 2e-4, 0.03), (1e8, 5e-4, 0.05), (2e8, 1e-4, 0.04)]):\n"
-      "    r = {'storage_write_bytes_per_s': w, 'storage_read_bytes_per_s': 2 * w, 'storage_write_record_s': rec,\n"
-      "         'calibration': {'date': str(i), 'load_average_before': 0, 'load_average_after': i,\n"
-      "                         'cache_records': {'round': i}, 'storage_device': {'round': i},\n"
-      "                         'timings': [{'kind': 'layer', 'micro_batch': 1, 'threads': 1, 'flops': 1e9,\n"
-      "                                      'median_s': med}]}}\n"
-      "    files.append(os.path.join(dir, 'r%d.json' % i)); json.dump(r, open(files[-1], 'w'))\n"
-      "cp.merge(os.path.join(dir, 'm.json'), files)\n"
-      "m = json.load(open(os.path.join(dir, 'm.json')))\n"
+      "    add_round({'storage_write_bytes_per_s': w, 'storage_read_bytes_per_s': 2 * w, 'storage_write_record_s': rec,\n"
+      "               'calibration': {'date': str(i), 'load_average_before': 0, 'load_average_after': i,\n"
+      "                               'cache_records': {'round': i}, 'storage_device': {'round': i},\n"
+      "                               'timings': [{'kind': 'layer', 'micro_batch': 1, 'threads': 1, 'flops': 1e9,\n"
+      "                                            'median_s': med}]}})\n"
+      "m = merged()\n"
       "assert m['storage_write_bytes_per_s'] == 2e8 and m['storage_read_bytes_per_s'] == 4e8, m\n"
       "assert m['storage_write_record_s'] == 1e-4 and 'storage_read_record_s' not in m, m\n"
       "c = m['calibration']\n"
       "assert c['cache_records'] == {'round': 2} and c['storage_device'] == {'round': 2}, c\n"
       "t = c['timings'][0]\n"
-      "assert t['median_s'] == 0.04 and t['round_medians_s'] == [0.03, 0.05, 0.04], t\n"
+      "assert abs(t['median_s'] - 0.04) < 1e-12 and t['round_medians_s'] == [0.03, 0.05, 0.04], t\n"
       // The median write rate in the first round, the one the merge starts from: its
       // figures stay whole (they were lost, 1 time in 3, when removed before being read).
       "r = json.load(open(files[0])); r['storage_write_bytes_per_s'] = 1.5e8; json.dump(r, open(files[0], 'w'))\n"
-      "cp.merge(os.path.join(dir, 'm.json'), files)\n"
-      "m = json.load(open(os.path.join(dir, 'm.json')))\n"
+      "m = merged()\n"
       "assert m['storage_write_bytes_per_s'] == 1.5e8 and m['storage_read_bytes_per_s'] == 6e8, m\n"
-      "assert m['storage_write_record_s'] == 2e-4 and m['calibration']['cache_records'] == {'round': 0}, m\n"
-      "print('ok')\n";
+      "assert m['storage_write_record_s'] == 2e-4 and m['calibration']['cache_records'] == {'round': 0}, m\n");
   fidelity_py_ok("merge_rounds", py);
 }
 
