@@ -33,6 +33,10 @@ STORAGE_RATES = ("storage_read_bytes_per_s", "storage_write_bytes_per_s")
 STORAGE_RECORDS = ("storage_read_record_s", "storage_write_record_s")
 
 
+def timing_key(t):
+    return (t["kind"], t["micro_batch"], t["threads"])
+
+
 def round_levels(profs):
     """Each round's speed level against the others: the median over the 1-thread timings
     every round has of (the round's median_s / the median of all rounds' median_s). 1.0 =
@@ -40,8 +44,7 @@ def round_levels(profs):
     then). pac-profile interleaves a round's measurements (its --rounds), so within a
     round the kinds and micro-batches share the host's moment; between rounds, minutes
     apart, the level moves and nothing else."""
-    key = lambda t: (t["kind"], t["micro_batch"], t["threads"])
-    tables = [{key(t): t["median_s"] for t in p["calibration"]["timings"]} for p in profs]
+    tables = [{timing_key(t): t["median_s"] for t in p["calibration"]["timings"]} for p in profs]
     common = [k for k in tables[0] if k[2] == 1 and all(tb.get(k, 0) > 0 for tb in tables)]
     if not common:
         return [1.0] * len(profs)
@@ -52,7 +55,6 @@ def round_levels(profs):
 def merge(out, files):
     profs = [json.load(open(f)) for f in files]
     merged = profs[0]
-    key = lambda t: (t["kind"], t["micro_batch"], t["threads"])
     # Every timing is the median over rounds of the round's median brought to the middle
     # level (round_levels): a per-key median of the raw medians would take micro-batch 2
     # from one round and micro-batch 4 from another, and their ratio would carry the
@@ -63,9 +65,9 @@ def merge(out, files):
     by_key = {}
     for p, lv in zip(profs, levels):
         for t in p["calibration"]["timings"]:
-            by_key.setdefault(key(t), []).append((t["median_s"], t["median_s"] * level / lv))
+            by_key.setdefault(timing_key(t), []).append((t["median_s"], t["median_s"] * level / lv))
     for t in merged["calibration"]["timings"]:
-        ms = by_key[key(t)]
+        ms = by_key[timing_key(t)]
         t["round_medians_s"] = [m for m, _ in ms]
         t["median_s"] = statistics.median(n for _, n in ms)
         t["flops_per_s"] = t["flops"] / t["median_s"] if t["median_s"] > 0 else 0

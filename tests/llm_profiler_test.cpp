@@ -243,6 +243,9 @@ TEST(Profiler, MinTimeRepeatsShortKinds) {
   for (const ProfileTiming& t : profile_time_layers(o)) EXPECT_EQ(t.repeats, 1) << t.kind;
   o.min_time_s = -1;
   EXPECT_THROW(profile_time_layers(o), InputError);
+  o.min_time_s = 0;
+  o.rounds = 0;
+  EXPECT_THROW(profile_time_layers(o), InputError);
 }
 
 // Interleaved rounds against a host whose speed drifts: two cases of the same work

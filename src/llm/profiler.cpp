@@ -228,8 +228,8 @@ static const int kKindCount = sizeof(kKinds) / sizeof(kKinds[0]);
 
 std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
   if (o.micro_batches.empty() || o.threads.empty()) throw InputError("pac-profile: no micro-batch sizes or thread counts to time");
-  if (o.repeats < 1 || o.warmup < 0 || !(o.min_time_s >= 0))
-    throw InputError("pac-profile: repeats must be >= 1, warmup and min-time >= 0");
+  if (o.repeats < 1 || o.warmup < 0 || !(o.min_time_s >= 0) || o.rounds < 1)
+    throw InputError("pac-profile: repeats and rounds must be >= 1, warmup and min-time >= 0");
   ModelConfig timed = profile_timed_config(o.model);
   ProfileFlops f = profile_flops(timed, o.seq_len, o.reduction_k);
   LlamaConfig lc = llama_config_of(timed, o.seq_len);
@@ -259,7 +259,7 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
 
   const int64_t T = o.seq_len, d = lc.dim, r = sc.width;
   std::vector<ProfileTiming> out;
-  const int rounds = std::max(1, o.rounds);
+  const int rounds = o.rounds;
   Progress progress("timing " + o.model.name,
                     (long)(o.threads.size() * (o.micro_batches.size() * kKindCount + o.cached_batches.size() + 1) * (rounds + 1)),
                     2.0);
@@ -441,7 +441,7 @@ json profile_build(const ProfileOptions& o, const std::vector<ProfileTiming>& ti
                       {"warmup", o.warmup},
                       {"repeats", o.repeats},
                       {"min_time_s", o.min_time_s},
-                      {"rounds", std::max(1, o.rounds)},
+                      {"rounds", o.rounds},
                       {"timings", profile_timings_json(timings)}};
   if (host.device_read_bytes_per_s > 0)
     j["calibration"]["storage_device"] = {{"read_bytes_per_s", host.device_read_bytes_per_s},
