@@ -12,6 +12,10 @@
     calibrate_profiles.py storage REF.json PROFILE.json [PROFILE.json ...]
         only the activation cache's figures of testbed profiles, from a fresh no-quota run
         (rates x, fixed costs per record / the profile's sustained factor); the rest stays
+    calibrate_profiles.py corun CORUN.json PROFILE.json [PROFILE.json ...]
+        the co-run slowdown (pac-profile --corun of the same model) into testbed profiles:
+        corun_slowdown per micro-batch, each at least 1 (below is the host's noise), the
+        measurement kept in calibration.corun
 
 Python 3 standard library only; files are written atomically (temp file, then rename).
 """
@@ -130,6 +134,28 @@ def storage(ref_file, outs):
     return 0
 
 
+def corun(corun_file, outs):
+    """The co-run slowdown of one model's testbed profiles (docs/profiling.md, "Co-run
+    slowdown"): one measurement per model and host, whatever the quota (a throttled
+    device runs at full speed while its budget lasts, and the simulator scales the
+    slowdown by how busy the host's other cores are)."""
+    co = json.load(open(corun_file))
+    if co.get("format") != "pac-corun":
+        print("calibrate_profiles: %s: format %r, expected pac-corun (pac-profile --corun)" % (corun_file, co.get("format")),
+              file=sys.stderr)
+        return 2
+    for out in outs:
+        prof = json.load(open(out))
+        if prof["calibration"].get("model") != co["model"]:
+            print("calibrate_profiles: %s: calibration.model %r, but %s measured %r"
+                  % (out, prof["calibration"].get("model"), corun_file, co["model"]), file=sys.stderr)
+            return 2
+        prof["corun_slowdown"] = {mb: round(max(1.0, f), 4) for mb, f in co["corun_slowdown"].items()}
+        prof["calibration"]["corun"] = {k: co[k] for k in ("cpu", "blas_core", "cpus", "rounds", "timings") if k in co}
+        write_json_atomic(out, prof)
+    return 0
+
+
 def sustained(raw_file, ref_file, q, out):
     raw = json.load(open(raw_file))
     ref = json.load(open(ref_file))
@@ -184,6 +210,8 @@ def main(argv):
         sustained(argv[1], argv[2], float(argv[3]), argv[4])
     elif len(argv) >= 3 and argv[0] == "storage":
         return storage(argv[1], argv[2:])
+    elif len(argv) >= 3 and argv[0] == "corun":
+        return corun(argv[1], argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

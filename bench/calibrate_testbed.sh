@@ -10,6 +10,8 @@
 #   QUOTAS="0.5 1.0" MODELS="llama-d512-l8" bash bench/calibrate_testbed.sh
 #   REF_ROUNDS=1 bash bench/calibrate_testbed.sh    # one reference round per model (default 3)
 #   OVERHEAD=0 bash bench/calibrate_testbed.sh      # rates only, no runtime-overhead fit
+#   CORUN=1 bash bench/calibrate_testbed.sh         # also the co-run slowdown (pac-profile --corun; off by
+#                                                     # default: within this VM's noise, docs/profiling.md)
 #   OVERHEAD_CHECK=0 bash bench/calibrate_testbed.sh  # no 2-stage pipeline check (it sets nothing)
 #   OVERHEAD_SYNC=0 bash bench/calibrate_testbed.sh   # no 4-device sync plan (compute_jitter_cv and
 #                                                     # message_overhead_s stay 0)
@@ -120,11 +122,24 @@ for model in $models; do
   # round_medians_s, the levels in reference_rounds), the cache's figures from the round
   # with the median write rate.
   python3 bench/calibrate_profiles.py merge "$ref.profile.json" "${rounds[@]}"
+  profs=()
   for q in $quotas; do
     name=testbed-$(quota_tag "$q")-$tag
     echo "calibrate_testbed: $model under $q core(s) -> $out_dir/$name.json"
     python3 bench/calibrate_profiles.py sustained "$results/$name.raw.json" "$ref.profile.json" "$q" "$out_dir/$name.json"
+    profs+=("$out_dir/$name.json")
   done
+  # The co-run slowdown (CORUN=1): the layer alone against the layer beside the same
+  # work on the other CPU, per micro-batch, in interleaved rounds (one measurement per
+  # model and host). Off by default: on this VM it came out within the host's noise and
+  # did not improve the suite (docs/profiling.md, "Co-run slowdown"); without it the
+  # simulator assumes none.
+  if [ "${CORUN:-0}" = 1 ]; then
+    echo "calibrate_testbed: $model co-run slowdown (no quota, 2 CPUs)"
+    "$profile_exe" --model "$model" --seq "$seq" --micro-batches 1,2,4,8 --corun --warmup 2 --repeats "$repeats" \
+      --quiet -o "$results/corun-$tag.json"
+    python3 bench/calibrate_profiles.py corun "$results/corun-$tag.json" "${profs[@]}"
+  fi
 done
 
 if [ "${HOSTS:-0}" = 1 ]; then

@@ -275,7 +275,7 @@ def plan_at_speed(plan_file, speed, out_file):
 # other profiles while the plan's layout and rates stay.
 REPROFILE_FIELDS = ("storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_read_record_s",
                     "storage_write_record_s", "task_overhead_s", "message_overhead_s", "step_overhead_s",
-                    "throttle_delay_s", "sustained_quota", "cpu_work_factor", "compute_jitter_cv")
+                    "throttle_delay_s", "sustained_quota", "cpu_work_factor", "compute_jitter_cv", "corun_slowdown")
 
 
 def plan_reprofiled(plan_file, devices_dir, out_file):

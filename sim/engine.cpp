@@ -11,6 +11,7 @@
 #include "src/common/error.h"
 #include "src/common/progress.h"
 #include "src/core/cost_model.h"
+#include "src/core/profile.h"
 
 namespace pac {
 
@@ -138,6 +139,12 @@ struct DevState {
   double cpu_rate = 0;             // fraction of full speed it runs at now
   double cpu_cores = 1;            // cores it runs on at full speed (its threads)
   double cpu_resume = -1;          // >= 0: quota spent, throttled until then
+  // The task's co-run slowdown with the host's other cores all busy (corun_slowdown_at
+  // of its micro-batch; 1 for storage work), and the slowdown it has now: in proportion
+  // to how busy the other cores are (cpu_reschedule). Its CPU work progresses at
+  // cpu_rate / cpu_slow while its quota is spent at cpu_rate.
+  double cpu_corun = 1;
+  double cpu_slow = 1;
   // Compute jitter: the profile's cv and this device's Weyl step (jitter_of).
   double jitter_cv = 0;
   double jitter_alpha = 0;
@@ -649,7 +656,9 @@ double Engine::cfs_resume_at(int d) const {
 // is spent at the cores the device gets, and a device that spent it waits for the next
 // period (+ throttle_delay_s). Task ends, budget ends and period boundaries are EV_CPU
 // events; each change of who computes re-shares the host (cpu_reschedule). With cores
-// to spare this gives exactly cpu_work_end's times.
+// to spare this gives exactly cpu_work_end's times, unless the profiles carry a co-run
+// slowdown (DeviceProfile::corun_slowdown): then a device computes that much slower
+// while the host's other cores are busy, in proportion to how busy they are.
 
 // The CFS period holding time `t` for periods offset by `phase` (a boundary computed as
 // k x P + phase may round to just below it; it belongs to period k).
@@ -663,6 +672,9 @@ void Engine::cpu_work_begin(int d, int t, double sustained_s) {
   DevState& ds = dev_[d];
   ds.cpu_task = t;
   ds.cpu_left = sustained_s * (ds.cfs_quota > 0 ? ds.cfs_quota : 1);
+  const Task& task = task_of(t);
+  ds.cpu_corun = kind_is_compute(task.kind) ? corun_slowdown_at(sc_.devices[d].profile, task.samples) : 1;
+  ds.cpu_slow = 1;
   if (ds.cfs_quota > 0 && ds.cpu_left > 0) {
     cpu_period_roll(d);
     // The budget already spent in this period (a task that ended exactly as it ran out):
@@ -681,9 +693,8 @@ void Engine::cpu_advance() {
   for (int d = 0; d < n_; d++) {
     DevState& ds = dev_[d];
     if (ds.cpu_task < 0 || ds.cpu_rate <= 0) continue;
-    double done = ds.cpu_rate * dt;
-    ds.cpu_left -= done;
-    if (ds.cfs_quota > 0) ds.cfs_used += done;
+    ds.cpu_left -= ds.cpu_rate / ds.cpu_slow * dt;
+    if (ds.cfs_quota > 0) ds.cfs_used += ds.cpu_rate * dt;
   }
 }
 
@@ -721,12 +732,23 @@ void Engine::cpu_reschedule() {
     ds.cpu_rate = give / ds.cpu_cores;
     cores -= give;
   }
+  // Co-run slowdown (DeviceProfile::corun_slowdown, measured with every other core
+  // busy): a device computes at 1 + (f - 1) x the busy fraction of the host's other
+  // cores, i.e. the cores the others are given over the cores left besides its own.
+  // A device alone on the host, or on a one-core host, runs at its profile's rate.
+  const double used = host_cores_ - cores;
+  for (int d : run) {
+    DevState& ds = dev_[d];
+    double own = ds.cpu_rate * ds.cpu_cores;
+    double others = host_cores_ > 1 ? std::min(1.0, std::max(0.0, used - own) / (host_cores_ - 1)) : 0;
+    ds.cpu_slow = 1 + (ds.cpu_corun - 1) * others;
+  }
   double next = kInf;
   for (int d = 0; d < n_; d++) {
     const DevState& ds = dev_[d];
     if (ds.cpu_resume >= 0) next = std::min(next, ds.cpu_resume);
     if (ds.cpu_task < 0 || ds.cpu_rate <= 0) continue;
-    next = std::min(next, now_ + std::max(0.0, ds.cpu_left) / ds.cpu_rate);
+    next = std::min(next, now_ + std::max(0.0, ds.cpu_left) * ds.cpu_slow / ds.cpu_rate);
     if (ds.cfs_quota > 0) {
       next = std::min(next, now_ + std::max(0.0, ds.cfs_quota * kCfsPeriodS - ds.cfs_used) / ds.cpu_rate);
       next = std::min(next, cfs_period_start(ds.cfs_period + 1, ds.cfs_phase));
@@ -750,7 +772,7 @@ void Engine::cpu_event() {
     DevState& ds = dev_[d];
     if (ds.cpu_resume >= 0 && now_ >= ds.cpu_resume - 1e-12) ds.cpu_resume = -1;
     if (ds.cpu_task < 0) continue;
-    if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cpu_left, ds.cpu_rate)) {
+    if (ds.cpu_rate > 0 && cpu_spent(now_, ds.cpu_left, ds.cpu_rate / ds.cpu_slow)) {
       done.push_back(d);
       continue;
     }

@@ -116,6 +116,27 @@ TEST(Scenario, MessagesPayTheRuntimeCostOfBothEnds) {
   std::string bad_cv = input_error([&] { load_doc(doc); });
   EXPECT_NE(bad_cv.find("s.json: $.cluster.devices[0].profile.compute_jitter_cv: expected"), std::string::npos)
       << bad_cv;
+  // Co-run slowdown (pac-profile --corun): kept through the resolved form, looked up
+  // by micro-batch (linear between sizes, the nearest outside); a factor below 1 or a
+  // key that is not a micro-batch size is refused with the field's path.
+  json co = nano;
+  co["corun_slowdown"] = {{"1", 1.2}, {"4", 1.05}};
+  doc["cluster"]["devices"][0]["profile"] = co;
+  Scenario cb = scenario_from_json(JsonIn::from(scenario_to_json(load_doc(doc)), "resolved.json"), kProfiles);
+  EXPECT_EQ(cb.devices[0].profile.corun_slowdown, (std::map<int, double>{{1, 1.2}, {4, 1.05}}));
+  EXPECT_DOUBLE_EQ(corun_slowdown_at(cb.devices[0].profile, 2), 1.2 + (1.05 - 1.2) / 3);
+  EXPECT_DOUBLE_EQ(corun_slowdown_at(cb.devices[0].profile, 0.5), 1.2);
+  EXPECT_DOUBLE_EQ(corun_slowdown_at(cb.devices[0].profile, 16), 1.05);
+  EXPECT_DOUBLE_EQ(corun_slowdown_at(cb.devices[2].profile, 1), 1.0);
+  EXPECT_FALSE(device_profile_to_json(cb.devices[2].profile).contains("corun_slowdown"));
+  co["corun_slowdown"] = {{"1", 0.9}};
+  doc["cluster"]["devices"][0]["profile"] = co;
+  std::string bad_co = input_error([&] { load_doc(doc); });
+  EXPECT_NE(bad_co.find("s.json: $.cluster.devices[0].profile.corun_slowdown.1: expected"), std::string::npos) << bad_co;
+  co["corun_slowdown"] = {{"mb1", 1.1}};
+  doc["cluster"]["devices"][0]["profile"] = co;
+  bad_co = input_error([&] { load_doc(doc); });
+  EXPECT_NE(bad_co.find("corun_slowdown.mb1: expected a micro-batch size"), std::string::npos) << bad_co;
   nano["task_overhead_s"] = -0.001;
   doc["cluster"]["devices"][0]["profile"] = nano;
   std::string err = input_error([&] { load_doc(doc); });

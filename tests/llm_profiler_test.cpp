@@ -3,6 +3,7 @@
 // codes, and the cgroup CPU quota (skipped where cgroups are not writable).
 #include <gtest/gtest.h>
 
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -308,6 +309,54 @@ TEST(Profiler, InterleavedRoundsCancelTheHostsDrift) {
   }
 }
 
+// The co-run measurement on a simulated host whose speed drifts (every run takes longer
+// as the clock goes on) and whose co-runner makes a run 1.25x longer: alone first in
+// even rounds and co-run first in odd ones, the drift cancels in the median of the
+// rounds' ratios; in one round (alone, then co-run) it is counted as slowdown.
+TEST(Profiler, CorunRoundsCancelTheHostsDrift) {
+  for (int rounds : {1, 6}) {
+    double clock = 0;
+    bool on = false;
+    int toggles = 0;
+    std::vector<std::pair<int, bool>> order;
+    auto run_once = [&](int mb) {
+      double t = 0.001 * mb * (1 + clock / 0.1) * (on ? 1.25 : 1.0);
+      clock += t;
+      order.push_back({mb, on});
+      return t;
+    };
+    auto corunner = [&](int, bool want) {
+      EXPECT_NE(on, want);  // started when off, stopped when on
+      on = want;
+      toggles++;
+    };
+    std::vector<CorunTiming> t = corun_measure({1, 2}, rounds, 5, 1, run_once, corunner);
+    EXPECT_FALSE(on);
+    EXPECT_EQ(toggles, 2 * 2 * rounds);
+    ASSERT_EQ(t.size(), 2u);
+    ASSERT_EQ(order.size(), size_t(2 + 2 * 2 * 5 * rounds));  // warmup of each, then 5 + 5 per size and round
+    EXPECT_FALSE(order[0].second);  // the warmup runs alone
+    for (const CorunTiming& c : t) {
+      EXPECT_EQ(c.round_ratios.size(), size_t(rounds));
+      EXPECT_EQ(c.runs, 5);
+      if (rounds == 6) EXPECT_NEAR(c.factor, 1.25, 0.02) << c.micro_batch;
+    }
+    if (rounds == 1) {
+      // Round 0: size 1 alone then co-run, then size 2 alone then co-run.
+      EXPECT_EQ(order[2], std::make_pair(1, false));
+      EXPECT_EQ(order[7], std::make_pair(1, true));
+      EXPECT_EQ(order[12], std::make_pair(2, false));
+      EXPECT_EQ(order[17], std::make_pair(2, true));
+      EXPECT_GT(t[0].factor, 1.25 * 1.02);
+    } else {
+      // Round 1 visits size 2 first and co-runs first.
+      EXPECT_EQ(order[22], std::make_pair(2, true));
+      EXPECT_EQ(order[27], std::make_pair(2, false));
+    }
+  }
+  EXPECT_THROW(corun_measure({}, 6, 5, 0, [](int) { return 0.0; }, [](int, bool) {}), InputError);
+}
+
 TEST(Profiler, StorageMeasureWritesAndReadsBack) {
   double r = 0, w = 0;
   std::string d = tmp_dir();
@@ -386,6 +435,44 @@ TEST(Profiler, CliWritesLoadableProfile) {
   json host = json::parse(out.substr(out.find('{')));
   EXPECT_EQ(cal["cpu"], host["cpu"]);
   EXPECT_EQ(cal["blas_core"], host["blas_core"]);
+}
+
+// pac-profile --corun on the tiny model: a factor per micro-batch size from its rounds,
+// the two CPUs it may use recorded; under a quota, or with fewer than 2 CPUs, a clear
+// error (exit 2).
+TEST(Profiler, CliCorunWritesFactorsPerMicroBatch) {
+  std::string d = tmp_dir();
+  std::string model = path_join(d, "tiny-corun.json");
+  file_write_atomic(model, model_config_to_json(tiny_model()).dump());
+  std::string out_file = path_join(d, "corun.json"), out;
+  const std::string cmd = tool() + " --model " + model + " --seq 8 --k 4 --micro-batches 1,2 --warmup 1 --repeats 3 --rounds 2"
+                                   " --min-time 0 --quiet --corun -o " + out_file;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+  int rc = run(cmd, &out);
+  if (CPU_COUNT(&allowed) < 2) {
+    EXPECT_EQ(rc, 2) << out;
+    EXPECT_NE(out.find("--corun: needs 2 CPUs"), std::string::npos) << out;
+    return;
+  }
+  ASSERT_EQ(rc, 0) << out;
+  json j = json::parse(file_read(out_file));
+  EXPECT_EQ(j["format"], "pac-corun");
+  ASSERT_EQ(j["cpus"].size(), 2u);
+  EXPECT_NE(j["cpus"][0], j["cpus"][1]);
+  ASSERT_EQ(j["timings"].size(), 2u);
+  for (const json& t : j["timings"]) {
+    ASSERT_EQ(t["round_ratios"].size(), 2u);
+    std::vector<double> r = t["round_ratios"];
+    // The factor is the median of the two rounds' ratios (their mean), each a ratio of
+    // positive medians.
+    EXPECT_NEAR(t["factor"].get<double>(), 0.5 * (r[0] + r[1]), 1e-12);
+    EXPECT_GT(t["solo_s"].get<double>(), 0);
+    EXPECT_EQ(j["corun_slowdown"][std::to_string(t["micro_batch"].get<int>())], t["factor"]);
+  }
+  EXPECT_EQ(run(tool() + " --model " + model + " --seq 8 --k 4 --corun --cpu-quota 0.5", &out), 2) << out;
+  EXPECT_NE(out.find("--corun: times without a quota"), std::string::npos) << out;
 }
 
 // The CPU id against /proc/cpuinfo read here, and the kernel fix against what OpenBLAS

@@ -814,6 +814,56 @@ TEST(SimEngine, SharedHostAndQuotasTogether) {
   EXPECT_NEAR(run(2, 0.01), 0.185, 1e-12);
 }
 
+TEST(SimEngine, CoRunSlowdownOnASharedHost) {
+  // Devices whose profiles say a micro-batch of 1 computes 1.2x slower, and one of 4
+  // 1.5x slower, while the host's other cores are all busy (corun_slowdown).
+  auto run = [](double host, int n, std::vector<double> secs, double samples, double quota = 0) {
+    SimPlanBuilder pb(n);
+    pb.plan.scenario.host_cores = host;
+    pb.plan.scenario.cfs_phases_aligned = true;
+    for (int d = 0; d < n; d++) {
+      pb.plan.scenario.devices[d].profile.corun_slowdown = {{1, 1.2}, {4, 1.5}};
+      if (quota > 0) {
+        pb.plan.scenario.devices[d].profile.sustained_quota = quota;
+        pb.plan.scenario.devices[d].cpu_quota = quota;
+      }
+    }
+    pb.seg("x", 1, 1, 1);
+    for (int d = 0; d < n; d++) {
+      int t = pb.compute(TaskKind::Forward, d, secs[d], {});
+      pb.plan.segments.back().graph.tasks[t].samples = samples;
+    }
+    SimResult r = sim_run(pb.plan);
+    EXPECT_TRUE(r.ok);
+    return r;
+  };
+  // Two 1 s tasks on a 2-core host: each has the other core busy all along: 1.2 s.
+  EXPECT_NEAR(run(2, 2, {1, 1}, 1).makespan_s, 1.2, 1e-12);
+  // One alone on the host: its profile's 1 s. Not a shared host (host_cores 0): 1 s.
+  EXPECT_NEAR(run(2, 1, {1}, 1).makespan_s, 1.0, 1e-12);
+  EXPECT_NEAR(run(0, 2, {1, 1}, 1).makespan_s, 1.0, 1e-12);
+  // A 0.5 s task beside a 1 s one: both at 1/1.2 until the short one ends at 0.6 s, when
+  // the long one has done 0.5 s; its other 0.5 s alone: 1.1 s.
+  SimResult r = run(2, 2, {1, 0.5}, 1);
+  EXPECT_NEAR(r.makespan_s, 1.1, 1e-12);
+  EXPECT_NEAR(r.devices[1].busy_s, 0.6, 1e-12);
+  // Micro-batch 2: linear between 1 (1.2) and 4 (1.5): 1.3. Outside them, the nearest:
+  // 8 -> 1.5.
+  EXPECT_NEAR(run(2, 2, {1, 1}, 2).makespan_s, 1.3, 1e-12);
+  EXPECT_NEAR(run(2, 2, {1, 1}, 8).makespan_s, 1.5, 1e-12);
+  // One core for two: each gets half of it and no other core is busy: 2 s, the work.
+  EXPECT_NEAR(run(1, 2, {1, 1}, 1).makespan_s, 2.0, 1e-12);
+  // Three on 2 cores: 2/3 of a core each, the other core busy (the others have 4/3 of
+  // a core): 1 / (2/3) x 1.2 = 1.8 s.
+  EXPECT_NEAR(run(2, 3, {1, 1, 1}, 1).makespan_s, 1.8, 1e-12);
+  // Two under 0.5-core quotas (50 ms budget per 100 ms period), 0.2 s sustained = 0.1 s
+  // of CPU each. The budget is spent at the wall rate; the work at 1/1.2 of it: 41.67 ms
+  // done per period, so two periods and then 16.67 ms x 1.2 = 20 ms: 220 ms (150 ms
+  // alone).
+  EXPECT_NEAR(run(2, 2, {0.2, 0.2}, 1, 0.5).makespan_s, 0.22, 1e-9);
+  EXPECT_NEAR(run(2, 1, {0.2}, 1, 0.5).makespan_s, 0.15, 1e-9);
+}
+
 TEST(SimEngine, CfsPhasesSpreadShiftEachDevicesPeriods) {
   // Two devices under 0.5-core quotas (100 ms period, 50 ms budget). d1 computes 0.14 s
   // sustained (70 ms of CPU), then hands over (0 bytes, no latency) to d0, which computes

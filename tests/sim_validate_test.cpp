@@ -779,6 +779,27 @@ TEST(SimFidelityHarness, MergeBringsRoundsToOneLevel) {
   fidelity_py_ok("merge_levels", py);
 }
 
+// calibrate_profiles.py corun: pac-profile --corun's factors go into the model's testbed
+// profiles, each at least 1 (0.98 is the host's noise, stored 1.0), the measurement kept;
+// a profile of another model is refused (exit 2) and left as it was.
+TEST(SimFidelityHarness, CorunGoesIntoTheModelsProfiles) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py = merge_py("corun",
+      "co = {'format': 'pac-corun', 'model': 'm1', 'cpus': [0, 1], 'rounds': 6,\n"
+      "      'corun_slowdown': {'1': 1.2, '2': 0.98}, 'timings': [{'micro_batch': 1}, {'micro_batch': 2}]}\n"
+      "cf = os.path.join(dir, 'corun.json'); json.dump(co, open(cf, 'w'))\n"
+      "pf = [os.path.join(dir, 'p%d.json' % i) for i in range(2)]\n"
+      "for f, m in zip(pf, ['m1', 'm2']): json.dump({'name': f, 'calibration': {'model': m}}, open(f, 'w'))\n"
+      "assert cp.corun(cf, pf[:1]) == 0\n"
+      "p = json.load(open(pf[0]))\n"
+      "assert p['corun_slowdown'] == {'1': 1.2, '2': 1.0}, p\n"
+      "assert p['calibration']['corun']['cpus'] == [0, 1] and len(p['calibration']['corun']['timings']) == 2, p\n"
+      "before = open(pf[1]).read()\n"
+      "assert cp.corun(cf, pf[1:]) == 2 and open(pf[1]).read() == before\n");
+  fidelity_py_ok("corun", py);
+}
+
 // calibrate_profiles.py merge: every timing the median of its rounds, and the cache's
 // figures (rates, fixed costs per record, the measurements they were fitted from) all
 // from the round with the median write rate, never mixed across rounds.

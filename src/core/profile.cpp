@@ -1,6 +1,8 @@
 #include "src/core/profile.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <iterator>
 
 #include "src/common/error.h"
 #include "src/common/fs.h"
@@ -27,7 +29,7 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
                 "nic_latency_s", "storage_read_bytes_per_s", "storage_write_bytes_per_s", "storage_write_record_s",
                 "storage_read_record_s", "task_overhead_s", "step_overhead_s", "message_overhead_s",
                 "sustained_quota", "throttle_delay_s", "cpu_work_factor", "first_step_bytes_per_s", "cached_first_step_bytes_per_s",
-                "switch_local_s", "compute_jitter_cv", "calibration"});
+                "switch_local_s", "compute_jitter_cv", "corun_slowdown", "calibration"});
   DeviceProfile p;
   p.name = j.string("name");
   p.source = j.string_or("source", "");
@@ -60,7 +62,29 @@ DeviceProfile device_profile_from_json(const JsonIn& j) {
   p.switch_local_s = j.number_or("switch_local_s", 0, 0, 600);
   // At most 1/sqrt(3): the multiplier 1 + cv sqrt(3) (2u - 1) stays positive.
   p.compute_jitter_cv = j.number_or("compute_jitter_cv", 0, 0, 0.5);
+  if (auto c = j.find("corun_slowdown")) {
+    if (!c->is_object()) c->fail("expected an object of micro-batch size -> factor (>= 1), got " + json_describe(c->raw()));
+    for (const std::string& k : c->keys()) {
+      char* end = nullptr;
+      long mb = std::strtol(k.c_str(), &end, 10);
+      if (k.empty() || *end != '\0' || mb < 1 || mb > (1 << 20))
+        c->fail_at(k, "expected a micro-batch size (a positive integer) as the key");
+      p.corun_slowdown[static_cast<int>(mb)] = c->number(k, 1, 10);
+    }
+  }
   return p;
+}
+
+double corun_slowdown_at(const DeviceProfile& p, double samples) {
+  const std::map<int, double>& m = p.corun_slowdown;
+  if (m.empty()) return 1;
+  auto hi = m.lower_bound(static_cast<int>(std::ceil(samples)));
+  if (hi == m.begin()) return hi->second;
+  if (hi == m.end()) return std::prev(hi)->second;
+  auto lo = std::prev(hi);
+  if (samples <= lo->first) return lo->second;
+  double w = (samples - lo->first) / (hi->first - lo->first);
+  return lo->second + w * (hi->second - lo->second);
 }
 
 json device_profile_to_json(const DeviceProfile& p) {
@@ -91,6 +115,11 @@ json device_profile_to_json(const DeviceProfile& p) {
   if (p.cached_first_step_bytes_per_s > 0) j["cached_first_step_bytes_per_s"] = p.cached_first_step_bytes_per_s;
   if (p.switch_local_s > 0) j["switch_local_s"] = p.switch_local_s;
   if (p.compute_jitter_cv > 0) j["compute_jitter_cv"] = p.compute_jitter_cv;
+  if (!p.corun_slowdown.empty()) {
+    json c = json::object();
+    for (auto& kv : p.corun_slowdown) c[std::to_string(kv.first)] = kv.second;
+    j["corun_slowdown"] = c;
+  }
   return j;
 }
 

@@ -24,6 +24,11 @@ std::string profiles_dir_resolve(const std::string& explicit_dir, const std::str
 DeviceProfile device_profile_resolve(const JsonIn& ref, const std::string& profiles_dir);
 ModelConfig model_config_resolve(const JsonIn& ref, const std::string& profiles_dir);
 
+// The co-run slowdown of `p` (DeviceProfile::corun_slowdown) for a task of `samples`
+// per micro-batch: linear between the measured sizes, the nearest one's outside them;
+// 1 when none was measured.
+double corun_slowdown_at(const DeviceProfile& p, double samples);
+
 // Effective FLOP/s of `p` for work of `kind` at `micro_batch` samples in `dtype`.
 // Kinds: "layer" (backbone forward, incl. LoRA/adapter modules), "side" (the side
 // network's forward), "layer_bwd" / "side_bwd" (their backward). Lookup: the calibrated

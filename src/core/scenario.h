@@ -92,6 +92,15 @@ struct DeviceProfile {
   // the simulator draws each device's multiplier per iteration (sim/engine.cpp,
   // jitter_of). 0 = none (datasheet profiles).
   double compute_jitter_cv = 0;
+  // Shared host only (Scenario::host_cores > 0, the testbed): how much longer this
+  // device's compute takes while the host's other cores compute too, by micro-batch
+  // size (samples per task). The testbed's devices are processes on one machine, and
+  // two layers computing at once on its two cores each ran 8-23% slower than one alone
+  // (caches, memory bandwidth and the hypervisor's sharing under the VM: docs/profiling.md,
+  // "Co-run slowdown"); the rates above are timed alone. Measured by pac-profile
+  // --corun; the simulator applies it in proportion to how busy the other cores are
+  // (sim/engine.cpp, cpu_reschedule). Empty = 1 (real devices do not share a host).
+  std::map<int, double> corun_slowdown;
 };
 
 // Architecture (profiles/models/*.json). Per-layer FLOPs and bytes are derived by the

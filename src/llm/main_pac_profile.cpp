@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     double cpu_quota = 0, storage_mb = 64, memory_bytes = 0, memory_reserve = 2.0 * (1 << 30);
     double power_idle = 5, power_busy_per_core = 10, power_busy = 0;
     double nic_bps = 1e9, nic_latency = 1e-4, storage_read = 200e6, storage_write = 100e6;
-    bool json_out = false, host_info = false;
+    bool json_out = false, host_info = false, corun = false;
     app.add_option("--model", model_ref, "model config: a name in <profiles>/models/, a .json path, or a model.h preset (llama-d768-l12, tiny, ...)");
     app.add_flag("--host-info", host_info, "print this machine's CPU and BLAS kernel (what calibration.cpu / blas_core record) as JSON and exit");
     app.add_option("--profiles-dir", profiles_dir, "folder with devices/ and models/ (default: the repository's profiles/)");
@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
     app.add_option("--nic-bandwidth-bps", nic_bps, "NIC rate, bits/s (default 1e9)")->check(CLI::PositiveNumber);
     app.add_option("--nic-latency-s", nic_latency, "NIC added latency, s (default 1e-4)")->check(CLI::Range(0.0, 10.0));
     app.add_flag("--json", json_out, "print the raw timing table (JSON) on stdout");
+    app.add_flag("--corun", corun,
+                 "measure the co-run slowdown instead of a profile: the backbone layer's forward at each micro-batch size "
+                 "alone and with the same work on a second CPU, in interleaved rounds (needs 2 CPUs, no quota); writes "
+                 "the pac-corun JSON (docs/profiling.md, \"Co-run slowdown\") to -o or stdout");
     app.add_flag("--quiet", o.quiet, "no progress lines");
     if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (host_info) {
@@ -96,6 +100,19 @@ int main(int argc, char** argv) {
     if (o.model.hidden % o.reduction_k != 0)
       throw InputError("--k " + std::to_string(o.reduction_k) + ": must divide the model's hidden size " +
                        std::to_string(o.model.hidden) + " (" + model_ref + ")");
+    if (corun) {
+      if (cpu_quota > 0) throw InputError("--corun: times without a quota (the layer and its co-runner each on a CPU of its own)");
+      std::vector<int> cpus;
+      std::vector<CorunTiming> t = profile_corun(o, &cpus);
+      json j = corun_json(o, t, cpus);
+      if (!o.quiet)
+        for (const CorunTiming& c : t)
+          std::fprintf(stderr, "pac-profile: co-run micro-batch %d: %.2f ms alone, %.2f ms beside the co-runner: x%.3f\n",
+                       c.micro_batch, c.solo_s * 1e3, c.corun_s * 1e3, c.factor);
+      if (!output.empty()) file_write_atomic(output, j.dump(2) + "\n");
+      else std::printf("%s\n", j.dump(2).c_str());
+      return 0;
+    }
     int hw = (int)std::max(1u, std::thread::hardware_concurrency());
     int cores = cpu_quota > 0 ? std::min(hw, (int)std::ceil(cpu_quota)) : hw;
     if (o.threads.empty()) o.threads = {cores};

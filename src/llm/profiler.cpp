@@ -5,10 +5,12 @@
 #include "src/common/cgroup.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -17,8 +19,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -357,6 +361,143 @@ std::vector<ProfileTiming> profile_time_layers(const ProfileOptions& o) {
 }
 
 // ---------------------------------------------------------------- the profile
+
+std::vector<CorunTiming> corun_measure(const std::vector<int>& micro_batches, int rounds, int runs, int warmup,
+                                       const std::function<double(int mb)>& run_once,
+                                       const std::function<void(int mb, bool on)>& corunner) {
+  if (micro_batches.empty() || rounds < 1 || runs < 1 || warmup < 0)
+    throw InputError("pac-profile --corun: no micro-batch sizes, or rounds / repeats below 1");
+  const size_t n = micro_batches.size();
+  std::vector<CorunTiming> out(n);
+  std::vector<std::vector<double>> solo_all(n), co_all(n);
+  for (size_t i = 0; i < n; i++) {
+    out[i].micro_batch = micro_batches[i];
+    out[i].runs = runs;
+    for (int w = 0; w < warmup; w++) run_once(micro_batches[i]);
+  }
+  for (int r = 0; r < rounds; r++) {
+    for (size_t k = 0; k < n; k++) {
+      const size_t i = r % 2 ? n - 1 - k : k;
+      const int mb = micro_batches[i];
+      std::vector<double> solo, co;
+      for (int side = 0; side < 2; side++) {
+        const bool on = (side == 0) == (r % 2 == 1);  // ABBA: alone first in even rounds
+        if (on) corunner(mb, true);
+        std::vector<double>& v = on ? co : solo;
+        for (int j = 0; j < runs; j++) v.push_back(run_once(mb));
+        if (on) corunner(mb, false);
+      }
+      out[i].round_ratios.push_back(median(co) / median(solo));
+      solo_all[i].insert(solo_all[i].end(), solo.begin(), solo.end());
+      co_all[i].insert(co_all[i].end(), co.begin(), co.end());
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    out[i].solo_s = median(solo_all[i]);
+    out[i].corun_s = median(co_all[i]);
+    out[i].factor = median(out[i].round_ratios);
+  }
+  return out;
+}
+
+std::vector<CorunTiming> profile_corun(const ProfileOptions& o, std::vector<int>* cpus_out) {
+  if (o.micro_batches.empty() || o.repeats < 1 || o.rounds < 1 || o.warmup < 0 || !(o.min_time_s >= 0))
+    throw InputError("pac-profile --corun: no micro-batch sizes, or repeats / rounds below 1");
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) throw RuntimeError("pac-profile --corun: sched_getaffinity failed");
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; c++)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.size() < 2)
+    throw InputError("pac-profile --corun: needs 2 CPUs (one for the timed layer, one for the co-runner); this process may use " +
+                     std::to_string(cpus.size()));
+  if (cpus_out) *cpus_out = cpus;
+  ModelConfig timed = profile_timed_config(o.model);
+  LlamaConfig lc = llama_config_of(timed, o.seq_len);
+  llama_config_validate(lc, o.model_file);
+  compute_threads_set(1);
+  torch::manual_seed(1);
+  Llama model(lc), other(lc);
+  model->init_random(1);
+  other->init_random(2);
+  const int64_t T = o.seq_len, d = lc.dim;
+  std::map<int, torch::Tensor> x, x_other;
+  for (int mb : o.micro_batches) {
+    x[mb] = torch::randn({mb, T, d});
+    x_other[mb] = torch::randn({mb, T, d});
+  }
+  auto run_once = [&](int mb) {
+    torch::NoGradGuard ng;
+    auto t0 = std::chrono::steady_clock::now();
+    torch::Tensor y = model->layer_forward(0, x[mb]);
+    return seconds_since(t0);
+  };
+  // The co-runner: the same layer at the same size on its own weights, until stopped;
+  // started and stopped around every co-run batch of runs, and the timed runs wait for
+  // its first pass so that they never start beside an idle core. Neither thread is
+  // pinned: the testbed's workers are not, and the kernel places them as it places
+  // those (pinned to a CPU each, the same layers measured 0.98-1.00 on 12-07, unpinned
+  // 0.93-1.28 by size: both within this VM's noise; docs/profiling.md, "Co-run slowdown").
+  std::atomic<bool> stop{false};
+  std::atomic<long> passes{0};
+  std::thread co;
+  auto corunner = [&](int mb, bool on) {
+    if (on) {
+      stop = false;
+      passes = 0;
+      co = std::thread([&, mb] {
+        torch::NoGradGuard ng;
+        while (!stop) {
+          torch::Tensor y = other->layer_forward(0, x_other[mb]);
+          passes++;
+        }
+      });
+      while (passes == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    } else {
+      stop = true;
+      co.join();
+    }
+  };
+  // Runs per side and round: o.repeats, more for short layers (up to o.min_time_s).
+  int runs = o.repeats;
+  {
+    double t = run_once(o.micro_batches.front());
+    if (t > 0 && o.min_time_s > 0) runs = std::max(runs, (int)std::ceil(o.min_time_s / t));
+    runs = std::min(runs, kMaxRepeats);
+  }
+  try {
+    return corun_measure(o.micro_batches, o.rounds, runs, o.warmup, run_once, corunner);
+  } catch (...) {
+    if (co.joinable()) {
+      stop = true;
+      co.join();
+    }
+    throw;
+  }
+}
+
+json corun_json(const ProfileOptions& o, const std::vector<CorunTiming>& t, const std::vector<int>& cpus) {
+  json j;
+  j["format"] = "pac-corun";
+  j["format_version"] = 1;
+  j["model"] = o.model.name;
+  j["seq_len"] = o.seq_len;
+  j["kind"] = "layer";
+  j["cpu"] = host_cpu_id();
+  j["blas_core"] = blas_core_name();
+  j["cpus"] = cpus;
+  j["rounds"] = o.rounds;
+  json f = json::object(), rows = json::array();
+  for (const CorunTiming& c : t) {
+    f[std::to_string(c.micro_batch)] = c.factor;
+    rows.push_back({{"micro_batch", c.micro_batch}, {"solo_s", c.solo_s}, {"corun_s", c.corun_s}, {"factor", c.factor},
+                    {"round_ratios", c.round_ratios}, {"runs", c.runs}});
+  }
+  j["corun_slowdown"] = f;
+  j["timings"] = rows;
+  return j;
+}
 
 json profile_timings_json(const std::vector<ProfileTiming>& timings) {
   json rows = json::array();

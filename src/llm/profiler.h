@@ -118,6 +118,38 @@ std::vector<ProfileTiming> profile_measure(std::vector<ProfileCase>& cases, int 
                                            const std::function<double()>& now = {},
                                            const std::function<void(long done, long total)>& progress = {});
 
+// Co-run slowdown (DeviceProfile::corun_slowdown): how much longer a backbone layer's
+// forward takes at each micro-batch size while a second core of this host runs the same
+// work, against the time alone. The testbed's devices are processes on one host, and
+// the rates above are timed alone (docs/profiling.md, "Co-run slowdown").
+struct CorunTiming {
+  int micro_batch = 1;
+  double solo_s = 0, corun_s = 0;    // medians of all runs alone / with the co-runner
+  double factor = 1;                 // median over the rounds of their ratio corun / solo
+  std::vector<double> round_ratios;  // each round's median corun / median solo
+  int runs = 0;                      // timed runs per side and round
+};
+
+// The measurement, its work injected (the tests pass a simulated one): `warmup` untimed
+// runs of each size, then `rounds` rounds, each visiting every size (in reverse in odd
+// rounds) and timing `runs` runs alone and `runs` with the co-runner on, alone first in
+// even rounds and co-run first in odd ones, so that a drift of the host's speed hits
+// both sides alike. `run_once(mb)` does one run and returns its seconds; `corunner(mb,
+// on)` starts or stops the load on the other core. Each size's factor is the median of
+// its rounds' ratios of medians.
+std::vector<CorunTiming> corun_measure(const std::vector<int>& micro_batches, int rounds, int runs, int warmup,
+                                       const std::function<double(int mb)>& run_once,
+                                       const std::function<void(int mb, bool on)>& corunner);
+
+// corun_measure on this host: the model's backbone layer forward (one thread, no
+// autograd, as the "layer" kind), the co-runner the same layer on its own copy of the
+// weights in a second thread, neither pinned (as the testbed's workers). o.rounds
+// rounds, o.repeats runs per side (more for short layers, up to o.min_time_s per side
+// and round). `cpus`: the first two CPUs this process may use (recorded). Throws
+// InputError when it may use fewer than 2.
+std::vector<CorunTiming> profile_corun(const ProfileOptions& o, std::vector<int>* cpus = nullptr);
+json corun_json(const ProfileOptions& o, const std::vector<CorunTiming>& t, const std::vector<int>& cpus);
+
 // The activation cache's own cost: records written and read back through ActCache
 // (cache_write_sample: dtype conversion, SHA-256, atomic file write with fsync;
 // cache_read_sample: file read from the page cache, checksum, copy) in a fresh folder
