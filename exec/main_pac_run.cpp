@@ -549,7 +549,11 @@ int run(int argc, char** argv) {
                 {"dp_owners", dp_owners},  {"coordinator_cpu_s", coordinator_cpu_s},
                 {"plan_file", std::filesystem::absolute(plan_file).string()},
                 {"run", {{"epochs", epochs}, {"samples", train.size()}, {"mini_batch", batch}, {"seq_len", seq_len}, {"reduction_k", k},
-                         {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed}}},
+                         {"max_steps", max_steps}, {"threads", threads}, {"testbed", testbed},
+                         // Overlapped pipeline segments (Eco-FL's asynchronous 1F1B) run
+                         // synchronously with a flush per mini-batch; pac-sim --validate
+                         // simulates them so (docs/baselines-runtime.md).
+                         {"pipeline_flush", true}}},
                 {"epochs", epochs_json},   {"devices", devs},        {"links", links},        {"tasks", step},
                 {"predicted", {{"total_s", plan.predicted.total_s}, {"switch_s", plan.predicted.switch_s},
                                {"epoch_s", plan.predicted.epoch_s},

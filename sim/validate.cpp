@@ -61,7 +61,8 @@ static ReportView report_view(const JsonIn& r, const Plan& plan, const std::stri
   // The run's own settings (pac-run's --epochs, --batch-size, ... may override the
   // plan's): a run that did not follow the plan cannot be compared with its simulation.
   if (std::optional<JsonIn> run = r.find("run")) {
-    run->check_keys({"epochs", "samples", "mini_batch", "seq_len", "reduction_k", "max_steps", "threads", "testbed"});
+    run->check_keys({"epochs", "samples", "mini_batch", "seq_len", "reduction_k", "max_steps", "threads", "testbed",
+                     "pipeline_flush"});
     auto same = [&](const char* key, int64_t planned) {
       if (!run->has(key)) return;
       int64_t v = run->integer(key, 0);
@@ -205,7 +206,11 @@ std::string validate_table(const Validation& v) {
   std::string out;
   out += "validate  " + v.measured_file + " (source " + v.measured_source + ") against pac-sim of " + v.plan_file +
          "\n";
-  out += "plan      " + v.scenario + ", " + v.strategy + ", groups " + v.groups + "\n\n";
+  out += "plan      " + v.scenario + ", " + v.strategy + ", groups " + v.groups + "\n";
+  if (v.flushed_segments > 0)
+    out += "simulated as run: " + std::to_string(v.flushed_segments) +
+           " overlapped pipeline segment(s) with a flush per mini-batch (run.pipeline_flush)\n";
+  out += "\n";
   row(&out, "epoch", "measured s", "predicted s", "error");
   for (const ValidateItem& e : v.epochs)
     row(&out, e.name, num("%.3f", e.measured), num("%.3f", e.predicted), err_text(e));
@@ -248,6 +253,7 @@ json validate_to_json(const Validation& v, double max_error_pct) {
   j["format_version"] = 1;
   j["measured_file"] = v.measured_file;
   j["measured_source"] = v.measured_source;
+  j["flushed_segments"] = v.flushed_segments;
   j["plan_file"] = v.plan_file;
   j["scenario"] = v.scenario;
   j["strategy"] = v.strategy;
@@ -270,6 +276,14 @@ int validate_main(const ValidateOptions& o) {
   JsonIn measured = JsonIn::load_file(o.measured_file);
   std::string plan_file = validate_plan_file(measured, o.plan_file);
   Plan plan = plan_load(plan_file);
+  // Simulate what the run executed: pac-run flushes an overlapped pipeline every
+  // mini-batch (docs/baselines-runtime.md), and says so in run.pipeline_flush; its reports
+  // from before that field ran the same way, so a run report without it counts as true.
+  // Against the asynchronous schedule Eco-FL's rows were 13-28% fast for that alone.
+  bool flush = measured.string_or("source", "run") == "run";
+  if (auto run = measured.find("run"))
+    if (run->is_object()) flush = run->boolean_or("pipeline_flush", flush);
+  int flushed = flush ? plan_flush_pipelines(plan) : 0;
   SimOptions so;
   so.progress = o.progress;
   so.trace = !o.trace_file.empty();
@@ -277,6 +291,7 @@ int validate_main(const ValidateOptions& o) {
   if (!r.ok) throw RuntimeError(plan_file + ": the simulation of the plan does not finish: " + r.failure.message);
   JsonIn simulated = JsonIn::from(report_to_json(plan, r), "<pac-sim of " + plan_file + ">");
   Validation v = validate_reports(measured, simulated, plan, plan_file);
+  v.flushed_segments = flushed;
   std::fputs(validate_table(v).c_str(), stdout);
   if (!o.json_file.empty()) file_write_atomic(o.json_file, validate_to_json(v, o.max_error_pct).dump(1) + "\n");
   if (!o.trace_file.empty()) file_write_atomic(o.trace_file, trace_to_chrome_json(plan, r));

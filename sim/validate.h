@@ -38,6 +38,9 @@ struct Validation {
   // the simulator counts) or "resident" (peak RSS: reports without tensor accounting).
   std::string peak_memory_basis = "resident";
   std::vector<ValidateItem> links;        // per directed pair, bytes
+  // Segments simulated as the run executed them rather than as planned (the report's
+  // run.pipeline_flush, plan_flush_pipelines): overlapped pipelines with a flush.
+  int flushed_segments = 0;
   double epoch_mape_pct = 0;        // mean over epochs of |error|
   double epoch_max_error_pct = 0;   // largest |error| of one epoch
 };

@@ -268,6 +268,53 @@ TEST(SimValidateCli, ExitCodesAndJson) {
   EXPECT_EQ(run("--max-error 5 " + kSrc + "/scenarios/local-stories260k.json", &out), 2) << out;
 }
 
+// pac-run runs Eco-FL's asynchronous pipeline with a flush per mini-batch (run.
+// pipeline_flush), so --validate simulates that schedule: the flushed plan's own
+// simulation, which is slower than the planned overlap; a report that says it overlapped
+// (pipeline_flush false) is compared with the plan as it stands. plan_flush_pipelines
+// leaves the cached epochs' overlapped data-parallel segments alone.
+TEST(SimValidateCli, OverlappedPipelineIsSimulatedAsRun) {
+  if (!file_exists(sim_exe())) GTEST_SKIP() << "pac-sim not built at " << sim_exe();
+  Plan pac = fixture().plan;
+  int overlapped_dp = 0;
+  for (const Segment& seg : pac.segments) overlapped_dp += seg.overlap && seg.name == "data_parallel";
+  ASSERT_GT(overlapped_dp, 0);
+  EXPECT_EQ(plan_flush_pipelines(pac), 0);
+  for (const Segment& seg : pac.segments) overlapped_dp -= seg.overlap && seg.name == "data_parallel";
+  EXPECT_EQ(overlapped_dp, 0);
+
+  Plan eco = plan_make(scenario_small(), "ecofl");
+  Plan flushed = eco;
+  ASSERT_EQ(plan_flush_pipelines(flushed), 1);
+  for (const Segment& seg : flushed.segments) {
+    EXPECT_FALSE(seg.overlap);
+    for (const Task& t : seg.graph.tasks) EXPECT_TRUE(t.prev_deps.empty());
+  }
+  SimResult as_planned = sim_run(eco), as_run = sim_run(flushed);
+  ASSERT_TRUE(as_planned.ok && as_run.ok);
+  EXPECT_GT(as_run.makespan_s, as_planned.makespan_s * 1.01);  // the flush's fill and drain cost time
+
+  std::string dir = ::testing::TempDir() + "/sim_validate_flush";
+  dir_create(dir);
+  plan_save(eco, dir + "/plan.json");
+  json m = report_to_json(eco, as_planned);  // "measured" = the asynchronous schedule's times
+  m["source"] = "run";
+  m["plan_file"] = "plan.json";
+  file_write_atomic(dir + "/default.json", m.dump());
+  m["run"] = {{"pipeline_flush", false}};
+  file_write_atomic(dir + "/overlapped.json", m.dump());
+  std::string out;
+  ASSERT_EQ(run("--validate " + dir + "/default.json --json " + dir + "/v1.json", &out), 0) << out;
+  EXPECT_NE(out.find("simulated as run: 1 overlapped pipeline segment(s)"), std::string::npos) << out;
+  json v1 = json::parse(file_read(dir + "/v1.json"));
+  EXPECT_EQ(v1["flushed_segments"], 1);
+  EXPECT_NEAR(v1["total"]["predicted_s"].get<double>(), report_to_json(flushed, as_run)["total_s"].get<double>(), 1e-6);
+  ASSERT_EQ(run("--validate " + dir + "/overlapped.json --json " + dir + "/v2.json", &out), 0) << out;
+  json v2 = json::parse(file_read(dir + "/v2.json"));
+  EXPECT_EQ(v2["flushed_segments"], 0);
+  EXPECT_NEAR(v2["epoch_mape_pct"].get<double>(), 0, 1e-9);
+}
+
 // --- bench/fidelity.py end to end with pac-sim alone: its simulated epoch times equal an
 // independent in-process plan + simulation of the same scenario, the measured side says
 // why it was skipped (never a crash), and the PNG is a well-formed image.

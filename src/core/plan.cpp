@@ -332,4 +332,15 @@ bool plan_writes_cache(const Plan& p) {
   return false;
 }
 
+int plan_flush_pipelines(Plan& p) {
+  int n = 0;
+  for (Segment& seg : p.segments) {
+    if (!seg.overlap || seg.name != "pipeline") continue;
+    seg.overlap = false;
+    for (Task& t : seg.graph.tasks) t.prev_deps.clear();
+    n++;
+  }
+  return n;
+}
+
 }  // namespace pac

@@ -118,6 +118,14 @@ void plan_save(const Plan& p, const std::string& file);  // atomic
 // cached phase); a baseline's plan has none even on a scenario whose method caches.
 bool plan_writes_cache(const Plan& p);
 
+// The plan as the runtime executes it: pac-run runs an overlapped pipeline segment
+// (Eco-FL's asynchronous 1F1B, `overlap: true`, name "pipeline") synchronously, with a
+// flush per mini-batch (docs/baselines-runtime.md), so those segments become barrier
+// segments (overlap off, prev_deps dropped: within an iteration the 1F1B order and its
+// deps stay). Overlapped data-parallel segments (the cached epochs' prefetch) are run
+// overlapped and stay. Returns how many segments changed.
+int plan_flush_pipelines(Plan& p);
+
 // Checks a plan: every graph acyclic with deps pointing backwards, every layer placed
 // exactly once per phase, every device index valid, shares summing to 1, no device
 // over its memory budget. Throws InputError naming the task or device.
