@@ -144,12 +144,14 @@ def corun(corun_file, outs):
         print("calibrate_profiles: %s: format %r, expected pac-corun (pac-profile --corun)" % (corun_file, co.get("format")),
               file=sys.stderr)
         return 2
-    for out in outs:
-        prof = json.load(open(out))
+    profs = [json.load(open(out)) for out in outs]
+    # Every profile checked before any is written: a wrong one leaves them all as they were.
+    for out, prof in zip(outs, profs):
         if prof["calibration"].get("model") != co["model"]:
             print("calibrate_profiles: %s: calibration.model %r, but %s measured %r"
                   % (out, prof["calibration"].get("model"), corun_file, co["model"]), file=sys.stderr)
             return 2
+    for out, prof in zip(outs, profs):
         prof["corun_slowdown"] = {mb: round(max(1.0, f), 4) for mb, f in co["corun_slowdown"].items()}
         prof["calibration"]["corun"] = {k: co[k] for k in ("cpu", "blas_core", "cpus", "rounds", "timings") if k in co}
         write_json_atomic(out, prof)

@@ -279,7 +279,8 @@ int validate_main(const ValidateOptions& o) {
   // Simulate what the run executed: pac-run flushes an overlapped pipeline every
   // mini-batch (docs/baselines-runtime.md), and says so in run.pipeline_flush; its reports
   // from before that field ran the same way, so a run report without it counts as true.
-  // Against the asynchronous schedule Eco-FL's rows were 13-28% fast for that alone.
+  // Compared with the asynchronous schedule, Eco-FL's rows set one schedule's prediction
+  // against the other's measurement (docs/fidelity.md, "Eco-FL as the runtime runs it").
   bool flush = measured.string_or("source", "run") == "run";
   if (auto run = measured.find("run"))
     if (run->is_object()) flush = run->boolean_or("pipeline_flush", flush);

@@ -828,7 +828,7 @@ TEST(SimFidelityHarness, MergeBringsRoundsToOneLevel) {
 
 // calibrate_profiles.py corun: pac-profile --corun's factors go into the model's testbed
 // profiles, each at least 1 (0.98 is the host's noise, stored 1.0), the measurement kept;
-// a profile of another model is refused (exit 2) and left as it was.
+// a profile of another model among them is refused (exit 2) and none is written.
 TEST(SimFidelityHarness, CorunGoesIntoTheModelsProfiles) {
   std::string out;
   if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
@@ -842,8 +842,8 @@ TEST(SimFidelityHarness, CorunGoesIntoTheModelsProfiles) {
       "p = json.load(open(pf[0]))\n"
       "assert p['corun_slowdown'] == {'1': 1.2, '2': 1.0}, p\n"
       "assert p['calibration']['corun']['cpus'] == [0, 1] and len(p['calibration']['corun']['timings']) == 2, p\n"
-      "before = open(pf[1]).read()\n"
-      "assert cp.corun(cf, pf[1:]) == 2 and open(pf[1]).read() == before\n");
+      "before = [open(f).read() for f in pf]\n"
+      "assert cp.corun(cf, pf[::-1]) == 2 and [open(f).read() for f in pf] == before\n");
   fidelity_py_ok("corun", py);
 }
 

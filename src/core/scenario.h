@@ -94,12 +94,13 @@ struct DeviceProfile {
   double compute_jitter_cv = 0;
   // Shared host only (Scenario::host_cores > 0, the testbed): how much longer this
   // device's compute takes while the host's other cores compute too, by micro-batch
-  // size (samples per task). The testbed's devices are processes on one machine, and
-  // two layers computing at once on its two cores each ran 8-23% slower than one alone
-  // (caches, memory bandwidth and the hypervisor's sharing under the VM: docs/profiling.md,
-  // "Co-run slowdown"); the rates above are timed alone. Measured by pac-profile
-  // --corun; the simulator applies it in proportion to how busy the other cores are
-  // (sim/engine.cpp, cpu_reschedule). Empty = 1 (real devices do not share a host).
+  // size (samples per task). The testbed's devices are processes on one machine whose
+  // cores may slow each other (shared caches, memory bandwidth, a hypervisor's vCPU
+  // placement); the rates above are timed alone. Measured by pac-profile --corun (on
+  // the EPYC VM within its noise, so calibrate_testbed.sh adds it only with CORUN=1:
+  // docs/profiling.md, "Co-run slowdown"); the simulator applies it in proportion to how
+  // busy the other cores are (sim/engine.cpp, cpu_reschedule). Empty = 1 (real devices
+  // do not share a host).
   std::map<int, double> corun_slowdown;
 };
 
