@@ -965,6 +965,9 @@ def main():
     # What fid.prepare_row / measure_once read from their options.
     a.run_mode, a.model_map, a.run_args, a.run_has_trace, a.trace_dir = "testbed", {}, [], False, a.work
     a.last_probe = None
+    # The calibration's runs are compared at their probes' speed, probed at the
+    # scenario's micro-batch as its fits were made; no speed sentinel beside them.
+    a.sentinel_period, a.probe_plan_micro_batch = 0, False
     # The sync plan's devices share this machine, as the suite's do (scenario_on_host).
     a.host_cores = os.cpu_count() or 0
     os.makedirs(a.work, exist_ok=True)

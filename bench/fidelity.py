@@ -25,6 +25,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -222,7 +223,7 @@ def profiles_for_this_host(a, files, host):
     return out
 
 
-def speed_probe(a, scen, work_dir):
+def speed_probe(a, scen, work_dir, micro_batch=None):
     """How fast this machine computes now against when the scenario's profiles were
     calibrated: pac-profile times the scenario's model (1 thread, no quota, the scenario's
     micro-batch, 3 repeats, ~1-3 s) and the ratio is the profile's reference time over the
@@ -238,7 +239,7 @@ def speed_probe(a, scen, work_dir):
     if not rows or not cal.get("model_file"):
         return None
     data = scen.get("data", {})
-    want = max(1, int(data.get("mini_batch", 1)) // max(1, int(data.get("micro_batches", 1))))
+    want = micro_batch or max(1, int(data.get("mini_batch", 1)) // max(1, int(data.get("micro_batches", 1))))
     mb = min(sorted({t["micro_batch"] for t in rows}), key=lambda m: (abs(m - want), m))
     out = os.path.join(work_dir, "probe.json")
     rc, _, err = run_cmd([os.path.join(a.bin_dir, "pac-profile"), "--model", cal["model_file"],
@@ -257,13 +258,120 @@ def speed_probe(a, scen, work_dir):
     return sum(then[k] for k in kinds) / sum(now[k] for k in kinds)
 
 
-def plan_at_speed(plan_file, speed, out_file):
+def sentinel_reference(a, scen, micro_batch=None):
+    """(calibration, micro_batch, seconds): the calibration's time of one backbone layer
+    forward (the "layer" kind, 1 thread) at the reference size closest to micro_batch
+    (the smallest without one), which the speed sentinel times during a run; None
+    without reference timings."""
+    devs = scen.get("cluster", {}).get("devices", [])
+    cal = profile_calibration(a.profiles, devs[0].get("profile")) if devs else None
+    if not cal or not cal.get("model_file"):
+        return None
+    rows = [t for t in cal.get("reference_timings") or cal.get("timings") or []
+            if t.get("threads") == 1 and t.get("kind") == "layer" and t.get("median_s", 0) > 0]
+    if not rows:
+        return None
+    t = min(rows, key=lambda t: (abs(t["micro_batch"] - (micro_batch or 1)), t["micro_batch"]))
+    return cal, t["micro_batch"], t["median_s"]
+
+
+def sentinel_start(a, scen, work_dir, k, micro_batch=None):
+    """Starts `pac-profile --sentinel` beside run k (one layer forward per
+    a.sentinel_period seconds, its CPU time; docs/fidelity.md, "Speed during the run")
+    and waits for its ready line. None when there is no reference to compare it with or
+    it did not come up (the run then goes on with the probes alone)."""
+    ref = sentinel_reference(a, scen, micro_batch)
+    if ref is None:
+        return None
+    cal, mb, ref_s = ref
+    out = os.path.join(work_dir, "sentinel-%d.json" % k)
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [os.path.join(a.bin_dir, "pac-profile"), "--model", cal["model_file"], "--profiles-dir", a.profiles,
+           "--seq", str(cal.get("seq_len", 128)), "--k", str(cal.get("reduction_k", 8)), "--micro-batches", str(mb),
+           "--warmup", "2", "--quiet", "--sentinel",
+           "--sentinel-period", "%.3f" % sentinel_period(a.sentinel_period, ref_s),
+           "--sentinel-max-s", str(max(60, int(a.run_timeout) + 60)), "-o", out]
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        log("speed sentinel did not start: %s" % e)
+        return None
+    # The ready line, or the sentinel's end: a timer kills one that hangs in its warmup.
+    timer = threading.Timer(a.timeout, p.kill)
+    timer.start()
+    line = p.stdout.readline()
+    timer.cancel()
+    if line.strip() != "ready":
+        p.kill()
+        _, err = p.communicate()
+        log("speed sentinel not ready: %s" % last_line(err))
+        return None
+    return {"proc": p, "out": out, "ref_s": ref_s, "micro_batch": mb}
+
+
+def sentinel_stop(s):
+    """Stops a sentinel (SIGTERM: it writes its samples) and returns them ([] when it
+    wrote none)."""
+    p = s["proc"]
+    p.terminate()
+    try:
+        p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+    try:
+        return json.load(open(s["out"]))["samples"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+SENTINEL_MIN_SAMPLES = 2
+# The sentinel's share of one core at most: its period is stretched for a layer whose
+# two forwards per sample take longer than 1/20 of the asked period (d512: 13 ms at one
+# sample -> 0.52 s, 50 ms at four -> 2.1 s).
+SENTINEL_MAX_DUTY = 0.05
+# Layer forwards per sample: one untimed, then the timed one (profile_sentinel).
+SENTINEL_RUNS_PER_SAMPLE = 2
+
+
+def sentinel_period(asked_s, layer_s):
+    return max(asked_s, SENTINEL_RUNS_PER_SAMPLE * layer_s / SENTINEL_MAX_DUTY)
+
+
+def speed_during(samples, ref_s, t0, t1):
+    """The machine's speed during [t0, t1] against the calibration: the reference time of
+    the sentinel's layer over the median CPU time of the sentinel's runs that started in
+    the window. None with fewer than SENTINEL_MIN_SAMPLES of them."""
+    w = [x["cpu_s"] for x in samples if t0 <= x["t"] <= t1 and x.get("cpu_s", 0) > 0]
+    if len(w) < SENTINEL_MIN_SAMPLES:
+        return None
+    return ref_s / statistics.median(w)
+
+
+def run_speed(run, source="during"):
+    """(speed, "during" | "probes") a run is compared at: the sentinel's speed during it
+    when there is one and `source` is "during", else the mean of the probes before and
+    after; (None, None) without either."""
+    if source == "during" and run.get("speed_during"):
+        return run["speed_during"], "during"
+    if run.get("machine_speed"):
+        return sum(run["machine_speed"]) / 2, "probes"
+    return None, None
+
+
+def plan_at_speed(plan_file, speed, out_file, cores_taken=0.0):
     """The plan with every compute task (forward, backward, optimizer) taking 1/speed its
     planned seconds: what the simulator predicts for the machine as fast as the probes
     measured it. Communication and cache I/O are not CPU-speed bound and stay; so do the
     switch's local work (local tasks) and a phase's first use (first_extra_s): page
-    faults and freeing memory, not the kernels the probe times."""
+    faults and freeing memory, not the kernels the probe times. `cores_taken`: what else
+    ran on the host during the run (the speed sentinel's share of a core), taken off a
+    shared host's cores (cluster.host_cores, when the plan has one)."""
     p = json.load(open(plan_file))
+    cl = p.get("scenario", {}).get("cluster", {})
+    if cores_taken > 0 and cl.get("host_cores", 0) > 0:
+        cl["host_cores"] = cl["host_cores"] - cores_taken
     for seg in p["segments"]:
         for t in seg["tasks"]:
             if t["kind"] in ("forward", "backward", "optimizer"):
@@ -357,9 +465,30 @@ def scenario_model(scen):
     return scen["model"]["name"] if isinstance(scen["model"], dict) else scen["model"]
 
 
-def speed_key(scen):
-    """What a speed probe depends on: the scenario's model and data (micro-batch, seq)."""
-    return scenario_model(scen) + " " + json.dumps(scen.get("data", {}), sort_keys=True)
+def speed_key(scen, micro_batch=None):
+    """What a speed probe depends on: the scenario's model and data (micro-batch, seq), and
+    the micro-batch size the probe times (the plan's, plan_micro_batch)."""
+    key = scenario_model(scen) + " " + json.dumps(scen.get("data", {}), sort_keys=True)
+    return key + (" probe-mb %d" % micro_batch if micro_batch else "")
+
+
+def plan_micro_batch(plan_file):
+    """The samples per compute task that carry most of the plan's forward and backward
+    seconds (rounded; None for a plan without them): what the machine-speed probes and
+    the sentinel time for this row. A pipeline plan of 8 micro-batches of one sample runs
+    at 1 where the scenario says 2, and the calibration's rate of each size carries its
+    own error (12-07: the d512 layer at 1 sample measured 0.495 of the time at 2, where
+    the runtime and later probes took 0.51-0.56), which a probe at another size does not
+    see."""
+    p = json.load(open(plan_file))
+    w = {}
+    for seg in p.get("segments", []):
+        times = seg.get("repeat", 1) * (seg.get("epoch_last", 1) - seg.get("epoch_first", 1) + 1)
+        for t in seg.get("tasks", []):
+            if t.get("kind") in ("forward", "backward"):
+                mb = max(1, int(round(t.get("samples", 1))))
+                w[mb] = w.get(mb, 0.0) + times * t.get("seconds", 0.0)
+    return max(w, key=lambda m: (w[m], -m)) if w else None
 
 
 def suite_speeds(rows):
@@ -377,12 +506,13 @@ def suite_speeds(rows):
     return {k: statistics.median(v) for k, v in probes.items()}
 
 
-def validate_at_speed(a, row, plan, report, speed, tag, prefix):
+def validate_at_speed(a, row, plan, report, speed, tag, prefix, cores_taken=0.0):
     """pac-sim --validate of the row's run against its plan with every compute task at
-    1/speed its seconds: row[prefix + "sim_epoch_s" / "sim_total_s" / "epoch_mape_pct"]."""
+    1/speed its seconds (and cores_taken off a shared host, plan_at_speed):
+    row[prefix + "sim_epoch_s" / "sim_total_s" / "epoch_mape_pct"]."""
     d = os.path.dirname(plan)
     adj_plan = os.path.join(d, "plan-at-%s.json" % tag)
-    plan_at_speed(plan, speed, adj_plan)
+    plan_at_speed(plan, speed, adj_plan, cores_taken)
     adj_val = os.path.join(d, "validate-at-%s.json" % tag)
     rc, out, err = run_cmd([os.path.join(a.bin_dir, "pac-sim"), "--validate", report, "--plan", adj_plan,
                             "--json", adj_val, "--quiet"], a.timeout)
@@ -445,8 +575,9 @@ def prepare_row(a, scen_file, scen, strategy, work, run_reason, trace_this):
     if model in a.model_map:
         cmd += ["--model", a.model_map[model]]
     cmd += a.run_args
-    row["speed_key"] = speed_key(scen)
-    job = {"scen": scen, "dir": d, "plan": plan, "cmd": cmd, "runs": [],
+    row["probe_micro_batch"] = plan_micro_batch(plan) if getattr(a, "probe_plan_micro_batch", False) else None
+    row["speed_key"] = speed_key(scen, row["probe_micro_batch"])
+    job = {"scen": scen, "dir": d, "plan": plan, "cmd": cmd, "runs": [], "probe_mb": row["probe_micro_batch"],
            "trace": (os.path.join(a.trace_dir, "fidelity-%s-%s.run.trace.json" % (name, strategy))
                      if trace_this and a.run_has_trace else None),
            "speed_key": row["speed_key"]}
@@ -465,16 +596,28 @@ def measure_once(a, job, k):
     log("%s / %s: pac-run --%s (run %d of %d)" % (scen["name"], os.path.basename(job["dir"]), a.run_mode, k,
                                                    a.repeats))
     speed_before = a.last_probe[1] if a.probe and a.last_probe and a.last_probe[0] == job["speed_key"] else (
-        speed_probe(a, scen, job["dir"]) if a.probe else None)
+        speed_probe(a, scen, job["dir"], job.get("probe_mb")) if a.probe else None)
+    sentinel = (sentinel_start(a, scen, job["dir"], k, job.get("probe_mb"))
+                if a.probe and getattr(a, "sentinel_period", 0) > 0 else None)
     t0 = time.time()
     load_before = os.getloadavg()[0]
     rc, out, err = run_cmd(cmd, a.run_timeout)
-    speed_after = speed_probe(a, scen, job["dir"]) if a.probe else None
+    t1 = time.time()
+    samples = sentinel_stop(sentinel) if sentinel else []
+    speed_after = speed_probe(a, scen, job["dir"], job.get("probe_mb")) if a.probe else None
     a.last_probe = (job["speed_key"], speed_after)
     # Other work on this machine slows the measured side only: keep the load with the run.
     run = {"run": k, "report": report, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "machine_speed": ([round(speed_before, 3), round(speed_after, 3)]
                              if speed_before and speed_after else None)}
+    if sentinel:
+        sd = speed_during(samples, sentinel["ref_s"], t0, t1)
+        run["speed_during"] = round(sd, 3) if sd else None
+        inside = [x for x in samples if t0 <= x["t"] <= t1]
+        run["sentinel_samples"] = len(inside)
+        # Its share of a core over the run, which the comparison takes off the host.
+        run["sentinel_cores"] = (round(SENTINEL_RUNS_PER_SAMPLE * sum(x["wall_s"] for x in inside) / (t1 - t0), 4)
+                                 if t1 > t0 else 0.0)
     if rc != 0:
         why = run_skip_reason(rc, err)
         run["measured"] = ("skipped: " + why) if why else (
@@ -538,13 +681,17 @@ def finish_row(a, row, job):
     row["validation"] = v
     # The same comparison with the simulation at the machine's probed speed: the simulator's
     # error with the host's speed swings taken out (docs/fidelity.md, "Machine speed").
-    if m.get("machine_speed"):
-        row["machine_speed"] = m["machine_speed"]
-        validate_at_speed(a, row, plan, report, sum(m["machine_speed"]) / 2, "speed", "adj_")
+    speed, source = run_speed(m, getattr(a, "speed_from", "during"))
+    if speed:
+        row["machine_speed"] = m.get("machine_speed")
+        row["speed_during"] = m.get("speed_during")
+        row["speed_source"] = source
+        validate_at_speed(a, row, plan, report, speed, "speed", "adj_", m.get("sentinel_cores") or 0.0)
     # And at the suite's median probed speed for this model (suite_speeds).
     if a.suite_speed.get(row.get("speed_key")):
         row["suite_speed"] = round(a.suite_speed[row["speed_key"]], 3)
-        validate_at_speed(a, row, plan, report, row["suite_speed"], "suite-speed", "suite_")
+        validate_at_speed(a, row, plan, report, row["suite_speed"], "suite-speed", "suite_",
+                          m.get("sentinel_cores") or 0.0)
     # How much of this host the run used: the workers' CPU seconds (every thread) and the
     # coordinator's, over host cores x training time. Near 1 the devices also compete
     # for the host (docs/fidelity.md, "Where the host runs out").
@@ -703,8 +850,13 @@ def summarize(rows, mape_key="epoch_mape_pct", sim_key="sim_total_s", adjusted=T
     if adjusted:
         summary["repeatability"] = repeatability(rows)
     if adjusted and any(r.get("adj_epoch_mape_pct") is not None for r in rows):
-        speeds = [x for r in rows for x in (r.get("machine_speed") or [])]
+        # The speeds the rows were compared at (the sentinel's during the run, else the
+        # probes' mean), and how many rows took each.
+        speeds = [x for r in rows for x in (
+            [r["speed_during"]] if r.get("speed_source") == "during" else r.get("machine_speed") or [])]
         summary["machine_speed_range"] = [min(speeds), max(speeds)]
+        summary["speed_sources"] = {src: sum(1 for r in rows if r.get("adj_epoch_mape_pct") is not None and
+                                             (r.get("speed_source") or "probes") == src) for src in ("during", "probes")}
         summary["at_machine_speed"] = summarize(rows, "adj_epoch_mape_pct", "adj_sim_total_s", adjusted=False)
     if adjusted and any(r.get("suite_epoch_mape_pct") is not None for r in rows):
         summary["suite_speeds"] = sorted({r["suite_speed"] for r in rows if r.get("suite_speed")})
@@ -716,9 +868,20 @@ def fmt_list(xs, f="%.2f"):
     return "n/a" if not xs else " / ".join(f % x for x in xs)
 
 
+def speeds_text(r):
+    """"before / during / after", the one the row was compared at in bold ("-" for a
+    missing one; the mean of before and after is compared when during is missing)."""
+    ms, d = r.get("machine_speed"), r.get("speed_during")
+    if not ms and not d:
+        return "n/a"
+    f = lambda x: "-" if x is None else "%.2f" % x
+    mid = "**%s**" % f(d) if r.get("speed_source") == "during" else f(d)
+    return "%s / %s / %s" % (f(ms[0]) if ms else "-", mid, f(ms[1]) if ms else "-")
+
+
 def markdown(rows, summary):
     out = ["| scenario | strategy | groups | simulated epoch s | planner epoch s | measured epoch s | "
-           "epoch MAPE | machine speed (before / after) | MAPE at that speed | suite's speed | MAPE at the suite's "
+           "epoch MAPE | machine speed (before / during / after) | MAPE at that speed | suite's speed | MAPE at the suite's "
            "speed | measured |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "n/a" if v is None else "%.1f%%" % v
@@ -727,7 +890,7 @@ def markdown(rows, summary):
         out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["scenario"], r["strategy"], r["groups"] or "-", fmt_list(r["sim_epoch_s"]),
             fmt_list(r["planner_epoch_s"]), fmt_list(r["measured_epoch_s"]), pct(r.get("epoch_mape_pct")),
-            fmt_list(r.get("machine_speed")), pct(r.get("adj_epoch_mape_pct")),
+            speeds_text(r), pct(r.get("adj_epoch_mape_pct")),
             "n/a" if not r.get("suite_speed") else "%.2f" % r["suite_speed"], pct(r.get("suite_epoch_mape_pct")),
             status.replace("|", "/")))
     out.append("")
@@ -757,8 +920,11 @@ def markdown(rows, summary):
                        "yes" if summary["targets_met"] else "no"))
     if adj and adj["epoch_mape_mean_pct"] is not None:
         out.append("")
-        out.append("At the machine speed the probes measured (x%.2f-%.2f of the calibration's): mean of scenarios "
-                   "%.1f%%, worst scenario %.1f%%, ranking agrees in %d of %d; targets met: %s." % (
+        src = summary.get("speed_sources") or {}
+        out.append("At the machine speed measured for each run (%s; x%.2f-%.2f of the calibration's): mean of "
+                   "scenarios %.1f%%, worst scenario %.1f%%, ranking agrees in %d of %d; targets met: %s." % (
+                       "during the run by the sentinel in %d rows, the probes around it in %d" % (
+                           src.get("during", 0), src.get("probes", 0)) if src.get("during") else "the probes around it",
                        summary["machine_speed_range"][0], summary["machine_speed_range"][1],
                        adj["epoch_mape_mean_pct"], adj["epoch_mape_worst_scenario_pct"],
                        sum(1 for x in adj["scenarios"] if x["ranking_agrees"]),
@@ -995,6 +1161,16 @@ def main():
                     "calibrated on this CPU with this BLAS kernel; always: all of them; never: use --profiles as is")
     ap.add_argument("--no-probe", dest="probe", action="store_false",
                     help="no machine-speed probe around each run (no 'at machine speed' columns)")
+    ap.add_argument("--sentinel-period", type=float, default=0.0,
+                    help="seconds between the speed sentinel's timed layers during each run (pac-profile --sentinel "
+                    "beside pac-run, e.g. 0.5; docs/fidelity.md, \"Speed during the run\"); 0 (default) = no "
+                    "sentinel, probes only: on the seventeenth run it made the comparison worse")
+    ap.add_argument("--probe-plan-micro-batch", action="store_true",
+                    help="probe (and run the sentinel) at the plan's micro-batch size instead of the scenario's "
+                    "(plan_micro_batch; docs/fidelity.md)")
+    ap.add_argument("--speed-from", choices=["during", "probes"], default="during",
+                    help="the machine speed a row is compared at: the sentinel's during its run (falling back to "
+                    "the probes where there is none), or the mean of the probes before and after it")
     ap.add_argument("--calibrate-repeats", type=int, default=5, help="timed repeats per layer when calibrating")
     ap.add_argument("--repeats", type=int, default=1, help="runs of every row, in rounds (every row once, then "
                     "again); a row is compared on its median run by total time (odd counts recommended)")

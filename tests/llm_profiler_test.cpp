@@ -7,10 +7,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include "src/common/blas.h"
 #include "src/common/error.h"
@@ -473,6 +476,102 @@ TEST(Profiler, CliCorunWritesFactorsPerMicroBatch) {
   }
   EXPECT_EQ(run(tool() + " --model " + model + " --seq 8 --k 4 --corun --cpu-quota 0.5", &out), 2) << out;
   EXPECT_NE(out.find("--corun: times without a quota"), std::string::npos) << out;
+}
+
+// The sentinel's loop on a simulated clock, period 1 s. Runs of 0.3 s: starts at 0, 1,
+// 2, 3, 4, 5 until stopped at 5.5 (6 samples). A run of 2.5 s started at 1 ends at 3.5:
+// the starts at 2 and 3 are skipped, not made up, and the loop goes on at 4 and 5. The
+// time limit ends it the same way (max 3.2 s: starts 0, 1, 2, 3). Sleeps are sliced at
+// 20 ms so that a stop is seen within one slice.
+TEST(Profiler, SentinelLoopKeepsOneRunPerPeriod) {
+  for (int scene = 0; scene < 3; scene++) {
+    double clock = 0, longest_sleep = 0;
+    std::vector<double> starts;
+    auto run_once = [&] {
+      SentinelSample s;
+      s.t = clock;
+      s.wall_s = (scene == 1 && starts.size() == 1) ? 2.5 : 0.3;
+      s.cpu_s = 0.9 * s.wall_s;
+      starts.push_back(clock);
+      clock += s.wall_s;
+      return s;
+    };
+    auto now = [&] { return clock; };
+    auto sleep_for = [&](double s) {
+      longest_sleep = std::max(longest_sleep, s);
+      clock += s;
+    };
+    auto stop = [&] { return clock >= 5.5; };
+    std::vector<SentinelSample> out = sentinel_loop(1.0, scene == 2 ? 3.2 : 100.0, run_once, stop, now, sleep_for);
+    std::vector<double> want = scene == 0 ? std::vector<double>{0, 1, 2, 3, 4, 5}
+                               : scene == 1 ? std::vector<double>{0, 1, 4, 5}
+                                            : std::vector<double>{0, 1, 2, 3};
+    ASSERT_EQ(out.size(), want.size()) << "scene " << scene;
+    for (size_t i = 0; i < want.size(); i++) {
+      EXPECT_NEAR(out[i].t, want[i], 1e-9) << "scene " << scene << " sample " << i;
+      EXPECT_NEAR(out[i].cpu_s, 0.9 * out[i].wall_s, 1e-12);
+    }
+    EXPECT_LE(longest_sleep, 0.02 + 1e-12);
+  }
+  EXPECT_THROW(sentinel_loop(0, 10, {}, {}, {}, {}), InputError);
+}
+
+// pac-profile --sentinel for real: "ready" on stdout after the warmup, samples one
+// period apart (the clock is the Unix epoch's, as the harness's), each run's CPU time
+// within its wall time; SIGTERM ends it and the JSON is written whole. Without -o it
+// refuses with exit 2.
+TEST(Profiler, CliSentinelRunsUntilStopped) {
+  std::string d = tmp_dir();
+  std::string model = path_join(d, "tiny-sentinel.json");
+  file_write_atomic(model, model_config_to_json(tiny_model()).dump());
+  std::string out_file = path_join(d, "sentinel.json"), out;
+  const double before = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::string cmd = tool() + " --model " + model + " --seq 8 --k 4 --micro-batches 2 --warmup 1 --quiet --sentinel"
+                                   " --sentinel-period 0.05 -o " + out_file;
+  // The shell stays (wait) so that the sentinel keeps its parent: it stops when that goes.
+  FILE* p = popen(("exec " + cmd + " & echo $!; wait").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {0};
+  ASSERT_NE(fgets(buf, sizeof buf, p), nullptr);
+  const int pid = std::atoi(buf);
+  ASSERT_GT(pid, 0);
+  // The ready line comes through the same pipe (the child's stdout).
+  ASSERT_NE(fgets(buf, sizeof buf, p), nullptr);
+  EXPECT_EQ(std::string(buf), "ready\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  while (fgets(buf, sizeof buf, p)) {
+  }
+  pclose(p);
+  for (int i = 0; i < 100 && !file_exists(out_file); i++) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(file_exists(out_file));
+  json j = json::parse(file_read(out_file));
+  EXPECT_EQ(j["format"], "pac-sentinel");
+  EXPECT_EQ(j["kind"], "layer");
+  EXPECT_EQ(j["micro_batch"], 2);
+  EXPECT_DOUBLE_EQ(j["period_s"].get<double>(), 0.05);
+  const json& s = j["samples"];
+  ASSERT_GE(s.size(), 2u);
+  for (size_t i = 0; i < s.size(); i++) {
+    EXPECT_GE(s[i]["t"].get<double>(), before);
+    EXPECT_GT(s[i]["cpu_s"].get<double>(), 0);
+    EXPECT_LE(s[i]["cpu_s"].get<double>(), s[i]["wall_s"].get<double>() + 2e-3);
+    if (i) {
+      EXPECT_GE(s[i]["t"].get<double>() - s[i - 1]["t"].get<double>(), 0.05 - 1e-3);
+    }
+  }
+  EXPECT_EQ(run(tool() + " --model " + model + " --seq 8 --k 4 --sentinel", &out), 2) << out;
+  EXPECT_NE(out.find("--sentinel: needs -o"), std::string::npos) << out;
+  // Its parent gone (a harness killed), it stops by itself, long before its time limit,
+  // and still writes its samples. run() reads until the sentinel closes its stderr.
+  std::string orphan = path_join(d, "orphan.json");
+  auto t0 = std::chrono::steady_clock::now();
+  run("sh -c 'exec " + tool() + " --model " + model + " --seq 8 --k 4 --micro-batches 1 --warmup 1 --quiet --sentinel"
+      " --sentinel-period 0.05 --sentinel-max-s 60 -o " + orphan + " > /dev/null & sleep 2'", &out);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(file_exists(orphan)) << out;
+  EXPECT_LT(took, 30.0);
+  EXPECT_GE(json::parse(file_read(orphan))["samples"].size(), 1u);
 }
 
 // The CPU id against /proc/cpuinfo read here, and the kernel fix against what OpenBLAS

@@ -955,6 +955,57 @@ TEST(SimFidelityHarness, PlanAtMachineSpeed) {
   fidelity_py_ok("summary", py);
 }
 
+// The speed during a run (docs/fidelity.md, "Speed during the run"): the sentinel's
+// samples that started inside the run's window, reference 13.2 ms over their median CPU
+// time 12 ms = x1.1; one sample is too few (None, the probes then decide). A row is
+// compared at the sentinel's speed when it has one, else at the probes' mean; the
+// period stretches so that a long layer (two forwards per sample) keeps the sentinel's
+// share at 5% of a core.
+// Its share is taken off a shared host: two one-core devices on 2 - 0.5 cores compute
+// slower, one device alone (1 core of 1.5) does not.
+TEST(SimFidelityHarness, SpeedDuringTheRun) {
+  std::string out;
+  if (sh("python3 --version", &out) != 0) GTEST_SKIP() << "no python3";
+  std::string py =
+      "S = lambda t, c: {'t': t, 'cpu_s': c, 'wall_s': c}\n"
+      "samples = [S(9.0, 0.5), S(10.0, 0.010), S(10.5, 0.014), S(11.0, 0.012), S(12.5, 0.5)]\n"
+      "assert abs(f.speed_during(samples, 0.0132, 10.0, 12.0) - 1.1) < 1e-12\n"
+      "assert f.speed_during(samples, 0.0132, 10.0, 10.2) is None\n"
+      "assert f.run_speed({'speed_during': 0.9, 'machine_speed': [1.0, 1.2]}) == (0.9, 'during')\n"
+      "sp, src = f.run_speed({'speed_during': 0.9, 'machine_speed': [1.0, 1.2]}, 'probes')\n"
+      "assert abs(sp - 1.1) < 1e-12 and src == 'probes'\n"
+      "assert f.run_speed({'speed_during': None, 'machine_speed': [1.0, 1.2]})[1] == 'probes'\n"
+      "assert f.run_speed({}) == (None, None)\n"
+      "assert f.sentinel_period(0.5, 0.001) == 0.5 and abs(f.sentinel_period(0.5, 0.05) - 2.0) < 1e-12\n"
+      "r = lambda s, m, src, d: {'scenario': 'x', 'strategy': s, 'sim_total_s': 2.0, 'measured_total_s': m,\n"
+      "    'epoch_mape_pct': 10.0, 'adj_sim_total_s': 2.0, 'adj_epoch_mape_pct': 5.0,\n"
+      "    'machine_speed': [0.7, 0.8], 'speed_during': d, 'speed_source': src}\n"
+      "s = f.summarize([r('pac', 2.1, 'during', 1.3), r('eddl', 2.2, 'probes', None)])\n"
+      "assert s['machine_speed_range'] == [0.7, 1.3], s['machine_speed_range']\n"
+      "assert s['speed_sources'] == {'during': 1, 'probes': 1}, s['speed_sources']\n"
+      "print('ok')\n";
+  fidelity_py_ok("speed_during_check", py);
+
+  std::string dir = ::testing::TempDir() + "/sim_fidelity_sentinel";
+  dir_create(dir);
+  Scenario sc = scenario_load(kSrc + "/bench/fidelity/fid-d512-2x100-switched1000-cache.json", kSrc + "/profiles");
+  sc.host_cores = 2;
+  for (const char* strategy : {"standalone", "eddl"}) {
+    Plan p = plan_make(sc, strategy);
+    std::string plan = dir + "/" + strategy + ".json", taken = dir + "/" + strategy + "-taken.json";
+    file_write_atomic(plan, plan_to_json(p).dump());
+    ASSERT_EQ(fidelity_py("taken", "f.plan_at_speed('" + plan + "', 1.0, '" + taken + "', 0.5)\n", &out), 0) << out;
+    Plan q = plan_from_json(JsonIn::load_file(taken));
+    EXPECT_DOUBLE_EQ(q.scenario.host_cores, 1.5);
+    SimResult base = sim_run(p), less = sim_run(q);
+    ASSERT_TRUE(base.ok && less.ok);
+    if (std::string(strategy) == "standalone")
+      EXPECT_NEAR(less.makespan_s, base.makespan_s, 1e-9 * base.makespan_s);
+    else
+      EXPECT_GT(less.makespan_s, 1.05 * base.makespan_s);
+  }
+}
+
 // --refinish with --reprofile / --host-cores validates the runs against another plan than
 // the one that ran: the row's simulated times (its ranking, the plot) must become that
 // plan's. The standalone plan's own simulation as the measured run, validated against the

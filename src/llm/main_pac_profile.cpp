@@ -4,7 +4,10 @@
 //   pac-profile --model stories260K --cpu-quota 1 --json
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <thread>
 
@@ -19,6 +22,10 @@
 
 using namespace pac;
 
+// --sentinel runs until the harness stops it (SIGTERM) or the user does (SIGINT).
+static volatile std::sig_atomic_t g_sentinel_stop = 0;
+static void sentinel_signal(int) { g_sentinel_stop = 1; }
+
 int main(int argc, char** argv) {
   pac::blas_kernel_fix(argv);
   pac::compute_heap_pin();
@@ -30,7 +37,8 @@ int main(int argc, char** argv) {
     double cpu_quota = 0, storage_mb = 64, memory_bytes = 0, memory_reserve = 2.0 * (1 << 30);
     double power_idle = 5, power_busy_per_core = 10, power_busy = 0;
     double nic_bps = 1e9, nic_latency = 1e-4, storage_read = 200e6, storage_write = 100e6;
-    bool json_out = false, host_info = false, corun = false;
+    bool json_out = false, host_info = false, corun = false, sentinel = false;
+    double sentinel_period = 1.0, sentinel_max = 3600;
     app.add_option("--model", model_ref, "model config: a name in <profiles>/models/, a .json path, or a model.h preset (llama-d768-l12, tiny, ...)");
     app.add_flag("--host-info", host_info, "print this machine's CPU and BLAS kernel (what calibration.cpu / blas_core record) as JSON and exit");
     app.add_option("--profiles-dir", profiles_dir, "folder with devices/ and models/ (default: the repository's profiles/)");
@@ -77,6 +85,14 @@ int main(int argc, char** argv) {
                  "measure the co-run slowdown instead of a profile: the backbone layer's forward at each micro-batch size "
                  "alone and with the same work on a second CPU, in interleaved rounds (needs 2 CPUs, no quota); writes "
                  "the pac-corun JSON (docs/profiling.md, \"Co-run slowdown\") to -o or stdout");
+    app.add_flag("--sentinel", sentinel,
+                 "run as a speed sentinel beside other work: time the backbone layer's forward at the first micro-batch "
+                 "size (one thread) once per --sentinel-period in CPU time, say \"ready\" on stdout after the warmup, "
+                 "and on SIGTERM / SIGINT write the pac-sentinel JSON to -o (docs/fidelity.md, \"Speed during the run\")");
+    app.add_option("--sentinel-period", sentinel_period, "seconds between the sentinel's timed runs")
+        ->capture_default_str()->check(CLI::Range(0.01, 3600.0));
+    app.add_option("--sentinel-max-s", sentinel_max, "the sentinel stops by itself after this many seconds")
+        ->capture_default_str()->check(CLI::Range(1.0, 1e6));
     app.add_flag("--quiet", o.quiet, "no progress lines");
     if (int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (host_info) {
@@ -100,6 +116,23 @@ int main(int argc, char** argv) {
     if (o.model.hidden % o.reduction_k != 0)
       throw InputError("--k " + std::to_string(o.reduction_k) + ": must divide the model's hidden size " +
                        std::to_string(o.model.hidden) + " (" + model_ref + ")");
+    if (sentinel) {
+      if (output.empty()) throw InputError("--sentinel: needs -o (stdout carries the ready line)");
+      if (cpu_quota > 0 || corun) throw InputError("--sentinel: times without a quota and without --corun");
+      std::signal(SIGTERM, sentinel_signal);
+      std::signal(SIGINT, sentinel_signal);
+      // An orphaned sentinel (its harness killed) stops too: the parent changes.
+      const pid_t parent = getppid();
+      std::vector<SentinelSample> s = profile_sentinel(
+          o, sentinel_period, sentinel_max, [&] { return g_sentinel_stop != 0 || getppid() != parent; },
+          [] {
+            std::printf("ready\n");
+            std::fflush(stdout);
+          });
+      file_write_atomic(output, sentinel_json(o, sentinel_period, s).dump(1) + "\n");
+      if (!o.quiet) std::fprintf(stderr, "pac-profile: sentinel: %zu samples -> %s\n", s.size(), output.c_str());
+      return 0;
+    }
     if (corun) {
       if (cpu_quota > 0) throw InputError("--corun: times without a quota (the layer and its co-runner each on a CPU of its own)");
       std::vector<int> cpus;

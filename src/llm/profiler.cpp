@@ -499,6 +499,89 @@ json corun_json(const ProfileOptions& o, const std::vector<CorunTiming>& t, cons
   return j;
 }
 
+std::vector<SentinelSample> sentinel_loop(double period_s, double max_s, const std::function<SentinelSample()>& run_once,
+                                          const std::function<bool()>& stop, const std::function<double()>& now,
+                                          const std::function<void(double)>& sleep_for) {
+  if (!(period_s > 0) || !(max_s > 0)) throw InputError("pac-profile --sentinel: the period and the time limit must be > 0");
+  std::vector<SentinelSample> out;
+  const double start = now();
+  double next = start;
+  while (!stop() && now() - start < max_s) {
+    double t = now();
+    if (t < next) {
+      sleep_for(std::min(next - t, 0.02));
+      continue;
+    }
+    out.push_back(run_once());
+    // The next start is one period after this one's planned start; starts a long run
+    // overran are dropped, so the samples stay one per period.
+    next += period_s;
+    t = now();
+    if (next <= t) next += std::ceil((t - next) / period_s) * period_s;
+  }
+  return out;
+}
+
+static double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::vector<SentinelSample> profile_sentinel(const ProfileOptions& o, double period_s, double max_s,
+                                             const std::function<bool()>& stop, const std::function<void()>& ready) {
+  if (o.micro_batches.empty()) throw InputError("pac-profile --sentinel: no micro-batch size");
+  ModelConfig timed = profile_timed_config(o.model);
+  LlamaConfig lc = llama_config_of(timed, o.seq_len);
+  llama_config_validate(lc, o.model_file);
+  compute_threads_set(1);
+  torch::manual_seed(1);
+  Llama model(lc);
+  model->init_random(1);
+  torch::Tensor x = torch::randn({o.micro_batches[0], (int64_t)o.seq_len, (int64_t)lc.dim});
+  auto run_once = [&] {
+    torch::NoGradGuard ng;
+    SentinelSample s;
+    s.t = unix_seconds();
+    // One untimed run first: a run right after the idle period is 20-30% slower than the
+    // next one on this VM (measured 12-08: 17-19 ms against 13-16 for the d512 layer at
+    // one sample, pac-profile's interleaved runs); the devices it stands for are computing.
+    { torch::Tensor w = model->layer_forward(0, x); }
+    const double c0 = thread_cpu_seconds();
+    auto t0 = std::chrono::steady_clock::now();
+    torch::Tensor y = model->layer_forward(0, x);
+    s.wall_s = seconds_since(t0);
+    s.cpu_s = thread_cpu_seconds() - c0;
+    return s;
+  };
+  for (int w = 0; w < o.warmup; w++) run_once();
+  if (ready) ready();
+  auto mono = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  auto sleep_for = [](double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); };
+  return sentinel_loop(period_s, max_s, run_once, stop, mono, sleep_for);
+}
+
+json sentinel_json(const ProfileOptions& o, double period_s, const std::vector<SentinelSample>& s) {
+  json j;
+  j["format"] = "pac-sentinel";
+  j["format_version"] = 1;
+  j["model"] = o.model.name;
+  j["model_file"] = o.model_file;
+  j["seq_len"] = o.seq_len;
+  j["kind"] = "layer";
+  j["micro_batch"] = o.micro_batches.empty() ? 0 : o.micro_batches[0];
+  j["threads"] = 1;
+  j["period_s"] = period_s;
+  json rows = json::array();
+  for (const SentinelSample& x : s) rows.push_back({{"t", x.t}, {"cpu_s", x.cpu_s}, {"wall_s", x.wall_s}});
+  j["samples"] = rows;
+  return j;
+}
+
 json profile_timings_json(const std::vector<ProfileTiming>& timings) {
   json rows = json::array();
   for (const ProfileTiming& t : timings) {

@@ -150,6 +150,33 @@ std::vector<CorunTiming> corun_measure(const std::vector<int>& micro_batches, in
 std::vector<CorunTiming> profile_corun(const ProfileOptions& o, std::vector<int>* cpus = nullptr);
 json corun_json(const ProfileOptions& o, const std::vector<CorunTiming>& t, const std::vector<int>& cpus);
 
+// Speed sentinel (pac-profile --sentinel): this VM's per-core speed swings by a fifth
+// within a minute, so a probe taken before and after a run misses what the host did
+// during it (docs/fidelity.md, "Speed during the run"). The sentinel runs beside the
+// run and times one backbone layer forward (the "layer" kind: one thread, no autograd)
+// once per period, in the thread's CPU time: what the kernel cost while it ran, not the
+// time it waited for a core the devices hold.
+struct SentinelSample {
+  double t = 0;       // start, seconds since the Unix epoch (the harness's clock)
+  double cpu_s = 0;   // the run's CPU seconds (CLOCK_THREAD_CPUTIME_ID)
+  double wall_s = 0;  // its wall seconds
+};
+
+// The loop, its work and clocks injected (the tests pass simulated ones): one
+// `run_once()` per `period_s`, each start one period after the previous one (a start
+// missed while a run overran is skipped, never made up in a burst), until `stop()` says
+// so or `max_s` of `now()` have passed. `sleep_for(s)` waits; the loop sleeps in slices
+// of at most 20 ms so that a stop is seen within one slice of an idle period.
+std::vector<SentinelSample> sentinel_loop(double period_s, double max_s, const std::function<SentinelSample()>& run_once,
+                                          const std::function<bool()>& stop, const std::function<double()>& now,
+                                          const std::function<void(double)>& sleep_for);
+
+// sentinel_loop on this host: the model's layer at the first of o.micro_batches, o.warmup
+// untimed runs, then `ready()`, then one timed run per period until stop() or max_s.
+std::vector<SentinelSample> profile_sentinel(const ProfileOptions& o, double period_s, double max_s,
+                                             const std::function<bool()>& stop, const std::function<void()>& ready);
+json sentinel_json(const ProfileOptions& o, double period_s, const std::vector<SentinelSample>& s);
+
 // The activation cache's own cost: records written and read back through ActCache
 // (cache_write_sample: dtype conversion, SHA-256, atomic file write with fsync;
 // cache_read_sample: file read from the page cache, checksum, copy) in a fresh folder
