@@ -223,6 +223,17 @@ def profiles_for_this_host(a, files, host):
     return out
 
 
+def reference_timings(a, scen):
+    """(calibration, its 1-thread reference timings) of the scenario's first device's
+    profile, what the probes and the sentinel compare with; (None, []) without them or
+    without the model file they were timed on."""
+    devs = scen.get("cluster", {}).get("devices", [])
+    cal = profile_calibration(a.profiles, devs[0].get("profile")) if devs else None
+    if not cal or not cal.get("model_file"):
+        return None, []
+    return cal, [t for t in cal.get("reference_timings") or cal.get("timings") or [] if t.get("threads") == 1]
+
+
 def speed_probe(a, scen, work_dir, micro_batch=None):
     """How fast this machine computes now against when the scenario's profiles were
     calibrated: pac-profile times the scenario's model (1 thread, no quota, the scenario's
@@ -231,12 +242,8 @@ def speed_probe(a, scen, work_dir, micro_batch=None):
     machine computes 30% slower now (other tenants of the host: this VM's per-core speed
     was measured to swing 55-92 GFLOP/s between runs a few seconds apart, docs/fidelity.md).
     None when it cannot be measured (no profile with reference timings)."""
-    devs = scen.get("cluster", {}).get("devices", [])
-    cal = profile_calibration(a.profiles, devs[0].get("profile")) if devs else None
-    if cal is None:
-        return None
-    rows = [t for t in cal.get("reference_timings") or cal.get("timings") or [] if t.get("threads") == 1]
-    if not rows or not cal.get("model_file"):
+    cal, rows = reference_timings(a, scen)
+    if not rows:
         return None
     data = scen.get("data", {})
     want = micro_batch or max(1, int(data.get("mini_batch", 1)) // max(1, int(data.get("micro_batches", 1))))
@@ -263,12 +270,8 @@ def sentinel_reference(a, scen, micro_batch=None):
     forward (the "layer" kind, 1 thread) at the reference size closest to micro_batch
     (the smallest without one), which the speed sentinel times during a run; None
     without reference timings."""
-    devs = scen.get("cluster", {}).get("devices", [])
-    cal = profile_calibration(a.profiles, devs[0].get("profile")) if devs else None
-    if not cal or not cal.get("model_file"):
-        return None
-    rows = [t for t in cal.get("reference_timings") or cal.get("timings") or []
-            if t.get("threads") == 1 and t.get("kind") == "layer" and t.get("median_s", 0) > 0]
+    cal, rows = reference_timings(a, scen)
+    rows = [t for t in rows if t.get("kind") == "layer" and t.get("median_s", 0) > 0]
     if not rows:
         return None
     t = min(rows, key=lambda t: (abs(t["micro_batch"] - (micro_batch or 1)), t["micro_batch"]))
@@ -339,11 +342,16 @@ def sentinel_period(asked_s, layer_s):
     return max(asked_s, SENTINEL_RUNS_PER_SAMPLE * layer_s / SENTINEL_MAX_DUTY)
 
 
+def samples_in(samples, t0, t1):
+    """The sentinel's samples that started inside the run's window [t0, t1]."""
+    return [x for x in samples if t0 <= x["t"] <= t1]
+
+
 def speed_during(samples, ref_s, t0, t1):
     """The machine's speed during [t0, t1] against the calibration: the reference time of
     the sentinel's layer over the median CPU time of the sentinel's runs that started in
     the window. None with fewer than SENTINEL_MIN_SAMPLES of them."""
-    w = [x["cpu_s"] for x in samples if t0 <= x["t"] <= t1 and x.get("cpu_s", 0) > 0]
+    w = [x["cpu_s"] for x in samples_in(samples, t0, t1) if x.get("cpu_s", 0) > 0]
     if len(w) < SENTINEL_MIN_SAMPLES:
         return None
     return ref_s / statistics.median(w)
@@ -613,7 +621,7 @@ def measure_once(a, job, k):
     if sentinel:
         sd = speed_during(samples, sentinel["ref_s"], t0, t1)
         run["speed_during"] = round(sd, 3) if sd else None
-        inside = [x for x in samples if t0 <= x["t"] <= t1]
+        inside = samples_in(samples, t0, t1)
         run["sentinel_samples"] = len(inside)
         # Its share of a core over the run, which the comparison takes off the host.
         run["sentinel_cores"] = (round(SENTINEL_RUNS_PER_SAMPLE * sum(x["wall_s"] for x in inside) / (t1 - t0), 4)
